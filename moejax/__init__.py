@@ -1,0 +1,7 @@
+"""moejax: Mixture-of-Experts in JAX/Flax — routing ⟂ dispatch ⟂ experts ⟂ parallelism."""
+
+from moejax.config import MoEConfig, RouterConfig
+from moejax.moe import DenseFFNLayer, MoEAux, MoELayer, Router
+
+__version__ = "0.1.0"
+__all__ = ["DenseFFNLayer", "MoEAux", "MoEConfig", "MoELayer", "Router", "RouterConfig"]

@@ -1,0 +1,263 @@
+"""Validated configuration for routers and MoE layers.
+
+Every field is checked in `__post_init__`, so a bad value fails with one
+`ValueError` naming the field, the value and what is valid — at construction,
+before anything is traced or compiled. The dataclasses are frozen (hashable),
+so they can be attributes of Flax modules and static arguments of `jax.jit`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Optional, Sequence
+
+ROUTERS = ("top_k", "expert_choice", "soft_moe", "sinkhorn", "hash", "threshold")
+SCORE_FNS = ("softmax", "sigmoid")
+DROP_POLICIES = ("position", "probability")
+DISPATCHES = ("einsum", "gather", "dropless")
+ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
+GMM_BACKENDS = ("ragged_dot", "einsum")
+# Routers whose Routing is a sparse list of (token, expert) assignments; the
+# others (Soft MoE) produce dense dispatch/combine weights.
+SPARSE_ROUTERS = ("top_k", "expert_choice", "sinkhorn", "hash", "threshold")
+
+
+def _fail(field: str, value: Any, valid: str) -> None:
+  raise ValueError(f"{field}={value!r} is invalid: {valid}")
+
+
+def _check_choice(field: str, value: Any, choices: Sequence[str]) -> None:
+  if value not in choices:
+    _fail(field, value, "valid values are " + ", ".join(repr(c) for c in choices))
+
+
+def _check_int(field: str, value: Any, minimum: int) -> None:
+  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+    _fail(field, value, f"must be an integer >= {minimum}")
+
+
+def _check_float(field: str, value: Any, minimum: float, inclusive: bool) -> None:
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  ok = ok and (value >= minimum if inclusive else value > minimum)
+  if not ok:
+    _fail(field, value, f"must be a number {'>=' if inclusive else '>'} {minimum}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterConfig:
+  """How tokens are assigned to experts.
+
+  Attributes:
+    name: router family: 'top_k' (token choice: Switch, GShard, Mixtral,
+      DeepSeek-V3), 'expert_choice' (each expert takes its top-C tokens),
+      'soft_moe' (slots are softmax mixtures of all tokens), 'sinkhorn'
+      (BASE-style balanced assignment), 'hash' (fixed token-id hash, needs
+      token ids), 'threshold' (XMoE dynamic-k: experts until the cumulative
+      probability reaches `threshold`, at most `top_k`).
+    num_experts: routed experts E (null experts are extra, see below).
+    top_k: experts per token (an upper bound for 'threshold').
+    score_fn: 'softmax' or 'sigmoid' (DeepSeek-V3) scores over experts.
+    normalize_top_k: renormalise the chosen weights to sum to one. With
+      softmax scores this is Mixtral's top-k-then-softmax; without it,
+      Switch/GShard's softmax-then-top-k.
+    routed_scaling_factor: multiplies the chosen weights (DeepSeek-V3: 2.5).
+    num_expert_groups: experts are split into this many equal groups; only the
+      `top_k_groups` best groups (by the sum of their two best scores) may be
+      chosen from (DeepSeek-V3 group-limited routing). 1 = off.
+    top_k_groups: groups kept per token when group-limited.
+    use_expert_bias: add a non-trained per-expert bias to the scores for
+      *selection only* (aux-loss-free balancing); see
+      `moejax.routing.losses.update_expert_bias`.
+    jitter_noise: Switch input jitter: multiply router inputs by U(1-eps, 1+eps)
+      during training. 0 = off.
+    noisy_top_k: Shazeer et al. noisy top-k gating: add N(0, softplus(x W_noise))
+      to the logits during training.
+    second_expert_sampling: GShard: keep the second expert with probability
+      min(1, 2 * w2) where w2 is its weight normalised over the top two.
+    num_null_experts: extra "null" experts (AdaMoE / MoE++ zero-computation
+      experts): choosing one costs nothing and contributes zero output.
+    threshold: cumulative-probability threshold in (0, 1] for 'threshold'.
+    capacity_factor: slots per expert = ceil(capacity_factor * tokens * top_k /
+      num_experts); tokens beyond it are dropped. None = dropless. For
+      'expert_choice' it is the average number of experts per token.
+    min_capacity: lower bound on slots per expert.
+    drop_policy: which tokens win the slots when an expert overflows:
+      'position' (earlier tokens first; GShard/Switch) or 'probability'
+      (higher router confidence first; V-MoE batch-prioritised routing).
+      First choices always come before second choices.
+    num_slots: Soft MoE slots per expert.
+    sinkhorn_iterations: Sinkhorn iterations for the balanced router.
+    hash_seed: seed of the fixed token-id -> expert hash.
+  """
+
+  name: str = "top_k"
+  num_experts: int = 8
+  top_k: int = 2
+  score_fn: str = "softmax"
+  normalize_top_k: bool = False
+  routed_scaling_factor: float = 1.0
+  num_expert_groups: int = 1
+  top_k_groups: int = 1
+  use_expert_bias: bool = False
+  jitter_noise: float = 0.0
+  noisy_top_k: bool = False
+  second_expert_sampling: bool = False
+  num_null_experts: int = 0
+  threshold: float = 0.5
+  capacity_factor: Optional[float] = None
+  min_capacity: int = 1
+  drop_policy: str = "position"
+  num_slots: int = 1
+  sinkhorn_iterations: int = 8
+  hash_seed: int = 0
+
+  def __post_init__(self):
+    _check_choice("router.name", self.name, ROUTERS)
+    _check_int("router.num_experts", self.num_experts, 1)
+    _check_int("router.top_k", self.top_k, 1)
+    if self.top_k > self.num_experts + self.num_null_experts:
+      _fail("router.top_k", self.top_k,
+            f"must be <= num_experts + num_null_experts = "
+            f"{self.num_experts + self.num_null_experts}")
+    _check_choice("router.score_fn", self.score_fn, SCORE_FNS)
+    _check_float("router.routed_scaling_factor", self.routed_scaling_factor, 0.0, False)
+    _check_int("router.num_expert_groups", self.num_expert_groups, 1)
+    if self.num_experts % self.num_expert_groups:
+      _fail("router.num_expert_groups", self.num_expert_groups,
+            f"must divide num_experts={self.num_experts}")
+    _check_int("router.top_k_groups", self.top_k_groups, 1)
+    if self.num_expert_groups > 1:
+      if self.top_k_groups > self.num_expert_groups:
+        _fail("router.top_k_groups", self.top_k_groups,
+              f"must be <= num_expert_groups={self.num_expert_groups}")
+      per_group = self.num_experts // self.num_expert_groups
+      if self.top_k > self.top_k_groups * per_group:
+        _fail("router.top_k", self.top_k,
+              f"must be <= top_k_groups * experts per group = "
+              f"{self.top_k_groups * per_group} when group-limited")
+      if self.num_null_experts:
+        _fail("router.num_null_experts", self.num_null_experts,
+              "must be 0 when num_expert_groups > 1")
+    _check_float("router.jitter_noise", self.jitter_noise, 0.0, True)
+    if self.jitter_noise >= 1:
+      _fail("router.jitter_noise", self.jitter_noise, "must be in [0, 1)")
+    if self.second_expert_sampling and self.top_k != 2:
+      _fail("router.second_expert_sampling", True, f"needs top_k=2, got top_k={self.top_k}")
+    _check_int("router.num_null_experts", self.num_null_experts, 0)
+    _check_float("router.threshold", self.threshold, 0.0, False)
+    if self.threshold > 1:
+      _fail("router.threshold", self.threshold, "must be in (0, 1]")
+    if self.capacity_factor is not None:
+      _check_float("router.capacity_factor", self.capacity_factor, 0.0, False)
+    _check_int("router.min_capacity", self.min_capacity, 1)
+    _check_choice("router.drop_policy", self.drop_policy, DROP_POLICIES)
+    _check_int("router.num_slots", self.num_slots, 1)
+    _check_int("router.sinkhorn_iterations", self.sinkhorn_iterations, 1)
+    self._check_family_options()
+
+  def _check_family_options(self):
+    """Options that only some router families understand."""
+    token_choice_only = {
+        "score_fn": (self.score_fn, "softmax"),
+        "num_expert_groups": (self.num_expert_groups, 1),
+        "use_expert_bias": (self.use_expert_bias, False),
+        "noisy_top_k": (self.noisy_top_k, False),
+        "second_expert_sampling": (self.second_expert_sampling, False),
+        "num_null_experts": (self.num_null_experts, 0),
+    }
+    if self.name not in ("top_k", "threshold"):
+      for field, (value, default) in token_choice_only.items():
+        if value != default:
+          _fail(f"router.{field}", value,
+                f"only used by router.name='top_k' or 'threshold' (name={self.name!r}); "
+                f"leave it at {default!r}")
+    if self.name == "threshold" and self.score_fn != "softmax":
+      _fail("router.score_fn", self.score_fn, "router.name='threshold' needs 'softmax'")
+    if self.name == "expert_choice" and self.capacity_factor is None:
+      _fail("router.capacity_factor", None,
+            "router.name='expert_choice' needs a number > 0 (average experts per token)")
+    if self.name in ("hash", "sinkhorn") and self.top_k != 1:
+      _fail("router.top_k", self.top_k, f"router.name={self.name!r} routes each token to 1 expert")
+    if self.name == "soft_moe" and self.capacity_factor is not None:
+      _fail("router.capacity_factor", self.capacity_factor,
+            "router.name='soft_moe' never drops; leave it None (slots via num_slots)")
+
+  @property
+  def is_sparse(self) -> bool:
+    return self.name in SPARSE_ROUTERS
+
+  @property
+  def num_router_outputs(self) -> int:
+    """Width of the router projection: one logit per expert, null or slot."""
+    if self.name == "soft_moe":
+      return self.num_experts * self.num_slots
+    return self.num_experts + self.num_null_experts
+
+  def capacity(self, num_tokens: int) -> Optional[int]:
+    """Slots per expert for `num_tokens` tokens; None when dropless."""
+    if self.name == "soft_moe":
+      return self.num_slots
+    if self.capacity_factor is None:
+      return None
+    k = 1 if self.name == "expert_choice" else self.top_k
+    slots = -(-self.capacity_factor * num_tokens * k // self.num_experts)  # ceil
+    cap = max(int(slots), self.min_capacity)
+    return min(cap, num_tokens) if self.name == "expert_choice" else cap
+
+
+@dataclasses.dataclass(frozen=True)
+class MoEConfig:
+  """An MoE feed-forward layer: router + dispatch + experts (+ shared experts).
+
+  Attributes:
+    router: the RouterConfig.
+    d_model: token width.
+    d_ff: hidden width of each routed expert (fine-grained MoE = more experts
+      with a smaller d_ff).
+    activation: 'relu', 'gelu', 'silu' (MLP) or 'swiglu', 'geglu' (GLU).
+    dispatch: 'einsum' (one-hot einsum; the readable reference, and the only
+      one for Soft MoE), 'gather' (index gather into capacity buckets; needs
+      router.capacity_factor), 'dropless' (sort by expert + grouped matmul).
+    gmm_backend: grouped-matmul backend for 'dropless': 'ragged_dot'
+      (jax.lax.ragged_dot) or 'einsum' (masked dense einsum; a reference).
+    num_shared_experts: always-on experts, fused into one FFN of width
+      num_shared_experts * shared_d_ff (DeepSeek/Qwen-MoE). 0 = none.
+    shared_d_ff: hidden width of each shared expert (default d_ff).
+    shared_expert_gate: scale the shared output by sigmoid(x w) (Qwen-MoE).
+    use_bias: biases in the expert FFNs.
+    dtype: compute dtype of the experts ('float32', 'bfloat16'). The router
+      always computes in float32.
+  """
+
+  router: RouterConfig = dataclasses.field(default_factory=RouterConfig)
+  d_model: int = 64
+  d_ff: int = 128
+  activation: str = "gelu"
+  dispatch: str = "einsum"
+  gmm_backend: str = "ragged_dot"
+  num_shared_experts: int = 0
+  shared_d_ff: Optional[int] = None
+  shared_expert_gate: bool = False
+  use_bias: bool = False
+  dtype: str = "float32"
+
+  def __post_init__(self):
+    if not isinstance(self.router, RouterConfig):
+      _fail("router", type(self.router).__name__, "must be a moejax.config.RouterConfig")
+    _check_int("d_model", self.d_model, 1)
+    _check_int("d_ff", self.d_ff, 1)
+    _check_choice("activation", self.activation, ACTIVATIONS)
+    _check_choice("dispatch", self.dispatch, DISPATCHES)
+    _check_choice("gmm_backend", self.gmm_backend, GMM_BACKENDS)
+    _check_int("num_shared_experts", self.num_shared_experts, 0)
+    if self.shared_d_ff is not None:
+      _check_int("shared_d_ff", self.shared_d_ff, 1)
+    if self.shared_expert_gate and not self.num_shared_experts:
+      _fail("shared_expert_gate", True, "needs num_shared_experts >= 1")
+    _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+    if not self.router.is_sparse and self.dispatch != "einsum":
+      _fail("dispatch", self.dispatch,
+            f"router.name={self.router.name!r} gives dense weights; use dispatch='einsum'")
+    if self.dispatch == "gather" and self.router.capacity(1) is None:
+      _fail("dispatch", "gather",
+            "needs router.capacity_factor (a number > 0); for dropless use dispatch='dropless'")

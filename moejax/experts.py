@@ -1,0 +1,113 @@
+"""Experts: stacked FFN weights computed on grouped or bucketed inputs.
+
+Weights are stacked over experts — `w_in: [E, d_model, d_ff]`,
+`w_out: [E, d_ff, d_model]` (GLU adds `w_gate: [E, d_model, d_ff]`) — and
+applied by one batched einsum to capacity buckets or by the grouped matmul
+front door to expert-sorted rows. Shared experts and dense baselines are the
+same FFN without the expert axis.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moejax.dispatch.base import ExpertBatch
+from moejax.grouped_matmul import gmm, group_ids
+
+GLU_ACTIVATIONS = {"swiglu": jax.nn.silu, "geglu": jax.nn.gelu}
+MLP_ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
+
+
+def is_glu(activation: str) -> bool:
+  return activation in GLU_ACTIVATIONS
+
+
+def hidden_activation(activation: str, h_in: jax.Array, h_gate: Optional[jax.Array]):
+  """act(h_in) for MLPs; act(h_gate) * h_in for GLUs."""
+  if is_glu(activation):
+    return GLU_ACTIVATIONS[activation](h_gate) * h_in
+  return MLP_ACTIVATIONS[activation](h_in)
+
+
+def _stacked_init(num_experts_axis: bool):
+  batch_axis = (0,) if num_experts_axis else ()
+  return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                          in_axis=-2, out_axis=-1, batch_axis=batch_axis)
+
+
+def expert_ffn(params, batch: ExpertBatch, activation: str,
+               gmm_backend: str = "ragged_dot") -> ExpertBatch:
+  """Applies each expert's FFN to its inputs.
+
+  Args:
+    params: dict with w_in [E, d, f], w_out [E, f, d], optional w_gate
+      [E, d, f], b_in [E, f], b_out [E, d].
+    batch: bucketed [E, C, d] or grouped [M, d] + group_sizes [E].
+    activation: one of moejax.config.ACTIVATIONS.
+    gmm_backend: backend for the grouped layout.
+  """
+  x = batch.x
+  if batch.is_grouped:
+    rows_group = group_ids(batch.group_sizes, x.shape[0])
+    matmul = lambda a, w: gmm(a, w.astype(a.dtype), batch.group_sizes, gmm_backend)
+    # Padding rows get bias 0 (index E is out of range: filled with zeros).
+    bias = lambda b: jnp.take(b, rows_group, axis=0, mode="fill", fill_value=0)
+  else:
+    matmul = lambda a, w: jnp.einsum("ecd,edf->ecf", a, w.astype(a.dtype))
+    bias = lambda b: b[:, None, :]
+  h = matmul(x, params["w_in"])
+  if "b_in" in params:
+    h = h + bias(params["b_in"]).astype(h.dtype)
+  gate = matmul(x, params["w_gate"]) if is_glu(activation) else None
+  y = matmul(hidden_activation(activation, h, gate), params["w_out"])
+  if "b_out" in params:
+    y = y + bias(params["b_out"]).astype(y.dtype)
+  return batch.replace_x(y)
+
+
+class ExpertBank(nn.Module):
+  """E routed experts with stacked weights (see module docstring)."""
+
+  num_experts: int
+  d_model: int
+  d_ff: int
+  activation: str = "gelu"
+  use_bias: bool = False
+  gmm_backend: str = "ragged_dot"
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, batch: ExpertBatch) -> ExpertBatch:
+    e, d, f = self.num_experts, self.d_model, self.d_ff
+    init = _stacked_init(True)
+    params = {"w_in": self.param("w_in", init, (e, d, f)),
+              "w_out": self.param("w_out", init, (e, f, d))}
+    if is_glu(self.activation):
+      params["w_gate"] = self.param("w_gate", init, (e, d, f))
+    if self.use_bias:
+      params["b_in"] = self.param("b_in", nn.initializers.zeros, (e, f))
+      params["b_out"] = self.param("b_out", nn.initializers.zeros, (e, d))
+    return expert_ffn(params, batch.replace_x(batch.x.astype(self.dtype)),
+                      self.activation, self.gmm_backend)
+
+
+class FeedForward(nn.Module):
+  """A dense FFN: shared experts, and the dense baseline. x: [..., d_model]."""
+
+  d_model: int
+  d_ff: int
+  activation: str = "gelu"
+  use_bias: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    dense = lambda n, name: nn.Dense(n, use_bias=self.use_bias, dtype=self.dtype,
+                                     kernel_init=_stacked_init(False), name=name)
+    h = dense(self.d_ff, "w_in")(x)
+    gate = dense(self.d_ff, "w_gate")(x) if is_glu(self.activation) else None
+    return dense(self.d_model, "w_out")(hidden_activation(self.activation, h, gate))

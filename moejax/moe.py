@@ -1,0 +1,125 @@
+"""The MoE layer: router -> dispatch -> experts -> combine (+ shared experts).
+
+Flax linen shells over the pure routing / dispatch / expert functions.
+
+Variables:
+  params/router/kernel        [d_model, router outputs]
+  params/router/noise_kernel  [d_model, router outputs]  (noisy_top_k)
+  router_state/router/expert_bias [E]  (use_expert_bias; not trained by
+      gradients — update it with moejax.routing.update_expert_bias)
+  params/experts/{w_in, w_gate, w_out, b_in, b_out}  stacked over experts
+  params/shared/...  and params/shared_gate/kernel  (shared experts)
+
+RNG streams: 'router' (jitter, logit noise, second-expert sampling), only when
+deterministic=False.
+"""
+
+from __future__ import annotations
+
+from typing import Dict, Optional, Tuple
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from flax import struct
+
+from moejax.config import MoEConfig, RouterConfig
+from moejax.dispatch import get_strategy
+from moejax.experts import ExpertBank, FeedForward
+from moejax.routing import RouterOutput, aux_losses, route, routing_metrics
+
+
+@struct.dataclass
+class MoEAux:
+  """Aux losses (unweighted scalars) and routing metrics of one layer call."""
+
+  losses: Dict[str, jax.Array]
+  metrics: Dict[str, jax.Array]
+
+
+class Router(nn.Module):
+  """Router projection + the pure router selected by `config.name`."""
+
+  config: RouterConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, token_ids: Optional[jax.Array] = None,
+               deterministic: bool = True) -> RouterOutput:
+    """x: [T, d_model]; token_ids: [T] (hash routing only)."""
+    cfg = self.config
+    x = x.astype(jnp.float32)
+    stochastic = cfg.jitter_noise > 0 or cfg.noisy_top_k or cfg.second_expert_sampling
+    rng = self.make_rng("router") if stochastic and not deterministic else None
+    if rng is not None:
+      jitter_rng, rng = jax.random.split(rng)
+      if cfg.jitter_noise > 0:
+        x = x * jax.random.uniform(jitter_rng, x.shape, minval=1.0 - cfg.jitter_noise,
+                                   maxval=1.0 + cfg.jitter_noise)
+    logits = noise_std = expert_bias = None
+    if cfg.name != "hash":
+      init = nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal")
+      kernel = self.param("kernel", init, (x.shape[-1], cfg.num_router_outputs))
+      logits = x @ kernel
+    if cfg.noisy_top_k:
+      noise_kernel = self.param("noise_kernel", nn.initializers.zeros,
+                                (x.shape[-1], cfg.num_router_outputs))
+      noise_std = jax.nn.softplus(x @ noise_kernel)
+    if cfg.use_expert_bias:
+      expert_bias = self.variable("router_state", "expert_bias", jnp.zeros,
+                                  (cfg.num_experts,), jnp.float32).value
+    return route(cfg, logits, token_ids=token_ids, expert_bias=expert_bias,
+                 noise_std=noise_std, rng=rng)
+
+
+class MoELayer(nn.Module):
+  """Mixture-of-Experts FFN. Call: x [..., d_model] -> (y [..., d_model], MoEAux).
+
+  All tokens of the call are routed together (one group); vmap the layer for
+  per-group routing.
+  """
+
+  config: MoEConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, token_ids: Optional[jax.Array] = None,
+               deterministic: bool = True) -> Tuple[jax.Array, MoEAux]:
+    cfg = self.config
+    if x.shape[-1] != cfg.d_model:
+      raise ValueError(f"input last dim {x.shape[-1]} != d_model={cfg.d_model}")
+    dtype = jnp.dtype(cfg.dtype)
+    tokens = x.reshape(-1, cfg.d_model)
+    ids = None if token_ids is None else token_ids.reshape(-1)
+    out = Router(cfg.router, name="router")(tokens, token_ids=ids, deterministic=deterministic)
+    experts = ExpertBank(cfg.router.num_experts, cfg.d_model, cfg.d_ff, cfg.activation,
+                         cfg.use_bias, cfg.gmm_backend, dtype, name="experts")
+    y = get_strategy(cfg.dispatch)(tokens.astype(dtype), out.routing, experts)
+    if cfg.num_shared_experts:
+      shared_ff = cfg.num_shared_experts * (cfg.shared_d_ff or cfg.d_ff)
+      shared = FeedForward(cfg.d_model, shared_ff, cfg.activation, cfg.use_bias, dtype,
+                           name="shared")(tokens.astype(dtype))
+      if cfg.shared_expert_gate:
+        gate = nn.Dense(1, use_bias=False, dtype=jnp.float32, name="shared_gate")(tokens)
+        shared = shared * jax.nn.sigmoid(gate).astype(dtype)
+      y = y + shared
+    aux = MoEAux(losses=aux_losses(out), metrics=routing_metrics(out))
+    return y.reshape(x.shape).astype(x.dtype), aux
+
+
+class DenseFFNLayer(nn.Module):
+  """Dense FFN baseline with MoELayer's call signature and zero aux losses."""
+
+  d_model: int
+  d_ff: int
+  activation: str = "gelu"
+  use_bias: bool = False
+  dtype: str = "float32"
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, token_ids: Optional[jax.Array] = None,
+               deterministic: bool = True) -> Tuple[jax.Array, MoEAux]:
+    del token_ids, deterministic
+    y = FeedForward(self.d_model, self.d_ff, self.activation, self.use_bias,
+                    jnp.dtype(self.dtype), name="ffn")(x.astype(jnp.dtype(self.dtype)))
+    zero = jnp.zeros((), jnp.float32)
+    losses = {"load_balance": zero, "z_loss": zero, "importance": zero}
+    return y.astype(x.dtype), MoEAux(losses=losses, metrics={})

@@ -1,0 +1,39 @@
+"""BASE-style balanced assignment (Lewis et al. 2021), solved approximately
+with Sinkhorn iterations instead of an exact auction.
+
+The Sinkhorn plan (rows sum to 1, columns to T / E) decides the expert; the
+gate is sigmoid(logit) of the chosen expert, as in BASE layers. The plan is
+not differentiated: gradients reach the router through the gate only.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from moejax.config import RouterConfig
+from moejax.routing.token_choice import finish_assignments
+from moejax.routing.types import RouterOutput
+
+
+def sinkhorn_log_plan(logits: jax.Array, iterations: int) -> jax.Array:
+  """[T, E] log of a transport plan with row sums 1 and column sums T / E."""
+  num_tokens, num_experts = logits.shape
+  log_col_mass = jnp.log(num_tokens / num_experts)
+  log_plan = logits
+  for _ in range(iterations):
+    log_plan = log_plan - jax.nn.logsumexp(log_plan, axis=0, keepdims=True) + log_col_mass
+    log_plan = log_plan - jax.nn.logsumexp(log_plan, axis=1, keepdims=True)
+  return log_plan
+
+
+def sinkhorn_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
+  """Args: logits: [T, E]."""
+  logits = logits.astype(jnp.float32)
+  plan = jax.lax.stop_gradient(sinkhorn_log_plan(logits, config.sinkhorn_iterations))
+  expert_index = jnp.argmax(plan, axis=-1)[:, None]  # [T, 1]
+  weight = jax.nn.sigmoid(jnp.take_along_axis(logits, expert_index, axis=-1))
+  assigned = jnp.ones_like(expert_index, dtype=jnp.bool_)
+  routing, counts = finish_assignments(config, expert_index, weight, assigned, logits.shape[0])
+  return RouterOutput(routing=routing, probs=jax.nn.softmax(logits, axis=-1),
+                      choice_counts=counts, logits=logits)

@@ -1,0 +1,32 @@
+"""Hash routing (Roller et al. 2021): a fixed hash of the token id picks the
+expert. No learned router; the gate is 1.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from moejax.config import RouterConfig
+from moejax.routing.token_choice import finish_assignments
+from moejax.routing.types import RouterOutput
+
+
+def hash_expert(token_ids: jax.Array, num_experts: int, seed: int = 0) -> jax.Array:
+  """[T] int32 expert per token id: a multiplicative (Knuth) hash, then mod E."""
+  x = token_ids.astype(jnp.uint32) + jnp.uint32(seed * 0x9E3779B9 % 2**32)
+  x = x * jnp.uint32(0x85EBCA6B)
+  x = x ^ (x >> 13)
+  x = x * jnp.uint32(0xC2B2AE35)
+  x = x ^ (x >> 16)
+  return (x % jnp.uint32(num_experts)).astype(jnp.int32)
+
+
+def hash_route(token_ids: jax.Array, config: RouterConfig) -> RouterOutput:
+  """Args: token_ids: [T] integer token ids."""
+  expert_index = hash_expert(token_ids.reshape(-1), config.num_experts, config.hash_seed)[:, None]
+  weight = jnp.ones(expert_index.shape, jnp.float32)
+  assigned = jnp.ones_like(expert_index, dtype=jnp.bool_)
+  routing, counts = finish_assignments(config, expert_index, weight, assigned, expert_index.shape[0])
+  probs = jax.nn.one_hot(expert_index[:, 0], config.num_experts)
+  return RouterOutput(routing=routing, probs=probs, choice_counts=counts, logits=None)

@@ -1,0 +1,60 @@
+"""Auxiliary router losses and the aux-loss-free bias update.
+
+All take the router's float32 quantities; none depend on how dispatch runs.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+from moejax.routing.types import RouterOutput, Routing
+
+
+def load_balance_loss(probs: jax.Array, choice_counts: jax.Array) -> jax.Array:
+  """Switch/GShard load balance: N * sum_i f_i * P_i.
+
+  f_i is the fraction of choices that went to output i (before capacity
+  dropping), P_i the mean router probability of output i. Equals 1 under
+  uniform routing, N when everything goes to one output.
+
+  Args:
+    probs: [T, N] per-token probabilities over the N router outputs.
+    choice_counts: [N] how many choices each output received.
+  """
+  fraction = choice_counts / jnp.maximum(choice_counts.sum(), 1.0)
+  return probs.shape[-1] * jnp.sum(fraction * probs.mean(axis=0))
+
+
+def router_z_loss(logits: jax.Array) -> jax.Array:
+  """ST-MoE z-loss: mean over tokens of logsumexp(logits)^2. logits: [T, N]."""
+  return jnp.mean(jnp.square(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)))
+
+
+def importance_loss(probs: jax.Array) -> jax.Array:
+  """V-MoE / Shazeer importance loss: squared coefficient of variation of the
+  per-expert importance sum_t probs[t, i]. probs: [T, N]."""
+  importance = probs.sum(axis=0)
+  return jnp.var(importance) / jnp.maximum(jnp.square(jnp.mean(importance)), 1e-9)
+
+
+def update_expert_bias(bias: jax.Array, tokens_per_expert: jax.Array, rate: float) -> jax.Array:
+  """Aux-loss-free balancing (DeepSeek-V3): bias += rate * sign(mean_load - load).
+
+  Overloaded experts get a lower selection bias, underloaded ones a higher.
+  Args: bias: [E]; tokens_per_expert: [E]; rate: step size.
+  """
+  load = tokens_per_expert.astype(jnp.float32)
+  return bias + rate * jnp.sign(load.mean() - load)
+
+
+def aux_losses(out: RouterOutput) -> dict:
+  """All aux losses of a RouterOutput, unweighted (scalars; 0 where a loss
+  does not apply: no logits for hash, no balance loss for dense routing)."""
+  zero = jnp.zeros((), jnp.float32)
+  sparse = isinstance(out.routing, Routing)
+  return {
+      "load_balance": load_balance_loss(out.probs, out.choice_counts) if sparse else zero,
+      "z_loss": router_z_loss(out.logits) if out.logits is not None else zero,
+      "importance": importance_loss(out.probs),
+  }

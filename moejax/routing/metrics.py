@@ -1,0 +1,38 @@
+"""Routing metrics: who got how much, what was dropped, how sure the router is."""
+
+from __future__ import annotations
+
+from typing import Dict
+
+import jax
+import jax.numpy as jnp
+
+from moejax.routing.types import Routing, RouterOutput
+
+
+def routing_metrics(out: RouterOutput) -> Dict[str, jax.Array]:
+  """Returns:
+    tokens_per_expert: [E] assignments each expert processes (dispatch mass
+      for dense routing).
+    fraction_dropped: share of real-expert choices dropped for capacity.
+    fraction_null: share of choices that went to null experts.
+    router_entropy: mean per-token entropy of the router distribution (nats).
+    balance: max load / mean load (1 = perfectly balanced).
+  """
+  load = out.routing.tokens_per_expert()
+  num_experts = load.shape[0]
+  chosen_real = out.choice_counts[:num_experts].sum()
+  if isinstance(out.routing, Routing):
+    dropped = 1.0 - load.sum() / jnp.maximum(chosen_real, 1.0)
+  else:
+    dropped = jnp.zeros(())
+  null = out.choice_counts[num_experts:].sum() / jnp.maximum(out.choice_counts.sum(), 1.0)
+  probs = out.probs
+  entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.maximum(probs, 1e-30)), 0.0), -1)
+  return {
+      "tokens_per_expert": load,
+      "fraction_dropped": dropped,
+      "fraction_null": null,
+      "router_entropy": entropy.mean(),
+      "balance": load.max() / jnp.maximum(load.mean(), 1e-9),
+  }

@@ -1,0 +1,134 @@
+"""Token-choice routers: each token picks its experts.
+
+Covers Switch/GShard (softmax, then top-k), Mixtral (top-k, then softmax),
+DeepSeek-V3 (sigmoid scores, renormalised, routed scaling, group-limited
+top-k, selection-only expert bias), noisy top-k, GShard's sampled second
+expert, null experts (AdaMoE / MoE++), and XMoE's threshold (dynamic-k)
+routing.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from moejax.config import RouterConfig
+from moejax.routing.capacity import assign_positions
+from moejax.routing.types import Routing, RouterOutput
+
+
+def _scores(logits: jax.Array, config: RouterConfig) -> jax.Array:
+  if config.score_fn == "sigmoid":
+    return jax.nn.sigmoid(logits)
+  return jax.nn.softmax(logits, axis=-1)
+
+
+def _group_limit(selection: jax.Array, config: RouterConfig) -> jax.Array:
+  """Masks experts outside each token's `top_k_groups` best groups to -inf.
+
+  A group's score is the sum of its two best selection scores (its best when
+  groups have one expert), as in DeepSeek-V3.
+  """
+  num_tokens, num_experts = selection.shape
+  groups = config.num_expert_groups
+  grouped = selection.reshape(num_tokens, groups, num_experts // groups)
+  best = jax.lax.top_k(grouped, min(2, num_experts // groups))[0]
+  _, top_groups = jax.lax.top_k(best.sum(-1), config.top_k_groups)  # [T, top_k_groups]
+  group_mask = jax.nn.one_hot(top_groups, groups, dtype=jnp.bool_).any(axis=1)  # [T, G]
+  expert_mask = jnp.repeat(group_mask, num_experts // groups, axis=1)
+  return jnp.where(expert_mask, selection, -jnp.inf)
+
+
+def finish_assignments(config: RouterConfig, expert_index, weight, assigned, num_tokens):
+  """Capacity, routed scaling and bookkeeping shared by token-choice routers.
+
+  `assigned` [T, K] marks choices actually taken (null-expert choices
+  included: they count as choices but take no slot).
+  """
+  weight = weight * config.routed_scaling_factor
+  outputs = config.num_router_outputs
+  choice_counts = (jax.nn.one_hot(expert_index, outputs) * assigned[..., None]).sum((0, 1))
+  real = assigned & (expert_index < config.num_experts)
+  priority = weight.max(axis=-1) if config.drop_policy == "probability" else None
+  position, valid = assign_positions(expert_index, real, config.num_experts,
+                                     config.capacity(num_tokens), priority)
+  routing = Routing(
+      expert_index=jnp.where(valid, expert_index, 0).astype(jnp.int32),
+      weight=jnp.where(valid, weight, 0.0),
+      position=jnp.where(valid, position, 0),
+      valid=valid,
+      num_experts=config.num_experts,
+      capacity=config.capacity(num_tokens))
+  return routing, choice_counts
+
+
+def _loss_probs(scores: jax.Array, config: RouterConfig) -> jax.Array:
+  """Per-token distribution over outputs, for losses and entropy."""
+  if config.score_fn == "sigmoid":
+    return scores / jnp.maximum(scores.sum(-1, keepdims=True), 1e-9)
+  return scores
+
+
+def top_k_route(logits: jax.Array, config: RouterConfig, *,
+                expert_bias: Optional[jax.Array] = None,
+                noise_std: Optional[jax.Array] = None,
+                rng: Optional[jax.Array] = None) -> RouterOutput:
+  """Token-choice top-k routing.
+
+  Args:
+    logits: [T, E + null experts] router logits.
+    config: a RouterConfig with name 'top_k'.
+    expert_bias: optional [E] bias added to scores for selection only.
+    noise_std: optional [T, E + null] std of logit noise (noisy top-k);
+      used only when `rng` is given.
+    rng: PRNG key for noise and second-expert sampling; None = deterministic.
+  """
+  logits = logits.astype(jnp.float32)
+  num_tokens = logits.shape[0]
+  if rng is not None:
+    noise_rng, sample_rng = jax.random.split(rng)
+  if noise_std is not None and rng is not None:
+    logits = logits + jax.random.normal(noise_rng, logits.shape) * noise_std
+  scores = _scores(logits, config)
+  selection = scores
+  if expert_bias is not None:
+    pad = config.num_router_outputs - config.num_experts
+    selection = selection + jnp.pad(expert_bias.astype(jnp.float32), (0, pad))
+  if config.num_expert_groups > 1:
+    selection = _group_limit(selection, config)
+  _, expert_index = jax.lax.top_k(selection, config.top_k)  # [T, K]
+  if config.normalize_top_k and config.score_fn == "softmax":
+    weight = jax.nn.softmax(jnp.take_along_axis(logits, expert_index, axis=-1), axis=-1)
+  else:
+    weight = jnp.take_along_axis(scores, expert_index, axis=-1)
+    if config.normalize_top_k:
+      weight = weight / jnp.maximum(weight.sum(-1, keepdims=True), 1e-9)
+  assigned = jnp.ones_like(expert_index, dtype=jnp.bool_)
+  if config.second_expert_sampling and rng is not None:
+    share = weight[:, 1] / jnp.maximum(weight[:, 0] + weight[:, 1], 1e-9)
+    keep = jax.random.uniform(sample_rng, (num_tokens,)) < 2.0 * share
+    assigned = assigned.at[:, 1].set(keep)
+  routing, counts = finish_assignments(config, expert_index, weight, assigned, num_tokens)
+  return RouterOutput(routing=routing, probs=_loss_probs(scores, config),
+                      choice_counts=counts, logits=logits)
+
+
+def threshold_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
+  """XMoE dynamic-k: a token takes its best experts in order until their
+  cumulative probability reaches `threshold`, at least 1 and at most `top_k`.
+
+  Args:
+    logits: [T, E + null experts] router logits.
+  """
+  logits = logits.astype(jnp.float32)
+  probs = jax.nn.softmax(logits, axis=-1)
+  top_probs, expert_index = jax.lax.top_k(probs, config.top_k)  # [T, K] descending
+  mass_before = jnp.cumsum(top_probs, axis=-1) - top_probs
+  assigned = mass_before < config.threshold  # the first is always taken
+  weight = jnp.where(assigned, top_probs, 0.0)
+  if config.normalize_top_k:
+    weight = weight / jnp.maximum(weight.sum(-1, keepdims=True), 1e-9)
+  routing, counts = finish_assignments(config, expert_index, weight, assigned, logits.shape[0])
+  return RouterOutput(routing=routing, probs=probs, choice_counts=counts, logits=logits)
