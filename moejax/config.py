@@ -225,8 +225,9 @@ class MoEConfig:
     shared_d_ff: hidden width of each shared expert (default d_ff).
     shared_expert_gate: scale the shared output by sigmoid(x w) (Qwen-MoE).
     use_bias: biases in the expert FFNs.
-    dtype: compute dtype of the experts ('float32', 'bfloat16'). The router
-      always computes in float32.
+    dtype: compute dtype of the experts ('float32', 'bfloat16', 'float16';
+      'float64' needs jax x64 and is for numerical checks). The router
+      computes in float32 (float64 under x64 with float64 inputs).
   """
 
   router: RouterConfig = dataclasses.field(default_factory=RouterConfig)
@@ -254,7 +255,7 @@ class MoEConfig:
       _check_int("shared_d_ff", self.shared_d_ff, 1)
     if self.shared_expert_gate and not self.num_shared_experts:
       _fail("shared_expert_gate", True, "needs num_shared_experts >= 1")
-    _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16"))
+    _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16", "float64"))
     if not self.router.is_sparse and self.dispatch != "einsum":
       _fail("dispatch", self.dispatch,
             f"router.name={self.router.name!r} gives dense weights; use dispatch='einsum'")

@@ -27,6 +27,7 @@ from moejax.config import MoEConfig, RouterConfig
 from moejax.dispatch import get_strategy
 from moejax.experts import ExpertBank, FeedForward
 from moejax.routing import RouterOutput, aux_losses, route, routing_metrics
+from moejax.routing.types import at_least_f32
 
 
 @struct.dataclass
@@ -47,7 +48,7 @@ class Router(nn.Module):
                deterministic: bool = True) -> RouterOutput:
     """x: [T, d_model]; token_ids: [T] (hash routing only)."""
     cfg = self.config
-    x = x.astype(jnp.float32)
+    x = at_least_f32(x)
     stochastic = cfg.jitter_noise > 0 or cfg.noisy_top_k or cfg.second_expert_sampling
     rng = self.make_rng("router") if stochastic and not deterministic else None
     if rng is not None:
@@ -98,7 +99,7 @@ class MoELayer(nn.Module):
       shared = FeedForward(cfg.d_model, shared_ff, cfg.activation, cfg.use_bias, dtype,
                            name="shared")(tokens.astype(dtype))
       if cfg.shared_expert_gate:
-        gate = nn.Dense(1, use_bias=False, dtype=jnp.float32, name="shared_gate")(tokens)
+        gate = nn.Dense(1, use_bias=False, name="shared_gate")(at_least_f32(tokens))
         shared = shared * jax.nn.sigmoid(gate).astype(dtype)
       y = y + shared
     aux = MoEAux(losses=aux_losses(out), metrics=routing_metrics(out))

@@ -13,7 +13,7 @@ import jax.numpy as jnp
 
 from moejax.config import RouterConfig
 from moejax.routing.token_choice import finish_assignments
-from moejax.routing.types import RouterOutput
+from moejax.routing.types import RouterOutput, at_least_f32
 
 
 def sinkhorn_log_plan(logits: jax.Array, iterations: int) -> jax.Array:
@@ -29,7 +29,7 @@ def sinkhorn_log_plan(logits: jax.Array, iterations: int) -> jax.Array:
 
 def sinkhorn_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
   """Args: logits: [T, E]."""
-  logits = logits.astype(jnp.float32)
+  logits = at_least_f32(logits)
   plan = jax.lax.stop_gradient(sinkhorn_log_plan(logits, config.sinkhorn_iterations))
   expert_index = jnp.argmax(plan, axis=-1)[:, None]  # [T, 1]
   weight = jax.nn.sigmoid(jnp.take_along_axis(logits, expert_index, axis=-1))

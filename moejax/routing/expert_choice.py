@@ -10,19 +10,19 @@ import jax
 import jax.numpy as jnp
 
 from moejax.config import RouterConfig
-from moejax.routing.types import Routing, RouterOutput
+from moejax.routing.types import Routing, RouterOutput, at_least_f32
 
 
 def expert_choice_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
   """Args: logits: [T, E]. Returns a Routing with k = E (one column per expert)."""
-  logits = logits.astype(jnp.float32)
+  logits = at_least_f32(logits)
   num_tokens, num_experts = logits.shape
   capacity = config.capacity(num_tokens)
   probs = jax.nn.softmax(logits, axis=-1)  # token's distribution over experts
   _, chosen = jax.lax.top_k(probs.T, capacity)  # [E, C] token ids, best first
   expert_ids = jnp.broadcast_to(jnp.arange(num_experts)[:, None], chosen.shape)
   valid = jnp.zeros((num_experts, num_tokens), jnp.bool_).at[expert_ids, chosen].set(True).T
-  slot = jnp.broadcast_to(jnp.arange(capacity)[None, :], chosen.shape)
+  slot = jnp.broadcast_to(jnp.arange(capacity, dtype=jnp.int32)[None, :], chosen.shape)
   position = jnp.zeros((num_experts, num_tokens), jnp.int32).at[expert_ids, chosen].set(slot).T
   routing = Routing(
       expert_index=jnp.broadcast_to(jnp.arange(num_experts, dtype=jnp.int32),

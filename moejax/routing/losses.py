@@ -8,7 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.routing.types import RouterOutput, Routing
+from moejax.routing.types import RouterOutput, Routing, at_least_f32
 
 
 def load_balance_loss(probs: jax.Array, choice_counts: jax.Array) -> jax.Array:
@@ -28,7 +28,7 @@ def load_balance_loss(probs: jax.Array, choice_counts: jax.Array) -> jax.Array:
 
 def router_z_loss(logits: jax.Array) -> jax.Array:
   """ST-MoE z-loss: mean over tokens of logsumexp(logits)^2. logits: [T, N]."""
-  return jnp.mean(jnp.square(jax.nn.logsumexp(logits.astype(jnp.float32), axis=-1)))
+  return jnp.mean(jnp.square(jax.nn.logsumexp(at_least_f32(logits), axis=-1)))
 
 
 def importance_loss(probs: jax.Array) -> jax.Array:
@@ -44,7 +44,7 @@ def update_expert_bias(bias: jax.Array, tokens_per_expert: jax.Array, rate: floa
   Overloaded experts get a lower selection bias, underloaded ones a higher.
   Args: bias: [E]; tokens_per_expert: [E]; rate: step size.
   """
-  load = tokens_per_expert.astype(jnp.float32)
+  load = at_least_f32(tokens_per_expert)
   return bias + rate * jnp.sign(load.mean() - load)
 
 

@@ -9,12 +9,12 @@ import jax
 import jax.numpy as jnp
 
 from moejax.config import RouterConfig
-from moejax.routing.types import DenseRouting, RouterOutput
+from moejax.routing.types import DenseRouting, RouterOutput, at_least_f32
 
 
 def soft_moe_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
   """Args: logits: [T, E * slots] token-slot affinities (x @ phi)."""
-  logits = logits.astype(jnp.float32)
+  logits = at_least_f32(logits)
   num_tokens = logits.shape[0]
   shape = (num_tokens, config.num_experts, config.num_slots)
   dispatch = jax.nn.softmax(logits, axis=0).reshape(shape)  # sums to 1 over tokens

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 
 from moejax.config import RouterConfig
 from moejax.routing.capacity import assign_positions
-from moejax.routing.types import Routing, RouterOutput
+from moejax.routing.types import Routing, RouterOutput, at_least_f32
 
 
 def _scores(logits: jax.Array, config: RouterConfig) -> jax.Array:
@@ -85,7 +85,7 @@ def top_k_route(logits: jax.Array, config: RouterConfig, *,
       used only when `rng` is given.
     rng: PRNG key for noise and second-expert sampling; None = deterministic.
   """
-  logits = logits.astype(jnp.float32)
+  logits = at_least_f32(logits)
   num_tokens = logits.shape[0]
   if rng is not None:
     noise_rng, sample_rng = jax.random.split(rng)
@@ -95,7 +95,7 @@ def top_k_route(logits: jax.Array, config: RouterConfig, *,
   selection = scores
   if expert_bias is not None:
     pad = config.num_router_outputs - config.num_experts
-    selection = selection + jnp.pad(expert_bias.astype(jnp.float32), (0, pad))
+    selection = selection + jnp.pad(expert_bias.astype(selection.dtype), (0, pad))
   if config.num_expert_groups > 1:
     selection = _group_limit(selection, config)
   _, expert_index = jax.lax.top_k(selection, config.top_k)  # [T, K]
@@ -122,7 +122,7 @@ def threshold_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
   Args:
     logits: [T, E + null experts] router logits.
   """
-  logits = logits.astype(jnp.float32)
+  logits = at_least_f32(logits)
   probs = jax.nn.softmax(logits, axis=-1)
   top_probs, expert_index = jax.lax.top_k(probs, config.top_k)  # [T, K] descending
   mass_before = jnp.cumsum(top_probs, axis=-1) - top_probs

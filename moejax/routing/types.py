@@ -111,3 +111,8 @@ class RouterOutput:
   probs: jax.Array
   choice_counts: jax.Array
   logits: Optional[jax.Array]
+
+
+def at_least_f32(x: jax.Array) -> jax.Array:
+  """Router math runs in float32, or float64 when given float64 (x64 tests)."""
+  return x.astype(jnp.promote_types(x.dtype, jnp.float32))

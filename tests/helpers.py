@@ -1,0 +1,44 @@
+"""Small builders shared by the dispatch and layer tests."""
+
+import jax
+import jax.numpy as jnp
+
+from moejax import RouterConfig
+from moejax.dispatch import get_strategy
+from moejax.experts import expert_ffn
+from moejax.routing import route
+
+# One config per router family (plus the interesting token-choice variants).
+ROUTER_CASES = {
+    "top_k_capacity": RouterConfig(num_experts=4, top_k=2, capacity_factor=1.0),
+    "top_k_dropless": RouterConfig(num_experts=4, top_k=2, normalize_top_k=True),
+    "top_k_bpr": RouterConfig(num_experts=4, top_k=2, capacity_factor=0.75,
+                              drop_policy="probability"),
+    "deepseek": RouterConfig(num_experts=8, top_k=3, score_fn="sigmoid", normalize_top_k=True,
+                             num_expert_groups=4, top_k_groups=2, routed_scaling_factor=2.0),
+    "null_experts": RouterConfig(num_experts=4, top_k=2, num_null_experts=2),
+    "threshold": RouterConfig(name="threshold", num_experts=4, top_k=3, threshold=0.5),
+    "expert_choice": RouterConfig(name="expert_choice", num_experts=4, capacity_factor=1.5),
+    "sinkhorn": RouterConfig(name="sinkhorn", num_experts=4, top_k=1, capacity_factor=1.5),
+    "hash": RouterConfig(name="hash", num_experts=4, top_k=1),
+}
+
+
+def make_params(key, d, f, e, outputs, glu=True, dtype=jnp.float32):
+  ks = jax.random.split(key, 5)
+  n = lambda k, s, fan: (jax.random.normal(k, s) / jnp.sqrt(fan)).astype(dtype)
+  experts = {"w_in": n(ks[0], (e, d, f), d), "w_out": n(ks[1], (e, f, d), f),
+             "b_in": n(ks[3], (e, f), 1.0) * 0.1, "b_out": n(ks[4], (e, d), 1.0) * 0.1}
+  if glu:
+    experts["w_gate"] = n(ks[2], (e, d, f), d)
+  router = n(jax.random.fold_in(key, 9), (d, outputs), 1.0)
+  return {"router": router, "experts": experts}
+
+
+def moe_forward(params, x, token_ids, router_cfg, dispatch, backend="ragged_dot",
+                activation="swiglu"):
+  """Pure MoE forward: route, then dispatch with the named strategy. x: [T, d]."""
+  logits = x @ params["router"] + params.get("router_bias", 0.0)
+  out = route(router_cfg, logits, token_ids=token_ids)
+  expert_fn = lambda b: expert_ffn(params["experts"], b, activation, backend)
+  return get_strategy(dispatch)(x, out.routing, expert_fn)

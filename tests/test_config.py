@@ -1,0 +1,69 @@
+"""Bad configuration fails at construction with one clear ValueError."""
+
+import re
+
+import pytest
+
+from moejax import MoEConfig, RouterConfig
+
+BAD_ROUTERS = [
+    (dict(top_k=9, num_experts=8), "router.top_k", "9"),
+    (dict(num_experts=0), "router.num_experts", "0"),
+    (dict(capacity_factor=0.0), "router.capacity_factor", "0.0"),
+    (dict(capacity_factor=-1.0), "router.capacity_factor", "-1.0"),
+    (dict(name="switcheroo"), "router.name", "'switcheroo'"),
+    (dict(num_experts=8, num_expert_groups=3), "router.num_expert_groups", "3"),
+    (dict(name="threshold", threshold=1.5), "router.threshold", "1.5"),
+    (dict(name="threshold", threshold=0.0), "router.threshold", "0.0"),
+    (dict(score_fn="relu"), "router.score_fn", "'relu'"),
+    (dict(drop_policy="random", capacity_factor=1.0), "router.drop_policy", "'random'"),
+    (dict(num_expert_groups=4, top_k_groups=5), "router.top_k_groups", "5"),
+    (dict(num_expert_groups=4, top_k_groups=1, top_k=3), "router.top_k", "3"),
+    (dict(second_expert_sampling=True, top_k=1), "router.second_expert_sampling", "True"),
+    (dict(name="expert_choice"), "router.capacity_factor", "None"),
+    (dict(name="hash", top_k=2), "router.top_k", "2"),
+    (dict(name="soft_moe", top_k=1, use_expert_bias=True), "router.use_expert_bias", "True"),
+    (dict(top_k=2.5), "router.top_k", "2.5"),
+    (dict(jitter_noise=1.0), "router.jitter_noise", "1.0"),
+]
+
+
+@pytest.mark.parametrize("kwargs,field,value", BAD_ROUTERS)
+def test_bad_router_config_names_field_value_and_valid(kwargs, field, value):
+  with pytest.raises(ValueError) as err:
+    RouterConfig(**kwargs)
+  message = str(err.value)
+  assert message.startswith(f"{field}={value} is invalid: "), message
+  assert "\n" not in message
+  # The message says what would be valid (a range, a list or a rule).
+  assert re.search(r"must|valid values|needs|routes|only used|leave it", message), message
+
+
+@pytest.mark.parametrize("kwargs,field", [
+    (dict(dispatch="scatter"), "dispatch"),
+    (dict(activation="tanh"), "activation"),
+    (dict(d_model=0), "d_model"),
+    (dict(dispatch="gather"), "dispatch"),  # gather without a capacity
+    (dict(router=RouterConfig(name="soft_moe", top_k=1), dispatch="dropless"), "dispatch"),
+    (dict(shared_expert_gate=True), "shared_expert_gate"),
+    (dict(gmm_backend="magic"), "gmm_backend"),
+])
+def test_bad_moe_config(kwargs, field):
+  with pytest.raises(ValueError, match=rf"^{field}=.* is invalid: "):
+    MoEConfig(**kwargs)
+
+
+def test_good_configs_construct():
+  RouterConfig(name="top_k", num_experts=8, top_k=8)
+  RouterConfig(num_experts=8, top_k=4, num_expert_groups=4, top_k_groups=2, score_fn="sigmoid",
+               use_expert_bias=True, normalize_top_k=True, routed_scaling_factor=2.5)
+  RouterConfig(name="threshold", threshold=1.0, top_k=3, num_null_experts=2)
+  MoEConfig(router=RouterConfig(capacity_factor=1.25), dispatch="gather")
+
+
+def test_capacity_formula():
+  cfg = RouterConfig(num_experts=8, top_k=2, capacity_factor=1.25)
+  assert cfg.capacity(100) == 32  # ceil(1.25 * 100 * 2 / 8) = ceil(31.25)
+  assert RouterConfig(num_experts=8, top_k=2).capacity(100) is None
+  ec = RouterConfig(name="expert_choice", num_experts=4, capacity_factor=2.0)
+  assert ec.capacity(10) == 5  # ceil(2 * 10 / 4)

@@ -1,0 +1,152 @@
+"""The Flax MoE layer: gradients by finite differences for every router
+family, jit/vmap, shared experts, the dense baseline and dtypes."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moejax import DenseFFNLayer, MoEConfig, MoELayer, RouterConfig
+from moejax.routing import update_expert_bias
+from tests.helpers import ROUTER_CASES
+
+FD_CASES = dict(ROUTER_CASES)
+FD_CASES["soft_moe"] = RouterConfig(name="soft_moe", num_experts=3, top_k=1, num_slots=2)
+
+
+def _layer(router, **kw):
+  dispatch = "einsum" if router.name == "soft_moe" else "dropless"
+  base = dict(router=router, d_model=6, d_ff=10, activation="swiglu", dispatch=dispatch,
+              use_bias=True)
+  base.update(kw)
+  return MoELayer(MoEConfig(**base))
+
+
+@pytest.mark.parametrize("case", sorted(FD_CASES))
+def test_gradients_match_finite_differences(case):
+  with jax.enable_x64(True):
+    layer = _layer(FD_CASES[case], dtype="float64", num_shared_experts=1,
+                   shared_expert_gate=True)
+    x = jax.random.normal(jax.random.key(0), (2, 5, 6), jnp.float64)
+    ids = jnp.arange(10).reshape(2, 5)
+    variables = layer.init(jax.random.key(1), x, token_ids=ids)
+    params = jax.tree.map(lambda p: p.astype(jnp.float64), variables["params"])
+    weights = jnp.sin(jnp.arange(60.0)).reshape(2, 5, 6)
+
+    def loss(params, x):
+      y, aux = layer.apply({**variables, "params": params}, x, token_ids=ids)
+      return jnp.sum(y * weights) + 0.1 * sum(aux.losses.values())
+
+    grads = jax.grad(loss, argnums=(0, 1))(params, x)
+    rng = np.random.default_rng(0)
+    for _ in range(3):
+      direction = jax.tree.map(lambda g: jnp.asarray(rng.normal(size=g.shape)), (params, x))
+      eps = 1e-6
+      shift = lambda s: jax.tree.map(lambda p, d: p + s * eps * d, (params, x), direction)
+      numeric = (loss(*shift(1.0)) - loss(*shift(-1.0))) / (2 * eps)
+      analytic = sum(jnp.vdot(g, d) for g, d in zip(jax.tree.leaves(grads),
+                                                    jax.tree.leaves(direction)))
+      np.testing.assert_allclose(analytic, numeric, rtol=1e-5, atol=1e-6)
+
+
+def test_jit_and_vmap_over_groups():
+  layer = _layer(ROUTER_CASES["top_k_capacity"])
+  x = jax.random.normal(jax.random.key(0), (3, 8, 6))  # 3 groups of 8 tokens
+  variables = layer.init(jax.random.key(1), x[0])
+  apply = lambda v, g: layer.apply(v, g)[0]
+  per_group = jnp.stack([apply(variables, x[i]) for i in range(3)])
+  vmapped = jax.jit(jax.vmap(apply, in_axes=(None, 0)))(variables, x)
+  np.testing.assert_allclose(vmapped, per_group, rtol=1e-5, atol=1e-6)
+  # Routing the 24 tokens as one group differs (capacity is per group).
+  assert not np.allclose(jax.jit(apply)(variables, x), per_group, atol=1e-6)
+
+
+def test_shared_experts_with_gate_add_gated_dense_ffn():
+  layer = _layer(ROUTER_CASES["top_k_dropless"], num_shared_experts=2, shared_d_ff=4,
+                 shared_expert_gate=True)
+  x = jax.random.normal(jax.random.key(0), (7, 6))
+  variables = layer.init(jax.random.key(1), x)
+  p = variables["params"]
+  assert p["shared"]["w_in"]["kernel"].shape == (6, 8)  # 2 shared experts x 4 fused
+  zeroed = jax.tree.map(jnp.zeros_like, p["experts"])
+  y, _ = layer.apply({"params": {**p, "experts": zeroed}}, x)  # routed part is 0
+  s = p["shared"]
+  silu = lambda z: z / (1 + jnp.exp(-z))
+  h = (x @ s["w_in"]["kernel"] + s["w_in"]["bias"]) * silu(x @ s["w_gate"]["kernel"]
+                                                           + s["w_gate"]["bias"])
+  shared = h @ s["w_out"]["kernel"] + s["w_out"]["bias"]
+  gate = jax.nn.sigmoid(x @ p["shared_gate"]["kernel"])
+  np.testing.assert_allclose(y, shared * gate, rtol=1e-5, atol=1e-6)
+
+
+def test_dense_baseline_has_same_interface():
+  moe = _layer(ROUTER_CASES["top_k_dropless"])
+  dense = DenseFFNLayer(d_model=6, d_ff=20, activation="swiglu")
+  x = jnp.ones((2, 3, 6))
+  for layer in (moe, dense):
+    v = layer.init(jax.random.key(0), x)
+    y, aux = layer.apply(v, x, token_ids=None, deterministic=False)
+    assert y.shape == x.shape
+    assert set(aux.losses) == {"load_balance", "z_loss", "importance"}
+
+
+def test_bfloat16_experts_close_to_float32():
+  router = ROUTER_CASES["top_k_dropless"]
+  x = jax.random.normal(jax.random.key(0), (16, 6))
+  f32 = _layer(router)
+  variables = f32.init(jax.random.key(1), x)
+  y32, _ = f32.apply(variables, x)
+  for dispatch in ("einsum", "dropless"):
+    y16, _ = _layer(router, dtype="bfloat16", dispatch=dispatch).apply(variables, x)
+    assert y16.dtype == x.dtype
+    np.testing.assert_allclose(y16, y32, rtol=0.05, atol=0.05)
+
+
+def test_stochastic_routing_uses_router_rng_only_in_training():
+  router = dataclasses.replace(ROUTER_CASES["top_k_dropless"], jitter_noise=0.5, noisy_top_k=True)
+  layer = _layer(router)
+  x = jax.random.normal(jax.random.key(0), (32, 6))
+  v = layer.init(jax.random.key(1), x)
+  y_eval, _ = layer.apply(v, x)  # deterministic: no rng needed
+  y_a, _ = layer.apply(v, x, deterministic=False, rngs={"router": jax.random.key(2)})
+  y_b, _ = layer.apply(v, x, deterministic=False, rngs={"router": jax.random.key(2)})
+  np.testing.assert_array_equal(y_a, y_b)
+  assert not np.allclose(y_a, y_eval)
+
+
+def test_expert_bias_lives_in_router_state_and_rebalances():
+  router = RouterConfig(num_experts=4, top_k=1, score_fn="sigmoid", use_expert_bias=True)
+  layer = _layer(router)
+  x = jax.random.normal(jax.random.key(0), (256, 6)) + 2.0  # skewed inputs
+  v = layer.init(jax.random.key(1), x)
+  assert v["router_state"]["router"]["expert_bias"].shape == (4,)
+  step = jax.jit(lambda v: layer.apply(v, x)[1].metrics["tokens_per_expert"])
+  start = step(v)
+  for _ in range(200):
+    bias = v["router_state"]["router"]["expert_bias"]
+    v = {**v, "router_state": {"router": {"expert_bias": update_expert_bias(bias, step(v), 0.01)}}}
+  end = step(v)
+  assert float(end.max() / end.mean()) < float(start.max() / start.mean())
+  assert float(end.max() / end.mean()) < 1.3
+
+
+def test_metrics_report_drops_and_entropy():
+  router = RouterConfig(num_experts=4, top_k=1, capacity_factor=0.5)
+  layer = _layer(router, dispatch="gather")
+  x = jax.random.normal(jax.random.key(0), (40, 6))
+  v = layer.init(jax.random.key(1), x)
+  _, aux = layer.apply(v, x)
+  m = aux.metrics
+  kept = float(m["tokens_per_expert"].sum())
+  assert kept <= 4 * 5  # capacity = ceil(0.5 * 40 / 4) = 5
+  np.testing.assert_allclose(m["fraction_dropped"], 1 - kept / 40, rtol=1e-6)
+  assert 0 < float(m["router_entropy"]) <= np.log(4) + 1e-6
+  assert float(m["balance"]) >= 1.0
+
+
+def test_wrong_input_width_is_a_clear_error():
+  layer = _layer(ROUTER_CASES["top_k_dropless"])
+  with pytest.raises(ValueError, match="input last dim 5 != d_model=6"):
+    layer.init(jax.random.key(0), jnp.ones((3, 5)))
