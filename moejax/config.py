@@ -262,3 +262,23 @@ class MoEConfig:
     if self.dispatch == "gather" and self.router.capacity(1) is None:
       _fail("dispatch", "gather",
             "needs router.capacity_factor (a number > 0); for dropless use dispatch='dropless'")
+
+
+def _from_mapping(cls, values, prefix: str):
+  known = {f.name for f in dataclasses.fields(cls)}
+  unknown = sorted(set(values) - known)
+  if unknown:
+    _fail(f"{prefix}{unknown[0]}", values[unknown[0]],
+          f"unknown field; valid fields are {', '.join(sorted(known))}")
+  return cls(**values)
+
+
+def moe_config_from_mapping(values) -> MoEConfig:
+  """MoEConfig from a (nested) mapping, e.g. an ml_collections ConfigDict.
+
+  The 'router' entry is itself a mapping of RouterConfig fields. Unknown
+  fields fail with the same one-line ValueError as bad values.
+  """
+  values = dict(values)
+  router = _from_mapping(RouterConfig, dict(values.pop("router", {})), "router.")
+  return _from_mapping(MoEConfig, {**values, "router": router}, "")

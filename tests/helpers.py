@@ -1,5 +1,7 @@
 """Small builders shared by the dispatch and layer tests."""
 
+import functools
+
 import jax
 import jax.numpy as jnp
 
@@ -35,6 +37,7 @@ def make_params(key, d, f, e, outputs, glu=True, dtype=jnp.float32):
   return {"router": router, "experts": experts}
 
 
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
 def moe_forward(params, x, token_ids, router_cfg, dispatch, backend="ragged_dot",
                 activation="swiglu"):
   """Pure MoE forward: route, then dispatch with the named strategy. x: [T, d]."""

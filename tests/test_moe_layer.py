@@ -35,11 +35,12 @@ def test_gradients_match_finite_differences(case):
     params = jax.tree.map(lambda p: p.astype(jnp.float64), variables["params"])
     weights = jnp.sin(jnp.arange(60.0)).reshape(2, 5, 6)
 
+    @jax.jit
     def loss(params, x):
       y, aux = layer.apply({**variables, "params": params}, x, token_ids=ids)
       return jnp.sum(y * weights) + 0.1 * sum(aux.losses.values())
 
-    grads = jax.grad(loss, argnums=(0, 1))(params, x)
+    grads = jax.jit(jax.grad(loss, argnums=(0, 1)))(params, x)
     rng = np.random.default_rng(0)
     for _ in range(3):
       direction = jax.tree.map(lambda g: jnp.asarray(rng.normal(size=g.shape)), (params, x))
@@ -56,7 +57,7 @@ def test_jit_and_vmap_over_groups():
   x = jax.random.normal(jax.random.key(0), (3, 8, 6))  # 3 groups of 8 tokens
   variables = layer.init(jax.random.key(1), x[0])
   apply = lambda v, g: layer.apply(v, g)[0]
-  per_group = jnp.stack([apply(variables, x[i]) for i in range(3)])
+  per_group = jnp.stack([jax.jit(apply)(variables, x[i]) for i in range(3)])
   vmapped = jax.jit(jax.vmap(apply, in_axes=(None, 0)))(variables, x)
   np.testing.assert_allclose(vmapped, per_group, rtol=1e-5, atol=1e-6)
   # Routing the 24 tokens as one group differs (capacity is per group).
@@ -71,7 +72,7 @@ def test_shared_experts_with_gate_add_gated_dense_ffn():
   p = variables["params"]
   assert p["shared"]["w_in"]["kernel"].shape == (6, 8)  # 2 shared experts x 4 fused
   zeroed = jax.tree.map(jnp.zeros_like, p["experts"])
-  y, _ = layer.apply({"params": {**p, "experts": zeroed}}, x)  # routed part is 0
+  y, _ = jax.jit(layer.apply)({"params": {**p, "experts": zeroed}}, x)  # routed part is 0
   s = p["shared"]
   silu = lambda z: z / (1 + jnp.exp(-z))
   h = (x @ s["w_in"]["kernel"] + s["w_in"]["bias"]) * silu(x @ s["w_gate"]["kernel"]
@@ -97,9 +98,9 @@ def test_bfloat16_experts_close_to_float32():
   x = jax.random.normal(jax.random.key(0), (16, 6))
   f32 = _layer(router)
   variables = f32.init(jax.random.key(1), x)
-  y32, _ = f32.apply(variables, x)
+  y32, _ = jax.jit(f32.apply)(variables, x)
   for dispatch in ("einsum", "dropless"):
-    y16, _ = _layer(router, dtype="bfloat16", dispatch=dispatch).apply(variables, x)
+    y16, _ = jax.jit(_layer(router, dtype="bfloat16", dispatch=dispatch).apply)(variables, x)
     assert y16.dtype == x.dtype
     np.testing.assert_allclose(y16, y32, rtol=0.05, atol=0.05)
 
@@ -109,9 +110,10 @@ def test_stochastic_routing_uses_router_rng_only_in_training():
   layer = _layer(router)
   x = jax.random.normal(jax.random.key(0), (32, 6))
   v = layer.init(jax.random.key(1), x)
-  y_eval, _ = layer.apply(v, x)  # deterministic: no rng needed
-  y_a, _ = layer.apply(v, x, deterministic=False, rngs={"router": jax.random.key(2)})
-  y_b, _ = layer.apply(v, x, deterministic=False, rngs={"router": jax.random.key(2)})
+  y_eval, _ = jax.jit(layer.apply)(v, x)  # deterministic: no rng needed
+  train = jax.jit(lambda v, x, key: layer.apply(v, x, deterministic=False, rngs={"router": key}))
+  y_a, _ = train(v, x, jax.random.key(2))
+  y_b, _ = train(v, x, jax.random.key(2))
   np.testing.assert_array_equal(y_a, y_b)
   assert not np.allclose(y_a, y_eval)
 
@@ -137,7 +139,7 @@ def test_metrics_report_drops_and_entropy():
   layer = _layer(router, dispatch="gather")
   x = jax.random.normal(jax.random.key(0), (40, 6))
   v = layer.init(jax.random.key(1), x)
-  _, aux = layer.apply(v, x)
+  _, aux = jax.jit(layer.apply)(v, x)
   m = aux.metrics
   kept = float(m["tokens_per_expert"].sum())
   assert kept <= 4 * 5  # capacity = ceil(0.5 * 40 / 4) = 5

@@ -1,0 +1,50 @@
+"""Shared entry point for the absl binaries in experiments/."""
+
+from __future__ import annotations
+
+import sys
+from typing import Callable, NoReturn
+
+from absl import app, flags
+from ml_collections import config_flags
+
+
+def _die(err: Exception) -> NoReturn:
+  text = str(err).strip().strip('"')
+  message = text.splitlines()[0] if text else type(err).__name__
+  sys.stderr.write(f"error: bad flag or config override: {message}\n")
+  sys.exit(2)
+
+
+def define_config(default_path: str, help_text: str = "ml_collections config file."):
+  """DEFINE_config_file('config', ...). ml_collections applies `--config.x=y`
+  overrides right here, so an unknown field or bad type is reported as one
+  line (exit code 2) instead of a traceback."""
+  try:
+    return config_flags.DEFINE_config_file("config", default_path, help_text)
+  except Exception as err:  # ml_collections raises several types for bad overrides
+    if isinstance(err, (KeyError, AttributeError)):
+      err = ValueError(f"unknown config field {str(err).strip(chr(34))} in {sys.argv[1:]}")
+    _die(err)
+
+
+def run(main: Callable) -> None:
+  """app.run(main), with bad flags reported as one line (exit code 2)."""
+  try:
+    flags.FLAGS(sys.argv)
+  except Exception as err:
+    _die(err)
+  app.run(main)
+
+
+def config_value(config_flag):
+  """The parsed config; a config file that fails to load is one line (exit 2)."""
+  try:
+    value = config_flag.value
+    value.keys()  # a file that failed to load is a proxy that raises on first use
+    return value
+  except (OSError, ImportError, SyntaxError) as err:
+    lines = [l.strip() for l in str(err).splitlines() if l.strip()]
+    detail = lines[-1] if lines else type(err).__name__
+    sys.stderr.write(f"error: --config could not be loaded: {detail}\n")
+    sys.exit(2)
