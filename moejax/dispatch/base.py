@@ -13,7 +13,7 @@ from typing import Any, Callable, Optional, Tuple
 import jax
 from flax import struct
 
-from moejax.routing.types import AnyRouting
+from moejax.routing.types import AnyRouting, Routing
 
 
 @struct.dataclass
@@ -53,6 +53,13 @@ class DispatchStrategy(abc.ABC):
   @abc.abstractmethod
   def combine(self, y: ExpertBatch, routing: AnyRouting, residual: Any) -> jax.Array:
     """Expert outputs -> [T, d] in token order, weighted by the routing."""
+
+  def require_sparse(self, routing: AnyRouting) -> Routing:
+    """Index-based strategies need (token, expert, slot) assignments."""
+    if not isinstance(routing, Routing):
+      raise ValueError(f"dispatch={self.name!r} needs a sparse Routing; this router gives dense "
+                       "weights (Soft MoE): use dispatch='einsum'")
+    return routing
 
   def __call__(self, x: jax.Array, routing: AnyRouting, expert_fn: ExpertFn) -> jax.Array:
     batch, residual = self.dispatch(x, routing)

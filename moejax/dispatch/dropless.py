@@ -12,15 +12,13 @@ import jax
 import jax.numpy as jnp
 
 from moejax.dispatch.base import DispatchStrategy, ExpertBatch
-from moejax.routing.types import Routing
 
 
 class DroplessDispatch(DispatchStrategy):
   name = "dropless"
 
   def dispatch(self, x, routing):
-    if not isinstance(routing, Routing):
-      raise ValueError("dispatch='dropless' needs a sparse Routing; use dispatch='einsum'")
+    routing = self.require_sparse(routing)
     num_tokens, k = routing.expert_index.shape
     key = jnp.where(routing.valid, routing.expert_index, routing.num_experts).reshape(-1)
     order = jnp.argsort(key, stable=True)  # [T * K] assignment at each sorted row

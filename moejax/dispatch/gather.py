@@ -25,8 +25,7 @@ class GatherDispatch(DispatchStrategy):
   name = "gather"
 
   def dispatch(self, x, routing):
-    if not isinstance(routing, Routing):
-      raise ValueError("dispatch='gather' needs a sparse Routing; use dispatch='einsum'")
+    routing = self.require_sparse(routing)
     num_tokens, k = routing.expert_index.shape
     slots = routing.buffer_size()
     total = routing.num_experts * slots

@@ -1,0 +1,39 @@
+"""The benchmark binary runs and writes the documented JSON (no timing asserts)."""
+
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+FIELDS = {"name", "dispatch", "backend", "tokens", "d_model", "d_ff", "experts", "top_k",
+          "capacity_factor", "fwd_ms", "fwd_bwd_ms", "ratio_vs_dense"}
+
+
+def _bench(*args):
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, "experiments/benchmark.py", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=600, env=env)
+
+
+def test_benchmark_writes_rows(tmp_path):
+  out_file = tmp_path / "bench.json"
+  out = _bench("--preset=tiny", "--tokens=64", "--repeats=1", "--warmup=0",
+               "--variants=gather,dropless_ragged_dot", f"--json_out={out_file}")
+  assert out.returncode == 0, out.stderr
+  rows = json.loads(out_file.read_text())
+  assert [r["name"] for r in rows] == ["dense", "gather", "dropless_ragged_dot"]
+  for r in rows:
+    assert FIELDS <= set(r), FIELDS - set(r)
+    assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0
+    assert abs(r["ratio_vs_dense"] - r["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]) < 1e-9
+  assert rows[1]["capacity_factor"] == 1.25 and rows[2]["capacity_factor"] is None
+
+
+def test_benchmark_rejects_unknown_variant():
+  out = _bench("--preset=tiny", "--variants=warp_drive")
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines() == [
+      "error: --variants='warp_drive' is invalid: valid values are einsum, gather, "
+      "dropless_ragged_dot, dropless_einsum"]
