@@ -49,7 +49,7 @@ def finish_assignments(config: RouterConfig, expert_index, weight, assigned, num
   """
   weight = weight * config.routed_scaling_factor
   outputs = config.num_router_outputs
-  choice_counts = (jax.nn.one_hot(expert_index, outputs) * assigned[..., None]).sum((0, 1))
+  choice_counts = jnp.zeros((outputs,), jnp.float32).at[expert_index].add(assigned)
   real = assigned & (expert_index < config.num_experts)
   priority = weight.max(axis=-1) if config.drop_policy == "probability" else None
   position, valid = assign_positions(expert_index, real, config.num_experts,

@@ -59,8 +59,7 @@ class Routing:
 
   def tokens_per_expert(self) -> jax.Array:
     """[num_experts] number of assignments each expert receives."""
-    onehot = jax.nn.one_hot(self.expert_index, self.num_experts, dtype=jnp.float32)
-    return (onehot * self.valid[..., None]).sum(axis=(0, 1))
+    return jnp.zeros((self.num_experts,), jnp.float32).at[self.expert_index].add(self.valid)
 
 
 @struct.dataclass
