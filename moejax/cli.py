@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from typing import Callable, NoReturn
 
@@ -30,6 +31,9 @@ def define_config(default_path: str, help_text: str = "ml_collections config fil
 
 def run(main: Callable) -> None:
   """app.run(main), with bad flags reported as one line (exit code 2)."""
+  # JAX logs each accelerator backend it could not find (e.g. "Unable to
+  # initialize backend 'tpu'") at INFO; on a CPU machine that is only noise.
+  logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   try:
     flags.FLAGS(sys.argv)
   except Exception as err:
