@@ -26,7 +26,7 @@ from flax import struct
 from moejax.config import MoEConfig, RouterConfig
 from moejax.dispatch import get_strategy
 from moejax.experts import ExpertBank, FeedForward
-from moejax.routing import RouterOutput, aux_losses, route, routing_metrics
+from moejax.routing import RouterOutput, aux_losses, route, routing_metrics, zero_losses
 from moejax.routing.types import at_least_f32
 
 
@@ -93,11 +93,12 @@ class MoELayer(nn.Module):
     out = Router(cfg.router, name="router")(tokens, token_ids=ids, deterministic=deterministic)
     experts = ExpertBank(cfg.router.num_experts, cfg.d_model, cfg.d_ff, cfg.activation,
                          cfg.use_bias, cfg.gmm_backend, dtype, name="experts")
-    y = get_strategy(cfg.dispatch)(tokens.astype(dtype), out.routing, experts)
+    compute_tokens = tokens.astype(dtype)
+    y = get_strategy(cfg.dispatch)(compute_tokens, out.routing, experts)
     if cfg.num_shared_experts:
       shared_ff = cfg.num_shared_experts * (cfg.shared_d_ff or cfg.d_ff)
       shared = FeedForward(cfg.d_model, shared_ff, cfg.activation, cfg.use_bias, dtype,
-                           name="shared")(tokens.astype(dtype))
+                           name="shared")(compute_tokens)
       if cfg.shared_expert_gate:
         gate = nn.Dense(1, use_bias=False, name="shared_gate")(at_least_f32(tokens))
         shared = shared * jax.nn.sigmoid(gate).astype(dtype)
@@ -121,6 +122,4 @@ class DenseFFNLayer(nn.Module):
     del token_ids, deterministic
     y = FeedForward(self.d_model, self.d_ff, self.activation, self.use_bias,
                     jnp.dtype(self.dtype), name="ffn")(x.astype(jnp.dtype(self.dtype)))
-    zero = jnp.zeros((), jnp.float32)
-    losses = {"load_balance": zero, "z_loss": zero, "importance": zero}
-    return y.astype(x.dtype), MoEAux(losses=losses, metrics={})
+    return y.astype(x.dtype), MoEAux(losses=zero_losses(), metrics={})

@@ -15,6 +15,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from moejax.config import RouterConfig
+from moejax.routing.types import Routing
+
 
 def assign_positions(expert_index: jax.Array, assigned: jax.Array, num_experts: int,
                      capacity: Optional[int], priority: Optional[jax.Array] = None):
@@ -43,3 +46,27 @@ def assign_positions(expert_index: jax.Array, assigned: jax.Array, num_experts: 
       pos_in_order.astype(jnp.int32))
   valid = assigned if capacity is None else assigned & (position < capacity)
   return position, valid
+
+
+def finish_assignments(config: RouterConfig, expert_index, weight, assigned, num_tokens):
+  """Routed scaling, capacity and choice counts for routers whose tokens pick
+  their experts (top-k, threshold, Sinkhorn, hash); returns (Routing, counts).
+
+  `assigned` [T, K] marks choices actually taken (null-expert choices
+  included: they count as choices but take no slot).
+  """
+  weight = weight * config.routed_scaling_factor
+  outputs = config.num_router_outputs
+  choice_counts = jnp.zeros((outputs,), jnp.float32).at[expert_index].add(assigned)
+  real = assigned & (expert_index < config.num_experts)
+  priority = weight.max(axis=-1) if config.drop_policy == "probability" else None
+  capacity = config.capacity(num_tokens)
+  position, valid = assign_positions(expert_index, real, config.num_experts, capacity, priority)
+  routing = Routing(
+      expert_index=jnp.where(valid, expert_index, 0).astype(jnp.int32),
+      weight=jnp.where(valid, weight, 0.0),
+      position=jnp.where(valid, position, 0),
+      valid=valid,
+      num_experts=config.num_experts,
+      capacity=capacity)
+  return routing, choice_counts

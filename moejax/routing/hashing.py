@@ -8,7 +8,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.config import RouterConfig
-from moejax.routing.token_choice import finish_assignments
+from moejax.routing.capacity import finish_assignments
 from moejax.routing.types import RouterOutput
 
 

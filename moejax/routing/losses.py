@@ -48,6 +48,14 @@ def update_expert_bias(bias: jax.Array, tokens_per_expert: jax.Array, rate: floa
   return bias + rate * jnp.sign(load.mean() - load)
 
 
+LOSS_NAMES = ("load_balance", "z_loss", "importance")
+
+
+def zero_losses() -> dict:
+  """Every aux loss at 0 (layers without a router, e.g. the dense baseline)."""
+  return {name: jnp.zeros((), jnp.float32) for name in LOSS_NAMES}
+
+
 def aux_losses(out: RouterOutput) -> dict:
   """All aux losses of a RouterOutput, unweighted (scalars; 0 where a loss
   does not apply: no logits for hash, no balance loss for dense routing)."""

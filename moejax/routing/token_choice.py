@@ -15,8 +15,8 @@ import jax
 import jax.numpy as jnp
 
 from moejax.config import RouterConfig
-from moejax.routing.capacity import assign_positions
-from moejax.routing.types import Routing, RouterOutput, at_least_f32
+from moejax.routing.capacity import finish_assignments
+from moejax.routing.types import RouterOutput, at_least_f32
 
 
 def _scores(logits: jax.Array, config: RouterConfig) -> jax.Array:
@@ -39,29 +39,6 @@ def _group_limit(selection: jax.Array, config: RouterConfig) -> jax.Array:
   group_mask = jax.nn.one_hot(top_groups, groups, dtype=jnp.bool_).any(axis=1)  # [T, G]
   expert_mask = jnp.repeat(group_mask, num_experts // groups, axis=1)
   return jnp.where(expert_mask, selection, -jnp.inf)
-
-
-def finish_assignments(config: RouterConfig, expert_index, weight, assigned, num_tokens):
-  """Capacity, routed scaling and bookkeeping shared by token-choice routers.
-
-  `assigned` [T, K] marks choices actually taken (null-expert choices
-  included: they count as choices but take no slot).
-  """
-  weight = weight * config.routed_scaling_factor
-  outputs = config.num_router_outputs
-  choice_counts = jnp.zeros((outputs,), jnp.float32).at[expert_index].add(assigned)
-  real = assigned & (expert_index < config.num_experts)
-  priority = weight.max(axis=-1) if config.drop_policy == "probability" else None
-  position, valid = assign_positions(expert_index, real, config.num_experts,
-                                     config.capacity(num_tokens), priority)
-  routing = Routing(
-      expert_index=jnp.where(valid, expert_index, 0).astype(jnp.int32),
-      weight=jnp.where(valid, weight, 0.0),
-      position=jnp.where(valid, position, 0),
-      valid=valid,
-      num_experts=config.num_experts,
-      capacity=config.capacity(num_tokens))
-  return routing, choice_counts
 
 
 def _loss_probs(scores: jax.Array, config: RouterConfig) -> jax.Array:

@@ -50,12 +50,12 @@ class Routing:
     """One-hot [tokens, experts, slots] dispatch/combine tensors (reference)."""
     slots = self.buffer_size()
     onehot_e = jax.nn.one_hot(self.expert_index, self.num_experts, dtype=jnp.float32)
-    onehot_c = jax.nn.one_hot(self.position, slots, dtype=jnp.float32)
-    mask = self.valid.astype(jnp.float32)[..., None, None]
-    per_choice = onehot_e[..., :, None] * onehot_c[..., None, :] * mask  # [T, K, E, C]
+    onehot_e = onehot_e * self.valid[..., None]  # [T, K, E]
+    onehot_c = jax.nn.one_hot(self.position, slots, dtype=jnp.float32)  # [T, K, C]
+    # Contract k directly: never materialise [T, K, E, C] (K = E for expert choice).
     return DenseRouting(
-        dispatch=per_choice.sum(axis=1),
-        combine=(per_choice * self.weight[..., None, None]).sum(axis=1))
+        dispatch=jnp.einsum("tke,tkc->tec", onehot_e, onehot_c),
+        combine=jnp.einsum("tke,tkc->tec", onehot_e * self.weight[..., None], onehot_c))
 
   def tokens_per_expert(self) -> jax.Array:
     """[num_experts] number of assignments each expert receives."""
