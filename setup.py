@@ -20,6 +20,16 @@ setup(
         "ml-collections>=0.1",
         "absl-py>=1.0",
         "numpy>=1.26",
+        # data: TFDS builders written as array_record, read through grain (no TensorFlow)
+        "tensorflow-datasets>=4.9.7",
+        "importlib_resources",  # imported by TFDS when it builds a dataset
+        "grain>=0.2.6",
+        "array_record>=0.5",
+        "scikit-learn>=1.2",    # ships the embedded digits images
+        # training: checkpoints, TensorBoard scalars, plots
+        "orbax-checkpoint>=0.11",
+        "tensorboardX>=2.6",
+        "matplotlib>=3.7",
     ],
     extras_require={
         "test": ["pytest>=8"],

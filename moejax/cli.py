@@ -7,6 +7,7 @@ import sys
 from typing import Callable, NoReturn
 
 from absl import app, flags
+from absl import logging as absl_logging
 from ml_collections import config_flags
 
 
@@ -35,10 +36,15 @@ def run(main: Callable) -> None:
   # initialize backend 'tpu'") at INFO; on a CPU machine that is only noise.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
   try:
-    flags.FLAGS(sys.argv)
+    remaining = flags.FLAGS(sys.argv)
   except Exception as err:
     _die(err)
-  app.run(main)
+  if not flags.FLAGS["verbosity"].present:
+    # orbax and TFDS log every file they write at INFO; --verbosity=0 brings it back.
+    absl_logging.set_verbosity(absl_logging.WARNING)
+  # Parse once: a second parse (app.run's own) re-registers the --config.x
+  # override flags of a non-default --config file and fails.
+  app.run(main, flags_parser=lambda argv: remaining)
 
 
 def config_value(config_flag):

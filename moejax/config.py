@@ -68,6 +68,9 @@ class RouterConfig:
     use_expert_bias: add a non-trained per-expert bias to the scores for
       *selection only* (aux-loss-free balancing); see
       `moejax.routing.losses.update_expert_bias`.
+    expert_bias_update_rate: step size of that bias update (DeepSeek-V3's
+      gamma). MoELayer applies it itself on every training call that has the
+      'router_state' collection mutable; 0 = keep the bias fixed.
     jitter_noise: Switch input jitter: multiply router inputs by U(1-eps, 1+eps)
       during training. 0 = off.
     noisy_top_k: Shazeer et al. noisy top-k gating: add N(0, softplus(x W_noise))
@@ -99,6 +102,7 @@ class RouterConfig:
   num_expert_groups: int = 1
   top_k_groups: int = 1
   use_expert_bias: bool = False
+  expert_bias_update_rate: float = 1e-3
   jitter_noise: float = 0.0
   noisy_top_k: bool = False
   second_expert_sampling: bool = False
@@ -138,6 +142,7 @@ class RouterConfig:
       if self.num_null_experts:
         _fail("router.num_null_experts", self.num_null_experts,
               "must be 0 when num_expert_groups > 1")
+    _check_float("router.expert_bias_update_rate", self.expert_bias_update_rate, 0.0, True)
     _check_float("router.jitter_noise", self.jitter_noise, 0.0, True)
     if self.jitter_noise >= 1:
       _fail("router.jitter_noise", self.jitter_noise, "must be in [0, 1)")

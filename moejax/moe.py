@@ -6,7 +6,9 @@ Variables:
   params/router/kernel        [d_model, router outputs]
   params/router/noise_kernel  [d_model, router outputs]  (noisy_top_k)
   router_state/router/expert_bias [E]  (use_expert_bias; not trained by
-      gradients — update it with moejax.routing.update_expert_bias)
+      gradients: on a training call (deterministic=False) with 'router_state'
+      mutable, the layer applies moejax.routing.update_expert_bias with the
+      batch's load and router.expert_bias_update_rate)
   params/experts/{w_in, w_gate, w_out, b_in, b_out}  stacked over experts
   params/shared/...  and params/shared_gate/kernel  (shared experts)
 
@@ -26,7 +28,8 @@ from flax import struct
 from moejax.config import MoEConfig, RouterConfig
 from moejax.dispatch import get_strategy
 from moejax.experts import ExpertBank, FeedForward
-from moejax.routing import RouterOutput, aux_losses, route, routing_metrics, zero_losses
+from moejax.routing import (RouterOutput, aux_losses, route, routing_metrics, update_expert_bias,
+                            zero_losses)
 from moejax.routing.types import at_least_f32
 
 
@@ -65,11 +68,18 @@ class Router(nn.Module):
       noise_kernel = self.param("noise_kernel", nn.initializers.zeros,
                                 (x.shape[-1], cfg.num_router_outputs))
       noise_std = jax.nn.softplus(x @ noise_kernel)
+    bias_var = None
     if cfg.use_expert_bias:
-      expert_bias = self.variable("router_state", "expert_bias", jnp.zeros,
-                                  (cfg.num_experts,), jnp.float32).value
-    return route(cfg, logits, token_ids=token_ids, expert_bias=expert_bias,
-                 noise_std=noise_std, rng=rng)
+      bias_var = self.variable("router_state", "expert_bias", jnp.zeros,
+                               (cfg.num_experts,), jnp.float32)
+      expert_bias = bias_var.value
+    out = route(cfg, logits, token_ids=token_ids, expert_bias=expert_bias,
+                noise_std=noise_std, rng=rng)
+    if (bias_var is not None and not deterministic and cfg.expert_bias_update_rate > 0
+        and self.is_mutable_collection("router_state") and not self.is_initializing()):
+      load = jax.lax.stop_gradient(out.routing.tokens_per_expert())
+      bias_var.value = update_expert_bias(bias_var.value, load, cfg.expert_bias_update_rate)
+    return out
 
 
 class MoELayer(nn.Module):

@@ -1,0 +1,58 @@
+"""Validated data configuration."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from moejax.config import _check_int, _fail, _from_mapping
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+  """Which TFDS dataset to read and how to batch it.
+
+  Attributes:
+    name: a TFDS dataset name. Embedded (built on first use, no download):
+      'pydoc_bytes' (byte-level text, for kind='lm') and 'sklearn_digits'
+      (8x8 digit images, for kind='vit'). Any other TFDS name (e.g. 'lm1b',
+      'c4/en', 'cifar10', 'imagenet2012') must already be prepared in data_dir
+      as array_record files.
+    data_dir: TFDS data directory; None = $TFDS_DATA_DIR or ~/tensorflow_datasets.
+    train_split, eval_split: TFDS split names (TFDS slicing such as
+      'train[:90%]' works).
+    batch_size: global examples per training / eval step (split evenly over
+      hosts; must divide by the number of processes).
+    seq_len: (lm) tokens per example; text is UTF-8 bytes (vocab 256), pad 0.
+    eval_batches: batches per evaluation; 0 = every full batch of the split.
+    text_key: (lm, datasets other than pydoc_bytes) feature holding the text.
+    image_key, label_key: (vit) features holding the image and the label.
+    shuffle_seed: seed of the training order (reshuffled every epoch).
+  """
+
+  name: str = "pydoc_bytes"
+  data_dir: Optional[str] = None
+  train_split: str = "train"
+  eval_split: str = "validation"
+  batch_size: int = 32
+  seq_len: int = 128
+  eval_batches: int = 8
+  text_key: str = "text"
+  image_key: str = "image"
+  label_key: str = "label"
+  shuffle_seed: int = 0
+
+  def __post_init__(self):
+    if not isinstance(self.name, str) or not self.name:
+      _fail("data.name", self.name, "must be a TFDS dataset name, e.g. 'pydoc_bytes'")
+    if self.data_dir is not None and not isinstance(self.data_dir, str):
+      _fail("data.data_dir", self.data_dir, "must be a directory path or None")
+    _check_int("data.batch_size", self.batch_size, 1)
+    _check_int("data.seq_len", self.seq_len, 1)
+    _check_int("data.eval_batches", self.eval_batches, 0)
+    _check_int("data.shuffle_seed", self.shuffle_seed, 0)
+
+
+def data_config_from_mapping(values) -> DataConfig:
+  """DataConfig from a mapping; unknown fields fail with one line."""
+  return _from_mapping(DataConfig, dict(values), "data.")

@@ -1,0 +1,171 @@
+"""grain pipelines over TFDS array_record data: deterministic, checkpointable
+training iterators and fixed evaluation batches.
+
+Batches are dicts of NumPy arrays with a leading per-host batch dimension
+(see moejax.data.sources for the fields). The training iterator's position is
+`iterator.get_state()` (JSON-serialisable) and restores with `set_state`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Callable, List, Optional
+
+import grain.python as grain
+import jax
+import numpy as np
+
+from moejax.data.builders import EMBEDDED
+from moejax.data.config import DataConfig
+from moejax.data.sources import ByteWindows, ImageLabel, TextBytes
+
+
+class DataError(ValueError):
+  """A dataset that cannot be used as configured (one-line message)."""
+
+
+@dataclasses.dataclass
+class Datasets:
+  """What the trainer needs from the data.
+
+  make_train_iterator: () -> a fresh checkpointable iterator over training
+    batches (endless; epochs reshuffled).
+  eval_batches: () -> the fixed list of evaluation batches.
+  num_train_examples: examples per training epoch (all hosts).
+  """
+
+  make_train_iterator: Callable
+  eval_batches: Callable[[], List[dict]]
+  num_train_examples: int
+
+
+def default_data_dir(config: DataConfig) -> str:
+  return os.path.expanduser(config.data_dir or os.environ.get("TFDS_DATA_DIR")
+                            or "~/tensorflow_datasets")
+
+
+def _builder(config: DataConfig):
+  import tensorflow_datasets as tfds
+  tfds.disable_progress_bar()
+  data_dir = default_data_dir(config)
+  base = config.name.split("/")[0].split(":")[0]
+  if base in EMBEDDED:
+    builder = EMBEDDED[base](data_dir=data_dir, file_format="array_record")
+    if not builder.is_prepared():
+      print(f"preparing embedded dataset {base!r} in {data_dir} (once)", flush=True)
+      builder.download_and_prepare()
+    return builder
+  try:
+    builder = tfds.builder(config.name, data_dir=data_dir)
+  except Exception as err:  # DatasetNotFoundError and friends
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    raise DataError(f"data.name={config.name!r} is invalid: not a TFDS dataset ({first}); "
+                    f"embedded datasets: {', '.join(EMBEDDED)}") from None
+  if not builder.is_prepared():
+    raise DataError(
+        f"data.name={config.name!r} is not prepared in data_dir={data_dir} (looked for "
+        f"{builder.data_dir}); prepare it with: tfds build {config.name} --data_dir={data_dir} "
+        f"--file_format=array_record")
+  file_format = str(getattr(builder.info.file_format, "value", builder.info.file_format))
+  if file_format != "array_record":
+    raise DataError(
+        f"data.name={config.name!r} in {builder.data_dir} is stored as {file_format}; grain needs "
+        f"random access: rebuild with tfds build {config.name} --data_dir={data_dir} "
+        f"--file_format=array_record")
+  return builder
+
+
+def _source(builder, split: str, field: str):
+  try:
+    return builder.as_data_source(split)
+  except Exception as err:
+    splits = ", ".join(sorted(builder.info.splits.keys()))
+    raise DataError(f"data.{field}={split!r} is invalid for {builder.name}: "
+                    f"{str(err).splitlines()[0] if str(err) else 'unknown split'} "
+                    f"(splits: {splits})") from None
+
+
+def _examples(builder, source, config: DataConfig, model_config) -> grain.MapDataset:
+  """A MapDataset of training examples for model_config.kind."""
+  features = builder.info.features
+  ds = grain.MapDataset.source(source)
+  if model_config.kind == "lm":
+    if builder.name == "pydoc_bytes":
+      return grain.MapDataset.source(ByteWindows(source, config.seq_len))
+    if config.text_key not in features:
+      raise DataError(f"data.text_key={config.text_key!r} is invalid for {builder.name}: "
+                      f"features are {', '.join(features.keys())}")
+    return ds.map(TextBytes(config.text_key, config.seq_len))
+  for field, key in (("image_key", config.image_key), ("label_key", config.label_key)):
+    if key not in features:
+      raise DataError(f"data.{field}={key!r} is invalid for {builder.name} (model.kind='vit' "
+                      f"needs images and labels): features are {', '.join(features.keys())}")
+  num_classes = getattr(features[config.label_key], "num_classes", None)
+  if num_classes is not None and num_classes > model_config.num_classes:
+    raise DataError(f"model.num_classes={model_config.num_classes} is invalid: "
+                    f"{builder.name} has {num_classes} classes")
+  max_value = 16.0 if builder.name == "sklearn_digits" else 255.0
+  return ds.map(ImageLabel(config.image_key, config.label_key, model_config.image_size,
+                           model_config.num_channels, max_value))
+
+
+def make_datasets(config: DataConfig, model_config, *, process_index: Optional[int] = None,
+                  process_count: Optional[int] = None) -> Datasets:
+  """Builds (embedded) or opens the dataset and returns its pipelines.
+
+  Each process reads every process_count-th example and batches
+  batch_size / process_count of them, so hosts never overlap.
+  """
+  process_index = jax.process_index() if process_index is None else process_index
+  process_count = jax.process_count() if process_count is None else process_count
+  if config.batch_size % process_count:
+    raise DataError(f"data.batch_size={config.batch_size} is invalid: must divide by the "
+                    f"{process_count} processes")
+  if model_config.kind == "lm" and config.name == "sklearn_digits":
+    raise DataError("data.name='sklearn_digits' is invalid for model.kind='lm': it holds "
+                    "images; use 'pydoc_bytes' or a text dataset")
+  if model_config.kind == "vit" and config.name == "pydoc_bytes":
+    raise DataError("data.name='pydoc_bytes' is invalid for model.kind='vit': it holds text; "
+                    "use 'sklearn_digits' or an image dataset")
+  builder = _builder(config)
+  host_batch = config.batch_size // process_count
+  train = _examples(builder, _source(builder, config.train_split, "train_split"), config,
+                    model_config)
+  evals = _examples(builder, _source(builder, config.eval_split, "eval_split"), config,
+                    model_config)
+  for split, ds in (("train_split", train), ("eval_split", evals)):
+    if len(ds) < config.batch_size:
+      raise DataError(f"data.batch_size={config.batch_size} is invalid: "
+                      f"{split} {getattr(config, split)!r} has only {len(ds)} examples")
+  train_host = train[process_index::process_count]
+  eval_host = evals[process_index::process_count]
+
+  def make_train_iterator():
+    ds = train_host.shuffle(seed=config.shuffle_seed).repeat()
+    return iter(ds.batch(host_batch, drop_remainder=True).to_iter_dataset())
+
+  def eval_batches():
+    batched = eval_host.batch(host_batch, drop_remainder=True)
+    count = min(config.eval_batches or len(batched), len(batched))
+    return [batched[i] for i in range(count)]
+
+  return Datasets(make_train_iterator, eval_batches, len(train))
+
+
+def unigram_cross_entropy(datasets: Datasets, vocab_size: int,
+                          max_batches: int = 50) -> float:
+  """Cross-entropy (nats/token) of the eval targets under the add-one-smoothed
+  unigram distribution of (up to max_batches of) the training targets: the
+  loss of a model that ignores context."""
+  counts = np.ones(vocab_size, np.float64)
+  iterator = datasets.make_train_iterator()
+  for _ in range(max_batches):
+    batch = next(iterator)
+    counts += np.bincount(batch["targets"][batch["mask"] > 0].ravel(), minlength=vocab_size)
+  log_p = np.log(counts / counts.sum())
+  total, n = 0.0, 0.0
+  for batch in datasets.eval_batches():
+    total -= log_p[batch["targets"][batch["mask"] > 0]].sum()
+    n += batch["mask"].sum()
+  return float(total / max(n, 1.0))

@@ -1,0 +1,147 @@
+"""Validated model configuration: a Transformer backbone shared by the
+decoder-only LM and the ViT classifier, with MoE FFNs in some layers.
+
+Like `moejax.config`, every field is checked at construction and a bad value
+fails with one ValueError naming the field (prefixed 'model.'), the value and
+what is valid.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+from moejax.config import (ACTIVATIONS, MoEConfig, _check_choice, _check_float, _check_int,
+                           _fail, _from_mapping, moe_config_from_mapping)
+
+MODEL_KINDS = ("lm", "vit")
+POOLS = ("mean", "cls")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """A Transformer with MoE feed-forward blocks.
+
+  Attributes:
+    kind: 'lm' (decoder-only causal LM with RoPE) or 'vit' (image classifier,
+      V-MoE style: patches + learned position embeddings, bidirectional).
+    num_layers: Transformer blocks.
+    d_model: residual width.
+    num_heads: attention heads; head_dim = d_model // num_heads.
+    dense_d_ff: hidden width of the FFN in dense (non-MoE) blocks.
+    activation: FFN activation of dense blocks ('relu', 'gelu', 'silu',
+      'swiglu', 'geglu'); MoE blocks use moe.activation.
+    moe_every: every `moe_every`-th block after the first_dense_layers is an
+      MoE block: blocks first_dense_layers + moe_every - 1, + 2 * moe_every - 1,
+      ... (1 = all of them, 2 = every second one as in GShard / V-MoE).
+      0 = no MoE blocks (the dense baseline).
+    first_dense_layers: the first N blocks are always dense (DeepSeek-V3).
+    moe: the MoEConfig of MoE blocks (its d_model equals model.d_model).
+      None only when moe_every = 0.
+    norm_eps: RMSNorm epsilon.
+    dtype: compute dtype of attention and dense FFNs ('float32', 'bfloat16').
+      Params are float32; the router computes in float32.
+    vocab_size: (lm) token vocabulary (256 for the byte-level data).
+    rope_theta: (lm) RoPE base frequency.
+    tie_embeddings: (lm) the output projection is the transposed embedding.
+    image_size, patch_size, num_channels: (vit) square input images of
+      image_size x image_size x num_channels, cut into patch_size patches.
+    num_classes: (vit) classifier outputs.
+    pool: (vit) 'mean' over patch tokens, or a learned 'cls' token.
+  """
+
+  kind: str = "lm"
+  num_layers: int = 4
+  d_model: int = 128
+  num_heads: int = 4
+  dense_d_ff: int = 512
+  activation: str = "gelu"
+  moe_every: int = 1
+  first_dense_layers: int = 0
+  moe: Optional[MoEConfig] = None
+  norm_eps: float = 1e-6
+  dtype: str = "float32"
+  vocab_size: int = 256
+  rope_theta: float = 10000.0
+  tie_embeddings: bool = True
+  image_size: int = 8
+  patch_size: int = 2
+  num_channels: int = 1
+  num_classes: int = 10
+  pool: str = "mean"
+
+  def __post_init__(self):
+    _check_choice("model.kind", self.kind, MODEL_KINDS)
+    _check_int("model.num_layers", self.num_layers, 1)
+    _check_int("model.d_model", self.d_model, 1)
+    _check_int("model.num_heads", self.num_heads, 1)
+    if self.d_model % self.num_heads:
+      _fail("model.num_heads", self.num_heads, f"must divide d_model={self.d_model}")
+    if self.kind == "lm" and (self.d_model // self.num_heads) % 2:
+      _fail("model.num_heads", self.num_heads,
+            f"head_dim = d_model / num_heads = {self.d_model // self.num_heads} must be even "
+            "for RoPE")
+    _check_int("model.dense_d_ff", self.dense_d_ff, 1)
+    _check_choice("model.activation", self.activation, ACTIVATIONS)
+    _check_int("model.moe_every", self.moe_every, 0)
+    _check_int("model.first_dense_layers", self.first_dense_layers, 0)
+    if self.moe_every:
+      if not isinstance(self.moe, MoEConfig):
+        _fail("model.moe", self.moe, "needs an MoE layer config when moe_every >= 1")
+      if self.moe.d_model != self.d_model:
+        _fail("model.moe.d_model", self.moe.d_model, f"must equal model.d_model={self.d_model}")
+      if not any(self.is_moe_layer(i) for i in range(self.num_layers)):
+        _fail("model.moe_every", self.moe_every,
+              f"gives no MoE block among {self.num_layers} layers with "
+              f"first_dense_layers={self.first_dense_layers}; use moe_every=0 for a dense model")
+    _check_float("model.norm_eps", self.norm_eps, 0.0, False)
+    _check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+    _check_int("model.vocab_size", self.vocab_size, 2)
+    _check_float("model.rope_theta", self.rope_theta, 0.0, False)
+    _check_int("model.image_size", self.image_size, 1)
+    _check_int("model.patch_size", self.patch_size, 1)
+    if self.image_size % self.patch_size:
+      _fail("model.patch_size", self.patch_size, f"must divide image_size={self.image_size}")
+    _check_int("model.num_channels", self.num_channels, 1)
+    _check_int("model.num_classes", self.num_classes, 2)
+    _check_choice("model.pool", self.pool, POOLS)
+    if self.kind == "vit" and self.moe is not None and self.moe.router.name == "hash":
+      _fail("model.moe.router.name", "hash", "hash routing needs token ids; use it with kind='lm'")
+
+  def is_moe_layer(self, index: int) -> bool:
+    """Whether block `index` (0-based) has an MoE FFN."""
+    if not self.moe_every or index < self.first_dense_layers:
+      return False
+    return (index - self.first_dense_layers) % self.moe_every == self.moe_every - 1
+
+  @property
+  def moe_layers(self) -> tuple:
+    return tuple(i for i in range(self.num_layers) if self.is_moe_layer(i))
+
+  @property
+  def head_dim(self) -> int:
+    return self.d_model // self.num_heads
+
+  @property
+  def num_patches(self) -> int:
+    return (self.image_size // self.patch_size) ** 2
+
+
+def model_config_from_mapping(values) -> ModelConfig:
+  """ModelConfig from a nested mapping (e.g. ConfigDict.to_dict()).
+
+  'moe' holds MoEConfig fields without d_model (taken from model.d_model) and
+  is ignored when moe_every = 0. Unknown fields fail with one line.
+  """
+  values = dict(values)
+  moe = values.pop("moe", None)
+  if values.get("moe_every", ModelConfig.moe_every) and moe is not None:
+    moe = dict(moe)
+    moe.setdefault("d_model", values.get("d_model", ModelConfig.d_model))
+    try:
+      moe = moe_config_from_mapping(moe)
+    except ValueError as err:
+      raise ValueError(f"model.moe.{err}") from None
+  else:
+    moe = None
+  return _from_mapping(ModelConfig, {**values, "moe": moe}, "model.")

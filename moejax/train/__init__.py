@@ -1,0 +1,8 @@
+"""Training: config, optimizer, steps, orbax checkpoints, metrics, plots, loop."""
+
+from moejax.train.checkpoint import CheckpointError, Checkpointer
+from moejax.train.config import ExperimentConfig, TrainConfig, experiment_from_config
+from moejax.train.loop import RunSummary, TrainingError, train_and_evaluate
+
+__all__ = ["CheckpointError", "Checkpointer", "ExperimentConfig", "RunSummary", "TrainConfig",
+           "TrainingError", "experiment_from_config", "train_and_evaluate"]

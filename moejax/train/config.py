@@ -1,0 +1,144 @@
+"""Validated training configuration and the whole-experiment config.
+
+`experiment_from_config(config_dict)` turns the ml_collections ConfigDict of
+a config file (see configs/) into frozen, validated dataclasses, failing with
+one line that names the field before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Dict, Optional
+
+from moejax.config import _check_choice, _check_float, _check_int, _fail, _from_mapping
+from moejax.data.config import DataConfig, data_config_from_mapping
+from moejax.models.config import ModelConfig, model_config_from_mapping
+
+LR_SCHEDULES = ("cosine", "linear", "constant")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+  """Optimisation, logging and checkpointing.
+
+  Attributes:
+    num_steps: optimizer steps in the whole run (resumes continue to it).
+    learning_rate: peak learning rate of AdamW.
+    warmup_steps: linear warmup from 0 to learning_rate.
+    lr_schedule: after warmup: 'cosine' or 'linear' decay to
+      min_lr_ratio * learning_rate at num_steps, or 'constant'.
+    min_lr_ratio: final learning rate as a fraction of the peak.
+    weight_decay: AdamW decoupled weight decay (applied to matrices only).
+    b1, b2, eps: AdamW moments.
+    grad_clip_norm: clip the global gradient norm to this; 0 = no clipping.
+    load_balance_weight, z_loss_weight, importance_weight: weights of the
+      MoE aux losses, each averaged over the MoE blocks, added to the loss.
+    log_every: progress line + train metrics every N steps.
+    eval_every: evaluation every N steps (and at the end); 0 = only at the end.
+    checkpoint_every: checkpoint every N steps (and at the end / on SIGTERM).
+    keep_checkpoints: how many recent checkpoints to keep.
+    async_checkpointing: write checkpoints in a background thread.
+    stop_at_step: stop cleanly (checkpoint saved) after this step, as if
+      preempted; the same command resumes. None = run to num_steps.
+    plots: write loss and expert-load PNGs in the workdir at the end.
+  """
+
+  num_steps: int = 1000
+  learning_rate: float = 3e-3
+  warmup_steps: int = 50
+  lr_schedule: str = "cosine"
+  min_lr_ratio: float = 0.1
+  weight_decay: float = 0.1
+  b1: float = 0.9
+  b2: float = 0.95
+  eps: float = 1e-8
+  grad_clip_norm: float = 1.0
+  load_balance_weight: float = 1e-2
+  z_loss_weight: float = 1e-3
+  importance_weight: float = 0.0
+  log_every: int = 50
+  eval_every: int = 250
+  checkpoint_every: int = 250
+  keep_checkpoints: int = 2
+  async_checkpointing: bool = True
+  stop_at_step: Optional[int] = None
+  plots: bool = True
+
+  def __post_init__(self):
+    _check_int("train.num_steps", self.num_steps, 1)
+    _check_float("train.learning_rate", self.learning_rate, 0.0, False)
+    _check_int("train.warmup_steps", self.warmup_steps, 0)
+    _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+    _check_float("train.min_lr_ratio", self.min_lr_ratio, 0.0, True)
+    if self.min_lr_ratio > 1:
+      _fail("train.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+    _check_float("train.weight_decay", self.weight_decay, 0.0, True)
+    for name in ("b1", "b2"):
+      value = getattr(self, name)
+      _check_float(f"train.{name}", value, 0.0, True)
+      if value >= 1:
+        _fail(f"train.{name}", value, "must be in [0, 1)")
+    _check_float("train.eps", self.eps, 0.0, False)
+    _check_float("train.grad_clip_norm", self.grad_clip_norm, 0.0, True)
+    for name in ("load_balance_weight", "z_loss_weight", "importance_weight"):
+      _check_float(f"train.{name}", getattr(self, name), 0.0, True)
+    _check_int("train.log_every", self.log_every, 1)
+    _check_int("train.eval_every", self.eval_every, 0)
+    _check_int("train.checkpoint_every", self.checkpoint_every, 1)
+    _check_int("train.keep_checkpoints", self.keep_checkpoints, 1)
+    if self.stop_at_step is not None:
+      _check_int("train.stop_at_step", self.stop_at_step, 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+  """seed + model + data + train. `raw` is the flat JSON-able original."""
+
+  seed: int
+  model: ModelConfig
+  data: DataConfig
+  train: TrainConfig
+  raw: Dict[str, Any] = dataclasses.field(compare=False, hash=False, repr=False)
+
+
+SECTIONS = ("seed", "model", "data", "train")
+
+
+def experiment_from_config(config) -> ExperimentConfig:
+  """Validates a ConfigDict (or nested dict) with sections seed/model/data/train."""
+  values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
+  unknown = sorted(set(values) - set(SECTIONS))
+  if unknown:
+    _fail(unknown[0], values[unknown[0]], f"unknown field; valid fields are {', '.join(SECTIONS)}")
+  _check_int("seed", values.get("seed", 0), 0)
+  model = model_config_from_mapping(values.get("model", {}))
+  data = data_config_from_mapping(values.get("data", {}))
+  train = _from_mapping(TrainConfig, dict(values.get("train", {})), "train.")
+  if model.kind == "lm" and model.vocab_size < 256:
+    _fail("model.vocab_size", model.vocab_size, "must be >= 256 for byte-level text")
+  return ExperimentConfig(values.get("seed", 0), model, data, train, values)
+
+
+def flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
+  """{'a': {'b': 1}} -> {'a.b': 1}."""
+  out = {}
+  for key, value in values.items():
+    if isinstance(value, dict):
+      out.update(flatten(value, f"{prefix}{key}."))
+    else:
+      out[f"{prefix}{key}"] = value
+  return out
+
+
+# Fields a checkpoint depends on: the parameter / optimizer-state structure and
+# the data order. Anything else (steps, learning rate, logging) may change on resume.
+STATE_DEFINING = ("seed", "model.", "data.name", "data.train_split", "data.batch_size",
+                  "data.seq_len", "data.shuffle_seed")
+
+
+def incompatible_fields(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[str, tuple]:
+  """{field: (saved value, current value)} for state-defining fields that differ."""
+  a, b = flatten(saved), flatten(current)
+  keys = sorted(k for k in set(a) | set(b)
+                if any(k == p or (p.endswith(".") and k.startswith(p)) for p in STATE_DEFINING))
+  return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}

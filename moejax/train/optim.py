@@ -1,0 +1,32 @@
+"""AdamW with warmup + decay, global-norm clipping, weight decay on matrices only."""
+
+from __future__ import annotations
+
+import jax
+import optax
+
+from moejax.train.config import TrainConfig
+
+
+def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
+  """Linear warmup to the peak, then cosine / linear decay to min_lr_ratio * peak."""
+  peak, final = config.learning_rate, config.learning_rate * config.min_lr_ratio
+  warmup = optax.linear_schedule(0.0, peak, max(config.warmup_steps, 1))
+  decay_steps = max(config.num_steps - config.warmup_steps, 1)
+  if config.lr_schedule == "cosine":
+    decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=config.min_lr_ratio)
+  elif config.lr_schedule == "linear":
+    decay = optax.linear_schedule(peak, final, decay_steps)
+  else:
+    decay = optax.constant_schedule(peak)
+  return optax.join_schedules([warmup, decay], [config.warmup_steps])
+
+
+def make_optimizer(config: TrainConfig) -> optax.GradientTransformation:
+  """The same chain structure whatever the settings, so optimizer states of
+  runs that differ only in hyper-parameters stay checkpoint-compatible."""
+  decay_mask = lambda params: jax.tree.map(lambda p: p.ndim >= 2, params)
+  return optax.chain(
+      optax.clip_by_global_norm(config.grad_clip_norm or float("inf")),
+      optax.adamw(learning_rate_schedule(config), b1=config.b1, b2=config.b2, eps=config.eps,
+                  weight_decay=config.weight_decay, mask=decay_mask))
