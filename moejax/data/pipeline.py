@@ -8,7 +8,9 @@ Batches are dicts of NumPy arrays with a leading per-host batch dimension
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import logging
 import os
 from typing import Callable, List, Optional
 
@@ -45,6 +47,17 @@ def default_data_dir(config: DataConfig) -> str:
                             or "~/tensorflow_datasets")
 
 
+@contextlib.contextmanager
+def _quiet_absl():
+  logger = logging.getLogger("absl")
+  level = logger.level
+  logger.setLevel(logging.ERROR)
+  try:
+    yield
+  finally:
+    logger.setLevel(level)
+
+
 def _builder(config: DataConfig):
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
@@ -57,12 +70,14 @@ def _builder(config: DataConfig):
       builder.download_and_prepare()
     return builder
   try:
-    builder = tfds.builder(config.name, data_dir=data_dir)
+    with _quiet_absl():  # TFDS warns about every version folder it looks at
+      builder = tfds.builder(config.name, data_dir=data_dir)
+      prepared = builder.is_prepared()
   except Exception as err:  # DatasetNotFoundError and friends
     first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
     raise DataError(f"data.name={config.name!r} is invalid: not a TFDS dataset ({first}); "
                     f"embedded datasets: {', '.join(EMBEDDED)}") from None
-  if not builder.is_prepared():
+  if not prepared:
     raise DataError(
         f"data.name={config.name!r} is not prepared in data_dir={data_dir} (looked for "
         f"{builder.data_dir}); prepare it with: tfds build {config.name} --data_dir={data_dir} "
@@ -145,9 +160,12 @@ def make_datasets(config: DataConfig, model_config, *, process_index: Optional[i
     ds = train_host.shuffle(seed=config.shuffle_seed).repeat()
     return iter(ds.batch(host_batch, drop_remainder=True).to_iter_dataset())
 
+  # Every host evaluates the same number of batches (hosts step together).
+  full_eval_batches = len(evals) // process_count // host_batch
+
   def eval_batches():
     batched = eval_host.batch(host_batch, drop_remainder=True)
-    count = min(config.eval_batches or len(batched), len(batched))
+    count = min(config.eval_batches or full_eval_batches, full_eval_batches)
     return [batched[i] for i in range(count)]
 
   return Datasets(make_train_iterator, eval_batches, len(train))

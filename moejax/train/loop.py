@@ -147,12 +147,18 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str,
     return out
 
   last_saved = latest
+
+  def stop_error(problem: str) -> TrainingError:
+    kept = (f"the last good checkpoint (step {last_saved}) is kept in {ckpt.directory}"
+            if last_saved is not None else "no checkpoint was written")
+    return TrainingError(f"{problem}; stopped. {kept}. Try a lower train.learning_rate")
+
   def save(step: int, state) -> None:
     nonlocal last_saved
     if step == last_saved:
       return
     if not bool(finite(state["params"])):
-      raise TrainingError(f"parameters are not finite after step {step}; not saved")
+      raise stop_error(f"parameters are not finite at step {step}")
     ckpt.save(step, state, train_iter.get_state(), exp.raw)
     last_saved = step
 
@@ -164,10 +170,7 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str,
     """Fetch pending metrics; stop at the first non-finite loss."""
     for step, metrics in jax.device_get(pending):
       if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["total_loss"])):
-        kept = f"the last good checkpoint (step {last_saved}) is kept in {ckpt.directory}" \
-            if last_saved is not None else "no checkpoint was written"
-        raise TrainingError(f"loss is {float(metrics['total_loss'])} at step {step}; stopped. "
-                            f"{kept}. Try a lower train.learning_rate")
+        raise stop_error(f"loss is {float(metrics['total_loss'])} at step {step}")
       window.append(metrics)
     pending.clear()
 
@@ -189,7 +192,8 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str,
           t_window, steps_in_window = t_compiled, 0
         if stop.reason is None and cfg.stop_at_step is not None and step >= cfg.stop_at_step:
           stop.reason = f"train.stop_at_step={cfg.stop_at_step}"
-        last = step == cfg.num_steps or stop.reason is not None
+        stopping = stop.reason  # read once: SIGTERM may arrive at any point below
+        last = step == cfg.num_steps or stopping is not None
         if step % cfg.log_every == 0 or last:
           flush()
           now = time.perf_counter()
@@ -218,8 +222,8 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str,
         if step % cfg.checkpoint_every == 0 or last:
           flush()
           save(step, state)
-        if stop.reason is not None:
-          stopped = stop.reason
+        if stopping is not None:
+          stopped = stopping
           break
     except TrainingError:
       ckpt.close()

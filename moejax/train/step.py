@@ -83,7 +83,7 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
     grads, (metrics, router_state) = jax.grad(loss_fn, has_aux=True)(
         state["params"], state, batch)
     updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
-    metrics["grad_norm"] = optax.global_norm(grads)
+    metrics["grad_norm"] = optax.tree.norm(grads)
     new_state = {"step": state["step"] + 1, "params": optax.apply_updates(state["params"], updates),
                  "opt_state": opt_state, "router_state": router_state}
     return new_state, metrics

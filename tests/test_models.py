@@ -1,0 +1,110 @@
+"""The LM and the ViT: shapes, causality, MoE placement, and that a few
+optimizer steps on a fixed batch reduce the loss for each model family."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from moejax.models import ModelConfig, build_model
+from moejax.models.blocks import rotary_embedding
+from moejax.train import experiment_from_config
+from moejax.train.optim import make_optimizer
+from moejax.train.step import init_state, make_train_step
+from tiny_configs import tiny_config
+
+FAMILIES = {
+    "lm_moe_dropless": dict(kind="lm"),
+    "lm_dense": dict(kind="lm", model__moe_every=0),
+    "lm_expert_choice_gather": dict(kind="lm", model__moe__dispatch="gather",
+                                    model__moe__router__name="expert_choice",
+                                    model__moe__router__capacity_factor=1.0),
+    "lm_deepseek_bias_shared": dict(kind="lm", model__first_dense_layers=1,
+                                    model__moe__num_shared_experts=1,
+                                    model__moe__router__score_fn="sigmoid",
+                                    model__moe__router__normalize_top_k=True,
+                                    model__moe__router__use_expert_bias=True),
+    "lm_hash": dict(kind="lm", model__moe__router__name="hash", model__moe__router__top_k=1),
+    "vit_moe_bpr": dict(kind="vit", model__moe__dispatch="gather",
+                        model__moe__router__capacity_factor=1.0,
+                        model__moe__router__drop_policy="probability"),
+    "vit_soft_moe": dict(kind="vit", model__moe__dispatch="einsum",
+                         model__moe__router__name="soft_moe", model__pool="cls"),
+}
+
+
+def _fixed_batch(exp, rng):
+  b = exp.data.batch_size
+  if exp.model.kind == "lm":
+    tokens = rng.integers(0, 256, (b, exp.data.seq_len + 1))
+    return {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32),
+            "mask": np.ones((b, exp.data.seq_len), np.float32)}
+  s = exp.model.image_size
+  return {"inputs": rng.random((b, s, s, 1), np.float32),
+          "targets": rng.integers(0, 10, (b,)).astype(np.int32), "mask": np.ones((b,), np.float32)}
+
+
+@pytest.mark.parametrize("family", sorted(FAMILIES))
+def test_steps_reduce_loss_on_a_fixed_batch(family):
+  kwargs = dict(FAMILIES[family])
+  exp = experiment_from_config(tiny_config(train__learning_rate=1e-2, **kwargs))
+  model, optimizer = build_model(exp.model), make_optimizer(exp.train)
+  batch = _fixed_batch(exp, np.random.default_rng(0))
+  state = init_state(model, optimizer, jax.random.key(0), jnp.asarray(batch["inputs"]))
+  step = jax.jit(make_train_step(model, optimizer, exp.train, seed=0))
+  losses = []
+  for _ in range(10):
+    state, metrics = step(state, batch)
+    losses.append(float(metrics["loss"]))
+  assert np.all(np.isfinite(losses))
+  assert losses[-1] < 0.9 * losses[0], losses
+  if exp.model.moe_layers:
+    load = np.asarray(metrics["expert_load"])
+    assert load.shape == (len(exp.model.moe_layers), exp.model.moe.router.num_experts)
+    np.testing.assert_allclose(load.sum(-1), 1.0, rtol=1e-5)
+  if "bias" in family:  # aux-loss-free bias moved away from zero during training
+    bias = jax.tree.leaves(state["router_state"])
+    assert bias and any(np.abs(np.asarray(b)).max() > 0 for b in bias)
+
+
+def test_lm_is_causal():
+  exp = experiment_from_config(tiny_config(model__moe__router__capacity_factor=None))
+  model = build_model(exp.model)
+  tokens = jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 16)), jnp.int32)
+  variables = model.init(jax.random.key(0), tokens)
+  logits, _ = model.apply(variables, tokens)
+  changed = tokens.at[:, 10].set((tokens[:, 10] + 1) % 256)
+  logits2, _ = model.apply(variables, changed)
+  np.testing.assert_array_equal(np.asarray(logits[:, :10]), np.asarray(logits2[:, :10]))
+  assert not np.allclose(logits[:, 10:], logits2[:, 10:])
+
+
+def test_rope_preserves_norm_and_encodes_relative_position():
+  rng = np.random.default_rng(2)
+  q, k = (jnp.asarray(rng.normal(size=(1, 1, 1, 8)), jnp.float32) for _ in range(2))
+  rot = lambda x, p: rotary_embedding(x, jnp.array([p]), 10000.0)
+  np.testing.assert_allclose(jnp.linalg.norm(rot(q, 5)), jnp.linalg.norm(q), rtol=1e-5)
+  dot = lambda i, j: float(jnp.sum(rot(q, i) * rot(k, j)))
+  np.testing.assert_allclose(dot(3, 1), dot(10, 8), rtol=1e-4)
+
+
+def test_moe_block_placement():
+  from moejax import MoEConfig
+  cfg = ModelConfig(num_layers=6, moe_every=2, first_dense_layers=1, moe=MoEConfig(d_model=128))
+  assert cfg.moe_layers == (2, 4)
+  assert ModelConfig(num_layers=3, moe_every=1, moe=MoEConfig(d_model=128)).moe_layers == (0, 1, 2)
+  assert ModelConfig(moe_every=0).moe_layers == ()
+
+
+@pytest.mark.parametrize("override,expected", [
+    (dict(model__num_heads=3), "model.num_heads=3 is invalid: must divide d_model=32"),
+    (dict(model__moe__router__top_k=9), "model.moe.router.top_k=9 is invalid"),
+    (dict(model__moe_every=5), "model.moe_every=5 is invalid: gives no MoE block"),
+    (dict(data__batch_size=0), "data.batch_size=0 is invalid"),
+    (dict(train__lr_schedule="exp"), "train.lr_schedule='exp' is invalid"),
+    (dict(model__moe__d_model=16), "model.moe.d_model=16 is invalid: must equal model.d_model"),
+])
+def test_bad_experiment_config_names_the_field(override, expected):
+  with pytest.raises(ValueError, match=None) as err:
+    experiment_from_config(tiny_config(**override))
+  assert expected in str(err.value), str(err.value)
