@@ -11,9 +11,8 @@ import sys
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import lm_tiny  # noqa: E402
 
+from moejax.train.defaults import dense_baseline  # noqa: E402
+
 
 def get_config():
-  c = lm_tiny.get_config()
-  c.model.moe_every = 0
-  c.model.dense_d_ff = c.model.moe.router.top_k * c.model.moe.d_ff
-  return c
+  return dense_baseline(lm_tiny.get_config())

@@ -108,3 +108,17 @@ def test_bad_experiment_config_names_the_field(override, expected):
   with pytest.raises(ValueError, match=None) as err:
     experiment_from_config(tiny_config(**override))
   assert expected in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("path", sorted(__import__("glob").glob(
+    str(__import__("pathlib").Path(__file__).resolve().parents[1] / "configs" / "*.py"))))
+def test_every_config_file_validates(path):
+  import importlib.util
+  spec = importlib.util.spec_from_file_location("cfg", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  config = module.get_config()
+  if "moe" in config:  # configs/layer_demo.py is the layer demo's, not an experiment
+    return
+  exp = experiment_from_config(config)
+  assert exp.model.num_layers >= 1

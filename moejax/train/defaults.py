@@ -51,3 +51,11 @@ def experiment_config() -> ml_collections.ConfigDict:
   config.data = _section(DataConfig)
   config.train = _section(TrainConfig)
   return config
+
+
+def dense_baseline(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+  """The dense model with the MoE config's active parameters: MoE blocks become
+  dense FFNs of width top_k * expert d_ff (the width a token actually uses)."""
+  config.model.moe_every = 0
+  config.model.dense_d_ff = config.model.moe.router.top_k * config.model.moe.d_ff
+  return config

@@ -88,8 +88,12 @@ def _summarize_window(window: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarr
   return {k: np.mean([m[k] for m in window], axis=0) for k in window[0]}
 
 
+def _print_now(line: str) -> None:
+  print(line, flush=True)
+
+
 def train_and_evaluate(exp: ExperimentConfig, workdir: str,
-                       log: Callable[[str], None] = print) -> RunSummary:
+                       log: Callable[[str], None] = _print_now) -> RunSummary:
   """Trains exp in workdir (resuming from its latest checkpoint) and evaluates.
 
   Raises DataError / CheckpointError / TrainingError (one-line messages).
