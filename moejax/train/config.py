@@ -38,8 +38,8 @@ class TrainConfig:
     checkpoint_every: checkpoint every N steps (and at the end / on SIGTERM).
     keep_checkpoints: how many recent checkpoints to keep.
     async_checkpointing: write checkpoints in a background thread.
-    stop_at_step: stop cleanly (checkpoint saved) after this step, as if
-      preempted; the same command resumes. None = run to num_steps.
+    stop_at_step: stop cleanly (checkpoint saved) on reaching this step, as
+      if preempted; a run resumed beyond it goes on to num_steps. None = off.
     plots: write loss and expert-load PNGs in the workdir at the end.
   """
 

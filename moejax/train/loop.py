@@ -194,7 +194,7 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str,
           jax.block_until_ready(metrics["loss"])
           t_compiled = time.perf_counter()
           t_window, steps_in_window = t_compiled, 0
-        if stop.reason is None and cfg.stop_at_step is not None and step >= cfg.stop_at_step:
+        if stop.reason is None and step == cfg.stop_at_step:
           stop.reason = f"train.stop_at_step={cfg.stop_at_step}"
         stopping = stop.reason  # read once: SIGTERM may arrive at any point below
         last = step == cfg.num_steps or stopping is not None
