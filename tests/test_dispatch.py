@@ -1,7 +1,6 @@
 """Every dispatch strategy / grouped-matmul backend equals the einsum reference
 on the same Routing (forward and gradients), and equals a per-token loop."""
 
-import functools
 
 import jax
 import jax.numpy as jnp

@@ -104,10 +104,10 @@ def _source(builder, split: str, field: str):
 def _examples(builder, source, config: DataConfig, model_config) -> grain.MapDataset:
   """A MapDataset of training examples for model_config.kind."""
   features = builder.info.features
+  if model_config.kind == "lm" and builder.name == "pydoc_bytes":
+    return grain.MapDataset.source(ByteWindows(source, config.seq_len))
   ds = grain.MapDataset.source(source)
   if model_config.kind == "lm":
-    if builder.name == "pydoc_bytes":
-      return grain.MapDataset.source(ByteWindows(source, config.seq_len))
     if config.text_key not in features:
       raise DataError(f"data.text_key={config.text_key!r} is invalid for {builder.name}: "
                       f"features are {', '.join(features.keys())}")

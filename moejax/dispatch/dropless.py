@@ -8,7 +8,6 @@ applies the inverse permutation and the gate weights.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from moejax.dispatch.base import DispatchStrategy, ExpertBatch

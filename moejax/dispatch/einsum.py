@@ -7,7 +7,6 @@ and Soft MoE; use 'gather' or 'dropless' for speed.
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 from moejax.dispatch.base import DispatchStrategy, ExpertBatch

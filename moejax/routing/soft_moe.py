@@ -6,7 +6,6 @@ Nothing is dropped and the routing is dense.
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 from moejax.config import RouterConfig
 from moejax.routing.types import DenseRouting, RouterOutput, at_least_f32

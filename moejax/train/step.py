@@ -14,7 +14,6 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from moejax.models.config import ModelConfig
 from moejax.routing.losses import LOSS_NAMES
 from moejax.train.config import TrainConfig
 
