@@ -4,10 +4,14 @@ against a dense FFN of equal active FLOPs, in one process.
   python experiments/benchmark.py --preset=default --json_out=/tmp/bench.json
 
 The dense baseline has d_ff = top_k * d_ff_expert (same active FLOPs per
-token, router excluded). Each variant is jitted, warmed up, then timed
-`--repeats` times; the median is reported for the forward pass and for
+token, router excluded). Every variant is jitted and warmed up, then all are
+timed in turn for `--repeats` rounds (so drifts of the machine hit all rows
+alike); the median is reported for the forward pass and for
 forward + backward (grads w.r.t. params and input). ratio_vs_dense =
-variant time / dense time for the same pass.
+variant time / dense time for the same pass. The 'dense_expert_shape' row runs
+the experts' matmul shapes ([tokens * top_k, d] x [d, d_ff]) with no routing:
+the part of any MoE row's ratio that comes from narrower matmuls, not from
+routing or dispatch.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from absl import flags
 
 from moejax import DenseFFNLayer, MoEConfig, MoELayer, RouterConfig
 from moejax.cli import run
+from moejax.grouped_matmul import resolve_backend
 
 PRESETS = {
     # The shape from issue 5: tokens=4096, d=512, d_ff=1024, 8 experts, top-2.
@@ -35,8 +40,9 @@ PRESETS = {
 }
 # name -> (dispatch, gmm backend, uses capacity)
 VARIANTS = {
-    "einsum": ("einsum", "ragged_dot", True),
-    "gather": ("gather", "ragged_dot", True),
+    "einsum": ("einsum", "auto", True),
+    "gather": ("gather", "auto", True),
+    "dropless_blocked": ("dropless", "blocked", False),
     "dropless_ragged_dot": ("dropless", "ragged_dot", False),
     "dropless_einsum": ("dropless", "einsum", False),
 }
@@ -54,27 +60,38 @@ _CAPACITY = flags.DEFINE_float("capacity_factor", 1.25, "Capacity factor of capa
 _ACTIVATION = flags.DEFINE_enum("activation", "gelu", ["relu", "gelu", "silu", "swiglu", "geglu"],
                                 "Expert and dense FFN activation.")
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
-_VARIANTS = flags.DEFINE_list("variants", "einsum,gather,dropless_ragged_dot",
+_VARIANTS = flags.DEFINE_list("variants", "einsum,gather,dropless_blocked,dropless_ragged_dot",
                               f"Which MoE variants to time; any of {', '.join(VARIANTS)}.")
+_SHAPE_BOUND = flags.DEFINE_bool(
+    "shape_bound", True, "Also time tokens*top_k rows through one d_ff-wide dense FFN: the "
+    "experts' matmul shapes with no routing, a floor for the MoE rows.")
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per pass (median reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the rows as JSON here.")
 
 
-def _median_ms(fn, args, repeats, warmup):
-  jax.block_until_ready(fn(*args))  # compile
-  for _ in range(warmup):
-    jax.block_until_ready(fn(*args))
-  times = []
+def _round_robin_ms(jobs, repeats, warmup):
+  """Median ms of each (fn, args) in `jobs` (a dict). All are compiled and
+  warmed up first, then timed in turn, `repeats` rounds: slow drifts of the
+  machine (clock, other tenants) hit every job alike instead of whichever ran
+  first. Each timed call follows an untimed call of the same job, so it does
+  not pay for the memory and caches the previous job left behind (measured:
+  up to 1.5x on a dense FFN following a one-hot einsum)."""
+  for fn, args in jobs.values():
+    for _ in range(1 + warmup):
+      jax.block_until_ready(fn(*args))
+  times = {name: [] for name in jobs}
   for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append((time.perf_counter() - start) * 1e3)
-  return statistics.median(times)
+    for name, (fn, args) in jobs.items():
+      jax.block_until_ready(fn(*args))
+      start = time.perf_counter()
+      jax.block_until_ready(fn(*args))
+      times[name].append((time.perf_counter() - start) * 1e3)
+  return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _time_layer(layer, x, repeats, warmup):
-  """(fwd_ms, fwd_bwd_ms) of layer.apply at input x."""
+def _layer_jobs(layer, x):
+  """{'fwd': (fn, args), 'fwd_bwd': (fn, args)} for layer.apply at input x."""
   variables = layer.init(jax.random.key(0), x)
   fwd = jax.jit(lambda v, x: layer.apply(v, x)[0])
 
@@ -83,8 +100,7 @@ def _time_layer(layer, x, repeats, warmup):
     return jnp.sum(y.astype(jnp.float32)) + 1e-2 * aux.losses["load_balance"]
 
   fwd_bwd = jax.jit(jax.grad(loss, argnums=(0, 1)))
-  return (_median_ms(fwd, (variables, x), repeats, warmup),
-          _median_ms(fwd_bwd, (variables["params"], x), repeats, warmup))
+  return {"fwd": (fwd, (variables, x)), "fwd_bwd": (fwd_bwd, (variables["params"], x))}
 
 
 def main(argv):
@@ -112,16 +128,23 @@ def main(argv):
   print(f"moejax benchmark on {device.platform} ({device.device_kind}), jax {jax.__version__}, "
         f"{_DTYPE.value}: {shape}, repeats={_REPEATS.value}")
 
-  dense_ff = shape["top_k"] * shape["d_ff"]
-  dense = DenseFFNLayer(shape["d_model"], dense_ff, _ACTIVATION.value, dtype=_DTYPE.value)
-  dense_fwd, dense_fb = _time_layer(dense, x, _REPEATS.value, _WARMUP.value)
   common = dict(tokens=shape["tokens"], d_model=shape["d_model"], d_ff=shape["d_ff"],
                 experts=shape["experts"], top_k=shape["top_k"], dtype=_DTYPE.value,
                 activation=_ACTIVATION.value, platform=device.platform,
                 device_kind=device.device_kind)
-  rows = [dict(name="dense", dispatch="none", backend="xla", capacity_factor=None,
-               fwd_ms=dense_fwd, fwd_bwd_ms=dense_fb, ratio_vs_dense=1.0,
-               fwd_ratio_vs_dense=1.0, **common, d_ff_dense=dense_ff)]
+  dense_ff = shape["top_k"] * shape["d_ff"]
+  ffn = lambda width: DenseFFNLayer(shape["d_model"], width, _ACTIVATION.value,
+                                    dtype=_DTYPE.value)
+  # name -> (row fields, layer, input)
+  variants = {"dense": (dict(dispatch="none", backend="xla", capacity_factor=None,
+                             d_ff_dense=dense_ff), ffn(dense_ff), x)}
+  if _SHAPE_BOUND.value:
+    # The experts' matmul shapes without routing: tokens * top_k rows through
+    # one d_ff-wide FFN. Same FLOPs as the dense row; the gap between the two
+    # is what narrower matmuls cost on this backend, a floor for every MoE row.
+    variants["dense_expert_shape"] = (
+        dict(dispatch="none", backend="xla", capacity_factor=None, d_ff_dense=shape["d_ff"]),
+        ffn(shape["d_ff"]), jnp.tile(x, (shape["top_k"], 1)))
   for name in _VARIANTS.value:
     dispatch, backend, uses_capacity = VARIANTS[name]
     cf = _CAPACITY.value if uses_capacity else None
@@ -132,10 +155,18 @@ def main(argv):
       print(f"  {name}: skipped, its one-hot tensor would hold "
             f"{shape['tokens'] * shape['experts'] * capacity:.2e} elements")
       continue
-    fwd, fb = _time_layer(MoELayer(cfg), x, _REPEATS.value, _WARMUP.value)
-    rows.append(dict(name=name, dispatch=dispatch, backend=backend, capacity_factor=cf,
-                     fwd_ms=fwd, fwd_bwd_ms=fb, ratio_vs_dense=fb / dense_fb,
-                     fwd_ratio_vs_dense=fwd / dense_fwd, **common))
+    variants[name] = (dict(dispatch=dispatch, backend=resolve_backend(backend),
+                           capacity_factor=cf), MoELayer(cfg), x)
+
+  jobs = {}
+  for name, (_, layer, inputs) in variants.items():
+    for pass_name, job in _layer_jobs(layer, inputs).items():
+      jobs[name, pass_name] = job
+  ms = _round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
+  rows = [dict(name=name, **fields, fwd_ms=ms[name, "fwd"], fwd_bwd_ms=ms[name, "fwd_bwd"],
+               ratio_vs_dense=ms[name, "fwd_bwd"] / ms["dense", "fwd_bwd"],
+               fwd_ratio_vs_dense=ms[name, "fwd"] / ms["dense", "fwd"], **common)
+          for name, (fields, _, _) in variants.items()]
 
   header = f"{'variant':22s} {'cap.f':>6s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} " \
            f"{'fwd x dense':>11s} {'fwd+bwd x dense':>15s}"

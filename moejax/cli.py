@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import logging
+import re
 import sys
 from typing import Callable, NoReturn
 
 from absl import app, flags
 from absl import logging as absl_logging
 from ml_collections import config_flags
+
+
+# `--config.a.b=None` overrides. ml_collections cannot parse None for a typed
+# field, so run() takes them out of argv and config_value() applies them.
+_NONE_OVERRIDE = re.compile(r"^--config\.([A-Za-z_][\w.]*)=(None|none)$")
+_none_overrides: list = []
 
 
 def _die(err: Exception) -> NoReturn:
@@ -35,8 +42,15 @@ def run(main: Callable) -> None:
   # JAX logs each accelerator backend it could not find (e.g. "Unable to
   # initialize backend 'tpu'") at INFO; on a CPU machine that is only noise.
   logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)
+  argv = []
+  for arg in sys.argv:
+    match = _NONE_OVERRIDE.match(arg)
+    if match:
+      _none_overrides.append(match.group(1))
+    else:
+      argv.append(arg)
   try:
-    remaining = flags.FLAGS(sys.argv)
+    remaining = flags.FLAGS(argv)
   except Exception as err:
     _die(err)
   if not flags.FLAGS["verbosity"].present:
@@ -48,13 +62,23 @@ def run(main: Callable) -> None:
 
 
 def config_value(config_flag):
-  """The parsed config; a config file that fails to load is one line (exit 2)."""
+  """The parsed config, with `--config.x=None` overrides applied; a config
+  file that fails to load, or an unknown field, is one line (exit 2)."""
   try:
     value = config_flag.value
     value.keys()  # a file that failed to load is a proxy that raises on first use
-    return value
   except (OSError, ImportError, SyntaxError) as err:
     lines = [l.strip() for l in str(err).splitlines() if l.strip()]
     detail = lines[-1] if lines else type(err).__name__
     sys.stderr.write(f"error: --config could not be loaded: {detail}\n")
     sys.exit(2)
+  for path in _none_overrides:
+    *parents, leaf = path.split(".")
+    node = value
+    for part in parents:
+      node = node.get(part) if hasattr(node, "get") else None
+    if not hasattr(node, "keys") or leaf not in node:
+      _die(ValueError(f"unknown config field {path!r} in --config.{path}=None"))
+    node[leaf] = None
+  return value
+

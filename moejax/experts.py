@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.dispatch.base import ExpertBatch
-from moejax.grouped_matmul import gmm, group_ids
+from moejax.grouped_matmul import gmm, group_ids, resolve_backend
 
 GLU_ACTIVATIONS = {"swiglu": jax.nn.silu, "geglu": jax.nn.gelu}
 MLP_ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
@@ -40,7 +40,7 @@ def _stacked_init(num_experts_axis: bool):
 
 
 def expert_ffn(params, batch: ExpertBatch, activation: str,
-               gmm_backend: str = "ragged_dot") -> ExpertBatch:
+               gmm_backend: str = "auto", gmm_block_size: int = 128) -> ExpertBatch:
   """Applies each expert's FFN to its inputs.
 
   Args:
@@ -48,12 +48,21 @@ def expert_ffn(params, batch: ExpertBatch, activation: str,
       [E, d, f], b_in [E, f], b_out [E, d].
     batch: bucketed [E, C, d] or grouped [M, d] + group_sizes [E].
     activation: one of moejax.config.ACTIVATIONS.
-    gmm_backend: backend for the grouped layout.
+    gmm_backend: backend for the grouped layout (moejax.grouped_matmul).
+    gmm_block_size: rows per block of the 'blocked' backend.
   """
   x = batch.x
+  if not batch.is_grouped and resolve_backend(gmm_backend) == "blocked":
+    # Capacity buckets are equal groups: the blocked loop beats XLA:CPU's
+    # batched dot on them (benchmark: ~10%).
+    e, c, d = x.shape
+    flat = ExpertBatch(x=x.reshape(e * c, d), group_sizes=jnp.full((e,), c, jnp.int32))
+    y = expert_ffn(params, flat, activation, gmm_backend, min(gmm_block_size, c))
+    return batch.replace_x(y.x.reshape(e, c, -1))
   if batch.is_grouped:
     rows_group = group_ids(batch.group_sizes, x.shape[0])
-    matmul = lambda a, w: gmm(a, w.astype(a.dtype), batch.group_sizes, gmm_backend)
+    matmul = lambda a, w: gmm(a, w.astype(a.dtype), batch.group_sizes, gmm_backend,
+                              gmm_block_size)
     # Padding rows get bias 0 (index E is out of range: filled with zeros).
     bias = lambda b: jnp.take(b, rows_group, axis=0, mode="fill", fill_value=0)
   else:
@@ -77,7 +86,8 @@ class ExpertBank(nn.Module):
   d_ff: int
   activation: str = "gelu"
   use_bias: bool = False
-  gmm_backend: str = "ragged_dot"
+  gmm_backend: str = "auto"
+  gmm_block_size: int = 128
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact
@@ -92,7 +102,7 @@ class ExpertBank(nn.Module):
       params["b_in"] = self.param("b_in", nn.initializers.zeros, (e, f))
       params["b_out"] = self.param("b_out", nn.initializers.zeros, (e, d))
     return expert_ffn(params, batch.replace_x(batch.x.astype(self.dtype)),
-                      self.activation, self.gmm_backend)
+                      self.activation, self.gmm_backend, self.gmm_block_size)
 
 
 class FeedForward(nn.Module):

@@ -28,6 +28,7 @@ from flax import struct
 from moejax.config import MoEConfig, RouterConfig
 from moejax.dispatch import get_strategy
 from moejax.experts import ExpertBank, FeedForward
+from moejax.grouped_matmul import resolve_backend
 from moejax.routing import (RouterOutput, aux_losses, route, routing_metrics, update_expert_bias,
                             zero_losses)
 from moejax.routing.types import at_least_f32
@@ -102,9 +103,13 @@ class MoELayer(nn.Module):
     ids = None if token_ids is None else token_ids.reshape(-1)
     out = Router(cfg.router, name="router")(tokens, token_ids=ids, deterministic=deterministic)
     experts = ExpertBank(cfg.router.num_experts, cfg.d_model, cfg.d_ff, cfg.activation,
-                         cfg.use_bias, cfg.gmm_backend, dtype, name="experts")
+                         cfg.use_bias, gmm_backend=cfg.gmm_backend,
+                         gmm_block_size=cfg.gmm_block_size, dtype=dtype, name="experts")
     compute_tokens = tokens.astype(dtype)
-    y = get_strategy(cfg.dispatch)(compute_tokens, out.routing, experts)
+    # The blocked grouped matmul wants each expert's rows block-aligned.
+    blocked = resolve_backend(cfg.gmm_backend) == "blocked"
+    strategy = get_strategy(cfg.dispatch, cfg.gmm_block_size if blocked else 1)
+    y = strategy(compute_tokens, out.routing, experts)
     if cfg.num_shared_experts:
       shared_ff = cfg.num_shared_experts * (cfg.shared_d_ff or cfg.d_ff)
       shared = FeedForward(cfg.d_model, shared_ff, cfg.activation, cfg.use_bias, dtype,

@@ -37,11 +37,15 @@ def make_params(key, d, f, e, outputs, glu=True, dtype=jnp.float32):
   return {"router": router, "experts": experts}
 
 
-@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6))
+@functools.partial(jax.jit, static_argnums=(3, 4, 5, 6, 7, 8))
 def moe_forward(params, x, token_ids, router_cfg, dispatch, backend="ragged_dot",
-                activation="swiglu"):
-  """Pure MoE forward: route, then dispatch with the named strategy. x: [T, d]."""
+                activation="swiglu", block_size=4, align=1):
+  """Pure MoE forward: route, then dispatch with the named strategy. x: [T, d].
+
+  block_size: rows per block of the 'blocked' backend (small, so that test
+  batches span several blocks); align: dropless dispatch's group alignment.
+  """
   logits = x @ params["router"] + params.get("router_bias", 0.0)
   out = route(router_cfg, logits, token_ids=token_ids)
-  expert_fn = lambda b: expert_ffn(params["experts"], b, activation, backend)
-  return get_strategy(dispatch)(x, out.routing, expert_fn)
+  expert_fn = lambda b: expert_ffn(params["experts"], b, activation, backend, block_size)
+  return get_strategy(dispatch, align)(x, out.routing, expert_fn)

@@ -20,15 +20,19 @@ def _bench(*args):
 def test_benchmark_writes_rows(tmp_path):
   out_file = tmp_path / "bench.json"
   out = _bench("--preset=tiny", "--tokens=64", "--repeats=1", "--warmup=0",
-               "--variants=gather,dropless_ragged_dot", f"--json_out={out_file}")
+               "--variants=gather,dropless_blocked", f"--json_out={out_file}")
   assert out.returncode == 0, out.stderr
   rows = json.loads(out_file.read_text())
-  assert [r["name"] for r in rows] == ["dense", "gather", "dropless_ragged_dot"]
+  assert [r["name"] for r in rows] == ["dense", "dense_expert_shape", "gather",
+                                       "dropless_blocked"]
+  assert [r["backend"] for r in rows[2:]] == ["blocked", "blocked"]  # 'auto' on CPU
   for r in rows:
     assert FIELDS <= set(r), FIELDS - set(r)
     assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0
     assert abs(r["ratio_vs_dense"] - r["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]) < 1e-9
-  assert rows[1]["capacity_factor"] == 1.25 and rows[2]["capacity_factor"] is None
+  assert rows[2]["capacity_factor"] == 1.25 and rows[3]["capacity_factor"] is None
+  # The shape floor runs tokens * top_k rows through a d_ff-wide FFN.
+  assert rows[1]["d_ff_dense"] == rows[1]["d_ff"] and rows[0]["d_ff_dense"] == 2 * rows[0]["d_ff"]
 
 
 def test_benchmark_rejects_unknown_variant():
@@ -36,4 +40,4 @@ def test_benchmark_rejects_unknown_variant():
   assert out.returncode != 0
   assert out.stderr.strip().splitlines() == [
       "error: --variants='warp_drive' is invalid: valid values are einsum, gather, "
-      "dropless_ragged_dot, dropless_einsum"]
+      "dropless_blocked, dropless_ragged_dot, dropless_einsum"]

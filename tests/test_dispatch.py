@@ -10,11 +10,16 @@ import pytest
 from moejax import RouterConfig
 from moejax.dispatch import get_strategy
 from moejax.experts import expert_ffn
-from moejax.grouped_matmul import gmm
+from moejax.dispatch.dropless import grouped_slots
+from moejax.dispatch.permute import gather_rows
+from moejax.grouped_matmul import gmm, resolve_backend
 from moejax.routing import route
 from tests.helpers import ROUTER_CASES, make_params, moe_forward
 
-FAST = [("gather", "ragged_dot"), ("dropless", "ragged_dot"), ("dropless", "einsum")]
+# (dispatch, gmm backend, dropless alignment). Blocked runs with 4-row blocks:
+# align=1 makes groups straddle blocks, align=4 pads each group to whole blocks.
+FAST = [("gather", "ragged_dot", 1), ("gather", "blocked", 1), ("dropless", "ragged_dot", 1),
+        ("dropless", "einsum", 1), ("dropless", "blocked", 1), ("dropless", "blocked", 4)]
 D, F = 8, 12
 
 
@@ -26,29 +31,29 @@ def _setup(router_cfg, tokens=13, seed=0):
   return params, x, ids
 
 
-def _loss(params, x, ids, cfg, dispatch, backend):
-  y = moe_forward(params, x, ids, cfg, dispatch, backend)
+def _loss(params, x, ids, cfg, dispatch, backend, align=1):
+  y = moe_forward(params, x, ids, cfg, dispatch, backend, align=align)
   return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape)))
 
 
 @pytest.mark.parametrize("case", sorted(ROUTER_CASES))
-@pytest.mark.parametrize("dispatch,backend", FAST)
-def test_strategy_equals_einsum_reference(case, dispatch, backend):
+@pytest.mark.parametrize("dispatch,backend,align", FAST)
+def test_strategy_equals_einsum_reference(case, dispatch, backend, align):
   cfg = ROUTER_CASES[case]
   params, x, ids = _setup(cfg)
   ref = moe_forward(params, x, ids, cfg, "einsum")
-  got = moe_forward(params, x, ids, cfg, dispatch, backend)
+  got = moe_forward(params, x, ids, cfg, dispatch, backend, align=align)
   np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
-  grad = jax.jit(jax.grad(_loss, argnums=(0, 1)), static_argnums=(3, 4, 5))
-  g_ref = grad(params, x, ids, cfg, "einsum", "ragged_dot")
-  g_got = grad(params, x, ids, cfg, dispatch, backend)
+  grad = jax.jit(jax.grad(_loss, argnums=(0, 1)), static_argnums=(3, 4, 5, 6))
+  g_ref = grad(params, x, ids, cfg, "einsum", "einsum")
+  g_got = grad(params, x, ids, cfg, dispatch, backend, align)
   for a, b in zip(jax.tree.leaves(g_got), jax.tree.leaves(g_ref)):
     np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
-@pytest.mark.parametrize("dispatch,backend", FAST + [("einsum", "ragged_dot")])
+@pytest.mark.parametrize("dispatch,backend,align", FAST + [("einsum", "ragged_dot", 1)])
 @pytest.mark.parametrize("situation", ["empty_experts", "one_expert_takes_all"])
-def test_degenerate_loads(dispatch, backend, situation):
+def test_degenerate_loads(dispatch, backend, align, situation):
   cfg = RouterConfig(num_experts=4, top_k=1, capacity_factor=4.0)  # capacity = T: no drops
   params, x, ids = _setup(cfg, tokens=11)
   bias = [0.0, 50.0, 0.0, 0.0] if situation == "one_expert_takes_all" else [0.0, 0.0, -50, -50]
@@ -60,8 +65,8 @@ def test_degenerate_loads(dispatch, backend, situation):
   else:
     assert float(load[2] + load[3]) == 0
   ref = moe_forward(params, x, ids, cfg, "einsum")
-  np.testing.assert_allclose(moe_forward(params, x, ids, cfg, dispatch, backend), ref,
-                             rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(moe_forward(params, x, ids, cfg, dispatch, backend, align=align),
+                             ref, rtol=1e-5, atol=1e-5)
   # Equal to the explicit per-token loop too (nothing dropped).
   np.testing.assert_allclose(ref, _per_token_loop(params, x, cfg), rtol=1e-5, atol=1e-5)
 
@@ -124,35 +129,116 @@ def test_soft_moe_dense_dispatch_through_einsum():
       get_strategy(name)(x, out.routing, lambda b: b)
 
 
-@pytest.mark.parametrize("sizes", [[3, 0, 5, 2], [0, 0, 10, 0], [1, 1, 1, 1], [0, 0, 0, 0]])
+def _gmm_loop(lhs, rhs, sizes):
+  want = np.zeros((lhs.shape[0], rhs.shape[2]), np.float64)
+  start = 0
+  for g, n in enumerate(sizes):
+    want[start:start + n] = np.asarray(lhs[start:start + n], np.float64) @ np.asarray(rhs[g])
+    start += n
+  return want
+
+
+# Empty groups, one group holding every row, rows that are padding, and group
+# boundaries inside blocks (sizes not multiples of the block).
+GMM_SIZES = [[3, 0, 5, 2], [0, 0, 10, 0], [1, 1, 1, 1], [0, 0, 0, 0], [12, 0, 0, 0],
+             [4, 0, 8, 0], [9, 1, 0, 2]]
+
+
+@pytest.mark.parametrize("sizes", GMM_SIZES)
 def test_gmm_backends_agree_with_loop(sizes):
   lhs = jax.random.normal(jax.random.key(0), (12, 5))  # 12 rows: some are padding
   rhs = jax.random.normal(jax.random.key(1), (4, 5, 3))
   gs = jnp.array(sizes, jnp.int32)
-  want = np.zeros((12, 3), np.float32)
-  start = 0
-  for g, n in enumerate(sizes):
-    want[start:start + n] = np.asarray(lhs[start:start + n]) @ np.asarray(rhs[g])
-    start += n
-  for backend in ("ragged_dot", "einsum"):
-    np.testing.assert_allclose(gmm(lhs, rhs, gs, backend), want, rtol=1e-5, atol=1e-5)
+  want = _gmm_loop(lhs, rhs, sizes)
+  cos = jnp.cos(jnp.arange(36.0)).reshape(12, 3)
+  loss = lambda l, r, backend, b: jnp.sum(jnp.sin(gmm(l, r, gs, backend, b)) * cos)
+  g_ref = jax.grad(loss, argnums=(0, 1))(lhs, rhs, "einsum", 1)
+  for backend, block in [("ragged_dot", 1), ("einsum", 1), ("auto", 4)] + [
+      ("blocked", b) for b in (1, 2, 5, 8, 128)]:
+    np.testing.assert_allclose(gmm(lhs, rhs, gs, backend, block), want, rtol=1e-5, atol=1e-5)
+    g_got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=(2, 3))(
+        lhs, rhs, backend, block)
+    for got, ref in zip(g_got, g_ref):
+      np.testing.assert_allclose(got, ref, rtol=1e-5, atol=1e-5)
   with pytest.raises(ValueError, match="backend='nope'"):
     gmm(lhs, rhs, gs, "nope")
 
 
-def test_gmm_ragged_dot_differentiates_under_vmap_both_ways():
+@pytest.mark.parametrize("dtype,tol", [("float32", 1e-5), ("bfloat16", 3e-2)])
+def test_blocked_gmm_at_scale_with_dtypes(dtype, tol):
+  """300 rows over 5 groups in 32-row blocks (ragged sizes): the blocked
+  backend equals ragged_dot, forward and gradients, within the dtype's
+  tolerance (bf16 is compared relative to the output scale)."""
+  sizes = [70, 0, 131, 1, 90]  # sum 292: 8 rows of padding
+  lhs = jax.random.normal(jax.random.key(2), (300, 16)).astype(dtype)
+  rhs = (jax.random.normal(jax.random.key(3), (5, 16, 24)) / 4).astype(dtype)
+  gs = jnp.array(sizes, jnp.int32)
+  loss = lambda l, r, backend: jnp.sum(gmm(l, r, gs, backend, 32).astype(jnp.float32) ** 2)
+  want = _gmm_loop(lhs.astype(jnp.float32), rhs.astype(jnp.float32), sizes)
+  got = np.asarray(gmm(lhs, rhs, gs, "blocked", 32).astype(jnp.float32))
+  assert got.dtype == np.float32 and gmm(lhs, rhs, gs, "blocked", 32).dtype == jnp.dtype(dtype)
+  np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
+  for got, ref in zip(jax.grad(loss, argnums=(0, 1))(lhs, rhs, "blocked"),
+                      jax.grad(loss, argnums=(0, 1))(lhs, rhs, "ragged_dot")):
+    got, ref = np.asarray(got, np.float32), np.asarray(ref, np.float32)
+    np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
+
+
+def test_auto_backend_per_platform():
+  assert resolve_backend("auto", "cpu") == "blocked"
+  assert resolve_backend("auto", "gpu") == "ragged_dot"
+  assert resolve_backend("auto", "tpu") == "ragged_dot"
+  assert resolve_backend("einsum", "cpu") == "einsum"
+
+
+@pytest.mark.parametrize("block", [1, 4])
+def test_dropless_layout_conserves_assignments(block):
+  """Every valid assignment has its own row inside its expert's group, groups
+  are whole blocks, and invalid assignments have none."""
+  cfg = RouterConfig(num_experts=5, top_k=2, num_null_experts=2)  # null picks are invalid
+  params, x, _ = _setup(cfg, tokens=23)
+  routing = route(cfg, x @ params["router"]).routing
+  slot, group_sizes, num_rows = grouped_slots(routing, block)
+  slot, group_sizes = np.asarray(slot), np.asarray(group_sizes)
+  valid = np.asarray(routing.valid).reshape(-1)
+  experts = np.asarray(routing.expert_index).reshape(-1)
+  assert 0 < valid.sum() < valid.size
+  assert np.all(slot[~valid] == num_rows)
+  assert len(set(slot[valid])) == valid.sum() and slot[valid].max() < num_rows
+  assert np.all(group_sizes % block == 0) and group_sizes.sum() <= num_rows
+  starts = np.cumsum(group_sizes) - group_sizes
+  for e in range(cfg.num_experts):
+    mine = slot[valid & (experts == e)]
+    assert np.all((mine >= starts[e]) & (mine < starts[e] + group_sizes[e]))
+    assert group_sizes[e] - len(mine) < block  # padding is less than a block
+
+
+def test_gather_rows_gradient_equals_plain_gather():
+  x = jax.random.normal(jax.random.key(0), (6, 3))
+  idx = jnp.array([2, 0, 6, 2, 5, 1, 6, 3], jnp.int32)  # 6 = out of range -> zero row
+  readers = np.full((6, 2), 8, np.int32)  # inverse map, 8 = no reader
+  for out_row, src in enumerate(np.asarray(idx)):
+    if src < 6:
+      readers[src, list(readers[src]).index(8)] = out_row
+  weights = jnp.cos(jnp.arange(24.0)).reshape(8, 3)
+  plain = lambda x: jnp.sum(jnp.take(x, idx, axis=0, mode="fill", fill_value=0) * weights)
+  ours = lambda x: jnp.sum(gather_rows(x, idx, jnp.asarray(readers)) * weights)
+  np.testing.assert_array_equal(ours(x), plain(x))
+  np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(plain)(x), rtol=1e-6)
+
+
+def test_gmm_differentiates_under_vmap_both_ways():
   lhs = jax.random.normal(jax.random.key(0), (3, 9, 4))
   rhs = jax.random.normal(jax.random.key(1), (2, 4, 5))
   gs = jnp.array([[2, 3], [0, 9], [4, 0]], jnp.int32)
-  loss = lambda l, r, g, backend: jnp.sum(jnp.sin(gmm(l, r, g, backend)))
-  for backend in ("ragged_dot", "einsum"):
+  loss = lambda l, r, g, backend: jnp.sum(jnp.sin(gmm(l, r, g, backend, 2)))
+  results = {}
+  for backend in ("ragged_dot", "blocked", "einsum"):
     per_group = jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(0, None, 0, None))(
         lhs, rhs, gs, backend)
     batched = jax.grad(lambda l, r: jnp.sum(jax.vmap(loss, in_axes=(0, None, 0, None))(
         l, r, gs, backend)), argnums=(0, 1))(lhs, rhs)
-    if backend == "ragged_dot":
-      ragged = (per_group, batched)
-    else:
-      reference = (per_group, batched)
-  for got, want in zip(jax.tree.leaves(ragged), jax.tree.leaves(reference)):
-    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+    results[backend] = (per_group, batched)
+  for backend in ("ragged_dot", "blocked"):
+    for got, want in zip(jax.tree.leaves(results[backend]), jax.tree.leaves(results["einsum"])):
+      np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

@@ -147,6 +147,8 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
     (["--config.model.bogus=1"], 2, "unknown config field 'bogus'"),
     (["--config.model.moe.router.top_k=99"], 2, "config.model.moe.router.top_k=99 is invalid"),
     (["--config.data.name=mnist"], 1, "data.name='mnist' is not prepared in data_dir="),
+    # None overrides reach validation (ml_collections alone cannot parse them).
+    (["--config.model.d_model=None"], 2, "model.d_model=None is invalid"),
 ])
 def test_binary_bad_input_is_one_line_and_writes_nothing(tmp_path, data_dir, args, code,
                                                          expected):

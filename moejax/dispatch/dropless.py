@@ -1,32 +1,84 @@
 """Dropless dispatch: sort assignments by expert, compute groups, unsort.
 
-No capacity buffer: every valid assignment becomes one row of an [T * K, d]
-matrix sorted by expert (invalid ones sort to the end as padding), which the
-experts process as a grouped matmul with per-expert group sizes. Combine
-applies the inverse permutation and the gate weights.
+No capacity: every valid assignment gets one row of a grouped [P, d] matrix
+in which expert e's rows are contiguous. With `block_size` b > 1 each
+expert's group starts on a multiple of b and is padded with zero rows to a
+multiple of b, so the 'blocked' grouped matmul never splits a block between
+experts (P = round_up(T*K, b) + E*b rows bound the padding; only used blocks
+are computed). Combine reads each assignment's row back and applies the gate
+weights. Both moves are gathers, forward and backward (permute.py); no
+[tokens, experts, capacity] tensor exists anywhere.
 """
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 
 from moejax.dispatch.base import DispatchStrategy, ExpertBatch
+from moejax.dispatch.permute import gather_rows
+from moejax.routing.types import Routing
+
+
+def _round_up(n, multiple):
+  return (n + multiple - 1) // multiple * multiple
+
+
+def grouped_slots(routing: Routing, block_size: int):
+  """Where each assignment goes in the grouped layout.
+
+  Returns:
+    slot: [T*K] int32 row of each assignment; num_rows for invalid ones.
+    group_sizes: [E] int32 rows per expert (padded to block_size).
+    num_rows: static P.
+  """
+  num_tokens, k = routing.expert_index.shape
+  num_experts = routing.num_experts
+  key = jnp.where(routing.valid, routing.expert_index, num_experts).reshape(-1)
+  order = jnp.argsort(key, stable=True)  # sorted position -> assignment
+  counts = jnp.bincount(key, length=num_experts + 1)[:-1].astype(jnp.int32)
+  if block_size == 1:
+    num_rows = num_tokens * k
+    group_sizes = counts
+  else:
+    num_rows = _round_up(num_tokens * k, block_size) + num_experts * block_size
+    group_sizes = _round_up(counts, block_size)
+  sorted_start = jnp.cumsum(counts) - counts
+  group_start = jnp.cumsum(group_sizes) - group_sizes
+  sorted_key = key[order]
+  expert = jnp.minimum(sorted_key, num_experts - 1)
+  sorted_slot = group_start[expert] + jnp.arange(order.shape[0]) - sorted_start[expert]
+  sorted_slot = jnp.where(sorted_key < num_experts, sorted_slot, num_rows)
+  slot = jnp.zeros_like(sorted_slot).at[order].set(sorted_slot)
+  return slot.astype(jnp.int32), group_sizes, num_rows
+
+
+def _inverse(slot: jax.Array, num_rows: int) -> jax.Array:
+  """[num_rows] assignment in each row; len(slot) (= none) for padding."""
+  fill = jnp.full((num_rows + 1,), slot.shape[0], jnp.int32)
+  return fill.at[slot].set(jnp.arange(slot.shape[0], dtype=jnp.int32))[:num_rows]
 
 
 class DroplessDispatch(DispatchStrategy):
   name = "dropless"
 
+  def __init__(self, block_size: int = 1):
+    if block_size < 1:
+      raise ValueError(f"dropless block_size={block_size} is invalid: must be >= 1")
+    self.block_size = block_size
+
   def dispatch(self, x, routing):
     routing = self.require_sparse(routing)
     num_tokens, k = routing.expert_index.shape
-    key = jnp.where(routing.valid, routing.expert_index, routing.num_experts).reshape(-1)
-    order = jnp.argsort(key, stable=True)  # [T * K] assignment at each sorted row
-    group_sizes = jnp.bincount(key, length=routing.num_experts + 1)[:-1].astype(jnp.int32)
-    rows = x[order // k]
-    return ExpertBatch(x=rows, group_sizes=group_sizes), order
+    slot, group_sizes, num_rows = grouped_slots(routing, self.block_size)
+    assignment = _inverse(slot, num_rows)
+    # Row r holds token assignment[r] // k; padding rows read past the end -> 0.
+    rows = gather_rows(x, jnp.where(assignment < slot.shape[0], assignment // k, num_tokens),
+                       slot.reshape(num_tokens, k))
+    return ExpertBatch(x=rows, group_sizes=group_sizes), (slot, assignment)
 
-  def combine(self, y, routing, order):
+  def combine(self, y, routing, residual):
+    slot, assignment = residual
     num_tokens, k = routing.expert_index.shape
-    inverse = jnp.zeros_like(order).at[order].set(jnp.arange(order.shape[0]))
-    per_assignment = y.x[inverse].reshape(num_tokens, k, -1)
-    return jnp.einsum("tkd,tk->td", per_assignment, routing.weight.astype(y.x.dtype))
+    picked = gather_rows(y.x, slot, assignment[:, None]).reshape(num_tokens, k, -1)
+    return jnp.einsum("tkd,tk->td", picked, routing.weight.astype(y.x.dtype))

@@ -137,7 +137,9 @@ def model_config_from_mapping(values) -> ModelConfig:
   moe = values.pop("moe", None)
   if values.get("moe_every", ModelConfig.moe_every) and moe is not None:
     moe = dict(moe)
-    moe.setdefault("d_model", values.get("d_model", ModelConfig.d_model))
+    d_model = values.get("d_model", ModelConfig.d_model)
+    _check_int("model.d_model", d_model, 1)  # before the MoE config inherits it
+    moe.setdefault("d_model", d_model)
     try:
       moe = moe_config_from_mapping(moe)
     except ValueError as err:
