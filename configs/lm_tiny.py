@@ -1,6 +1,6 @@
 """The default experiment: a 4-block byte-level MoE LM (8 experts, top-2,
 capacity factor 1.25) on the embedded pydoc_bytes corpus. About 2.5 minutes on
-a 2-core CPU.
+a 2-core CPU. The values live in moejax/train/presets.py (notebooks use them).
 
   python experiments/train.py --config=configs/lm_tiny.py --workdir=/tmp/lm_tiny
 
@@ -8,20 +8,8 @@ Every field of moejax/train/defaults.py can be overridden, e.g.
   --config.model.moe.router.name=expert_choice --config.model.moe.router.capacity_factor=1.0
 """
 
-from moejax.train.defaults import experiment_config
+from moejax.train.presets import lm_tiny
 
 
 def get_config():
-  c = experiment_config()
-  c.model.update(kind="lm", num_layers=4, d_model=128, num_heads=4, moe_every=1,
-                 dense_d_ff=512, activation="gelu")
-  # Active FFN width per token = top_k * d_ff = 512 = the dense baseline's d_ff.
-  # Capacity-bucketed gather dispatch: on CPU it runs at the dense FFN's speed,
-  # while dropless (ragged_dot) is ~3x slower per step (see the benchmark).
-  c.model.moe.update(d_ff=256, activation="gelu", dispatch="gather")
-  c.model.moe.router.update(name="top_k", num_experts=8, top_k=2, normalize_top_k=True,
-                            capacity_factor=1.25)
-  c.data.update(name="pydoc_bytes", seq_len=128, batch_size=16, eval_batches=16)
-  c.train.update(num_steps=500, learning_rate=3e-3, warmup_steps=50, log_every=50,
-                 eval_every=250, checkpoint_every=250)
-  return c
+  return lm_tiny()
