@@ -68,13 +68,14 @@ axes[2].set(title="tokens per expert", xlabel="expert"); axes[2].legend()
 plt.tight_layout(); plt.show()'''),
         ("md", """## Same numbers from every dispatch
 Dispatch only moves tokens; the one-hot einsum (reference), capacity gather and dropless sort give
-the same output on the same routing. Dropless keeps the choices capacity dropped, so compare it on
-a dropless router."""),
+the same output on the same routing. We give the capacity strategies room for every choice
+(capacity factor = number of experts, so nothing drops) and compare with dropless."""),
         ("code", '''import dataclasses
 outs = {}
 for dispatch in ("einsum", "gather", "dropless"):
+    capacity = None if dispatch == "dropless" else float(router.num_experts)
     cfg = dataclasses.replace(config, dispatch=dispatch,
-                              router=dataclasses.replace(router, capacity_factor=None))
+                              router=dataclasses.replace(router, capacity_factor=capacity))
     outs[dispatch] = MoELayer(cfg).apply(variables, x)[0]
 for name in ("gather", "dropless"):
     print(f"max |{name} - einsum| = {float(jnp.abs(outs[name] - outs['einsum']).max()):.2e}")
@@ -159,7 +160,8 @@ import matplotlib.pyplot as plt
 from jax.sharding import NamedSharding, PartitionSpec as P
 from moejax import MoEConfig, MoELayer, RouterConfig
 print(jax.device_count(), "devices:", jax.devices())'''),
-        ("code", '''mesh = jax.make_mesh((8,), ("expert",))
+        ("code", '''# Auto axes: XLA's partitioner (GSPMD) decides how to run the layer on sharded weights.
+mesh = jax.make_mesh((8,), ("expert",), axis_types=(jax.sharding.AxisType.Auto,))
 config = MoEConfig(router=RouterConfig(num_experts=16, top_k=2, normalize_top_k=True),
                    d_model=64, d_ff=128, activation="swiglu", dispatch="dropless")
 layer = MoELayer(config)
