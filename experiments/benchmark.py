@@ -155,8 +155,9 @@ def main(argv):
       print(f"  {name}: skipped, its one-hot tensor would hold "
             f"{shape['tokens'] * shape['experts'] * capacity:.2e} elements")
       continue
-    variants[name] = (dict(dispatch=dispatch, backend=resolve_backend(backend),
-                           capacity_factor=cf), MoELayer(cfg), x)
+    # Capacity buckets always run as one batched einsum (moejax/experts.py).
+    used = resolve_backend(backend) if dispatch == "dropless" else "batched_einsum"
+    variants[name] = (dict(dispatch=dispatch, backend=used, capacity_factor=cf), MoELayer(cfg), x)
 
   jobs = {}
   for name, (_, layer, inputs) in variants.items():

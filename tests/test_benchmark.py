@@ -25,7 +25,7 @@ def test_benchmark_writes_rows(tmp_path):
   rows = json.loads(out_file.read_text())
   assert [r["name"] for r in rows] == ["dense", "dense_expert_shape", "gather",
                                        "dropless_blocked"]
-  assert [r["backend"] for r in rows[2:]] == ["blocked", "blocked"]  # 'auto' on CPU
+  assert [r["backend"] for r in rows[2:]] == ["batched_einsum", "blocked"]  # 'auto' on CPU
   for r in rows:
     assert FIELDS <= set(r), FIELDS - set(r)
     assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0
