@@ -17,7 +17,7 @@ import sys
 
 from absl import flags
 
-from moejax.cli import run
+from moejax.cli import require_workdir, run
 
 _CONFIGS = flags.DEFINE_list("configs", ["configs/lm_tiny.py", "configs/lm_tiny_dense.py"],
                              "Config files to train and compare.")
@@ -27,10 +27,7 @@ _SET = flags.DEFINE_multi_string("set", [], "field=value override applied to eve
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not _WORKDIR.value:
-    sys.exit("error: --workdir is required")
+  require_workdir(argv, _WORKDIR.value)
   from moejax.data import DataError
   from moejax.train import CheckpointError, TrainingError
   from moejax.train.comparison import (apply_override, load_config_file, train_row,

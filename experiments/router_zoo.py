@@ -19,7 +19,7 @@ import sys
 
 from absl import flags
 
-from moejax.cli import run
+from moejax.cli import require_workdir, run
 from moejax.train.router_zoo import ZOO
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs (required).")
@@ -30,10 +30,7 @@ _SET = flags.DEFINE_multi_string("set", [], "field=value applied to every run af
 
 
 def main(argv):
-  if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
-  if not _WORKDIR.value:
-    sys.exit("error: --workdir is required")
+  require_workdir(argv, _WORKDIR.value)
   from moejax.data import DataError
   from moejax.train import CheckpointError, TrainingError
   from moejax.train.comparison import load_config_file, train_row, write_results

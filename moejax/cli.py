@@ -82,3 +82,11 @@ def config_value(config_flag):
     node[leaf] = None
   return value
 
+
+
+def require_workdir(argv, workdir: str) -> None:
+  """One-line exits for stray positional arguments and a missing --workdir."""
+  if len(argv) > 1:
+    sys.exit(f"error: unexpected arguments {argv[1:]}")
+  if not workdir:
+    sys.exit("error: --workdir is required")

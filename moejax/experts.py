@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.dispatch.base import ExpertBatch
-from moejax.grouped_matmul import gmm, group_ids
+from moejax.grouped_matmul import DEFAULT_BLOCK_SIZE, gmm, group_ids
 
 GLU_ACTIVATIONS = {"swiglu": jax.nn.silu, "geglu": jax.nn.gelu}
 MLP_ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
@@ -40,7 +40,8 @@ def _stacked_init(num_experts_axis: bool):
 
 
 def expert_ffn(params, batch: ExpertBatch, activation: str,
-               gmm_backend: str = "auto", gmm_block_size: int = 128) -> ExpertBatch:
+               gmm_backend: str = "auto",
+               gmm_block_size: int = DEFAULT_BLOCK_SIZE) -> ExpertBatch:
   """Applies each expert's FFN to its inputs.
 
   Args:
@@ -82,7 +83,7 @@ class ExpertBank(nn.Module):
   activation: str = "gelu"
   use_bias: bool = False
   gmm_backend: str = "auto"
-  gmm_block_size: int = 128
+  gmm_block_size: int = DEFAULT_BLOCK_SIZE
   dtype: jnp.dtype = jnp.float32
 
   @nn.compact

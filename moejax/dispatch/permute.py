@@ -36,11 +36,10 @@ def gather_rows(x: jax.Array, idx: jax.Array, readers: jax.Array) -> jax.Array:
 
 
 def _fwd(x, idx, readers):
-  return _take(x, idx), (idx, readers)
+  return _take(x, idx), readers
 
 
-def _bwd(residual, dout):
-  idx, readers = residual
+def _bwd(readers, dout):
   dx = _take(dout, readers.reshape(-1)).reshape(readers.shape + dout.shape[1:]).sum(1)
   return dx, None, None
 
