@@ -146,35 +146,29 @@ display(Markdown(markdown_table(rows)))'''),
 display(Image(f"{root}/routers.png"))'''),
     ],
     "04_expert_parallelism.ipynb": [
-        ("md", """# Where experts live: expert weights sharded over 8 (fake) devices
+        ("md", """# Expert parallelism on 8 (fake) devices
 
-On a CPU runtime, XLA can pretend to have 8 devices. We put an 8-way `expert` mesh axis over them,
-shard the stacked expert weights `[E, d, f]` along `E`, leave the router replicated, and check that
-the sharded layer computes exactly what the single-device layer computes. The device count must be
-set before JAX starts, so restart the runtime if JAX was already imported."""),
+On a CPU runtime, XLA can pretend to have 8 devices. We build moejax's mesh with an 8-way `expert`
+axis, place the layer's parameters by the sharding rules (stacked expert weights `[E, d, f]` split
+along `E`, the router replicated), then run the layer expert-parallel: tokens split 8 ways, each
+device routes its own, and `all_to_all` carries them to the devices that hold their experts and
+back. The result equals the single-device layer. The device count must be set before JAX starts,
+so restart the runtime if JAX was already imported."""),
         ("code", INSTALL),
         ("code", '''os.environ["XLA_FLAGS"] = os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax, jax.numpy as jnp, numpy as np
 import matplotlib.pyplot as plt
-from jax.sharding import NamedSharding, PartitionSpec as P
 from moejax import MoEConfig, MoELayer, RouterConfig
+from moejax.parallel import MeshConfig, batch_sharding, make_mesh, tree_shardings
 print(jax.device_count(), "devices:", jax.devices())'''),
-        ("code", '''# Auto axes: XLA's partitioner (GSPMD) decides how to run the layer on sharded weights.
-mesh = jax.make_mesh((8,), ("expert",), axis_types=(jax.sharding.AxisType.Auto,))
+        ("code", '''mesh = make_mesh(MeshConfig(data=1, expert=8))   # axes data, fsdp, expert, tensor
 config = MoEConfig(router=RouterConfig(num_experts=16, top_k=2, normalize_top_k=True),
                    d_model=64, d_ff=128, activation="swiglu", dispatch="dropless")
 layer = MoELayer(config)
 x = jax.random.normal(jax.random.key(0), (256, 64))
 variables = layer.init(jax.random.key(1), x)
-
-def placement(path, leaf):
-    # Stacked expert weights: shard the expert axis. Everything else: replicate.
-    is_expert = "experts" in jax.tree_util.keystr(path) and leaf.shape[0] == config.router.num_experts
-    return NamedSharding(mesh, P("expert") if is_expert else P())
-
-shardings = jax.tree_util.tree_map_with_path(placement, variables)
-sharded = jax.device_put(variables, shardings)
+sharded = jax.device_put(variables, tree_shardings(variables, mesh))
 w_in = sharded["params"]["experts"]["w_in"]
 print("w_in", w_in.shape, w_in.sharding.spec)
 for shard in w_in.addressable_shards:
@@ -185,11 +179,18 @@ for shard in w_in.addressable_shards:
     holder[shard.index[0], shard.device.id] = 1
 plt.figure(figsize=(5, 4)); plt.imshow(holder, cmap="Blues", aspect="auto")
 plt.xlabel("device"); plt.ylabel("expert"); plt.title("which device holds each expert's weights")
-plt.show()
+plt.show()'''),
+        ("code", '''# Under jax.set_mesh the layer runs dropless dispatch expert-parallel inside shard_map.
 apply = jax.jit(lambda v, x: layer.apply(v, x)[0])
-y_sharded, y_single = apply(sharded, x), apply(variables, x)
-print("max |sharded - single device| =", float(jnp.abs(y_sharded - y_single).max()))
-assert jnp.allclose(y_sharded, y_single, atol=1e-5)'''),
+with jax.set_mesh(mesh):
+    x_split = jax.device_put(x, batch_sharding(mesh))
+    print("tokens per device:", x_split.addressable_shards[0].data.shape)
+    hlo = apply.lower(sharded, x_split).compile().as_text()
+    y_parallel = apply(sharded, x_split)
+print("all-to-all ops in the compiled step:", hlo.count("all-to-all-start") or hlo.count(" all-to-all("))
+y_single = apply(variables, x)
+print("max |expert parallel - single device| =", float(jnp.abs(y_parallel - y_single).max()))
+assert jnp.allclose(y_parallel, y_single, atol=1e-5)'''),
     ],
 }
 

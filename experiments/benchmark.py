@@ -12,12 +12,21 @@ variant time / dense time for the same pass. The 'dense_expert_shape' row runs
 the experts' matmul shapes ([tokens * top_k, d] x [d, d_ff]) with no routing:
 the part of any MoE row's ratio that comes from narrower matmuls, not from
 routing or dispatch.
+
+Expert-parallel mode (--expert_parallel=N): the same layer (capacity 'gather'
+with router.routing_groups=N, and 'dropless') on one device and on a mesh
+with an N-way expert axis (tokens split N ways, E/N experts per device,
+all_to_all between), timed in one process; ratio_vs_one_device = mesh time /
+one-device time. On CPU the N devices are fake (--xla_force_host_platform_
+device_count, set by the binary) and share the same cores, so the ratio is a
+baseline for GPU/TPU runs, not a speed-up.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import statistics
 import sys
 import time
@@ -68,6 +77,10 @@ _SHAPE_BOUND = flags.DEFINE_bool(
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per pass (median reported).")
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the rows as JSON here.")
+_EXPERT_PARALLEL = flags.DEFINE_integer(
+    "expert_parallel", 0, "N > 1: time the layer expert-parallel over N devices vs one device "
+    "(on CPU, N fake devices are created). 0 = the dispatch comparison.")
+EP_VARIANTS = ("gather", "dropless_blocked")
 
 
 def _round_robin_ms(jobs, repeats, warmup):
@@ -90,9 +103,10 @@ def _round_robin_ms(jobs, repeats, warmup):
   return {name: statistics.median(t) for name, t in times.items()}
 
 
-def _layer_jobs(layer, x):
+def _layer_jobs(layer, x, variables=None):
   """{'fwd': (fn, args), 'fwd_bwd': (fn, args)} for layer.apply at input x."""
-  variables = layer.init(jax.random.key(0), x)
+  if variables is None:
+    variables = layer.init(jax.random.key(0), x)
   fwd = jax.jit(lambda v, x: layer.apply(v, x)[0])
 
   def loss(params, x):
@@ -103,8 +117,73 @@ def _layer_jobs(layer, x):
   return {"fwd": (fwd, (variables, x)), "fwd_bwd": (fwd_bwd, (variables["params"], x))}
 
 
+def _sharded_jobs(layer, x, mesh):
+  """_layer_jobs with params placed by the sharding rules and x split over
+  the batch axes, traced and run under `mesh`."""
+  from moejax.parallel import batch_sharding, tree_shardings
+
+  with jax.set_mesh(mesh):
+    variables = layer.init(jax.random.key(0), x)
+    variables = jax.device_put(variables, tree_shardings(variables, mesh))
+    jobs = _layer_jobs(layer, jax.device_put(x, batch_sharding(mesh)), variables)
+
+  def in_mesh(fn):
+    def call(*args):
+      with jax.set_mesh(mesh):
+        return fn(*args)
+    return call
+  return {name: (in_mesh(fn), args) for name, (fn, args) in jobs.items()}
+
+
+def _expert_parallel_rows(base: MoEConfig, shape, x, common, n: int):
+  """Rows of the expert-parallel mode: each EP_VARIANTS layer on one device
+  and on an n-way expert mesh."""
+  from moejax.parallel import MeshConfig, make_mesh
+  if jax.device_count() < n:
+    sys.exit(f"error: --expert_parallel={n} is invalid: only {jax.device_count()} devices")
+  if shape["experts"] % n or shape["tokens"] % n:
+    sys.exit(f"error: --expert_parallel={n} is invalid: it must divide experts="
+             f"{shape['experts']} and tokens={shape['tokens']}")
+  mesh = make_mesh(MeshConfig(data=1, expert=n), jax.devices()[:n])
+  one = jax.devices()[0]
+  jobs, fields = {}, {}
+  for name in EP_VARIANTS:
+    dispatch, backend, uses_capacity = VARIANTS[name]
+    router = dataclasses.replace(base.router, routing_groups=n,
+                                 capacity_factor=_CAPACITY.value if uses_capacity else None)
+    layer = MoELayer(dataclasses.replace(base, router=router, dispatch=dispatch,
+                                         gmm_backend=backend))
+    fields[name] = dict(dispatch=dispatch, capacity_factor=router.capacity_factor,
+                        routing_groups=n, expert_parallel=n)
+    for pass_name, job in _layer_jobs(layer, jax.device_put(x, one)).items():
+      jobs[name, "one_device", pass_name] = job
+    for pass_name, job in _sharded_jobs(layer, x, mesh).items():
+      jobs[name, "mesh", pass_name] = job
+  ms = _round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
+  rows = []
+  for name in EP_VARIANTS:
+    for where in ("one_device", "mesh"):
+      rows.append(dict(name=name, placement=where, **fields[name],
+                       fwd_ms=ms[name, where, "fwd"], fwd_bwd_ms=ms[name, where, "fwd_bwd"],
+                       ratio_vs_one_device=ms[name, where, "fwd_bwd"]
+                       / ms[name, "one_device", "fwd_bwd"], **common))
+  header = f"{'variant':18s} {'placement':>12s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} " \
+           f"{'fwd+bwd x one device':>21s}"
+  print(header)
+  print("-" * len(header))
+  for r in rows:
+    where = r["placement"] if r["placement"] == "one_device" else f"expert={n}"
+    print(f"{r['name']:18s} {where:>12s} {r['fwd_ms']:9.2f} {r['fwd_bwd_ms']:11.2f} "
+          f"{r['ratio_vs_one_device']:21.2f}")
+  return rows
+
+
 def main(argv):
   del argv
+  if _EXPERT_PARALLEL.value > 1 and "device_count" not in os.environ.get("XLA_FLAGS", ""):
+    # Read when the CPU backend starts, which has not happened yet; ignored by GPU/TPU.
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_"
+                               f"device_count={_EXPERT_PARALLEL.value}")
   shape = dict(PRESETS[_PRESET.value])
   for key, flag in (("tokens", _TOKENS), ("d_model", _D_MODEL), ("d_ff", _D_FF),
                     ("experts", _EXPERTS), ("top_k", _TOP_K)):
@@ -132,6 +211,9 @@ def main(argv):
                 experts=shape["experts"], top_k=shape["top_k"], dtype=_DTYPE.value,
                 activation=_ACTIVATION.value, platform=device.platform,
                 device_kind=device.device_kind)
+  if _EXPERT_PARALLEL.value > 1:
+    _write_json(_expert_parallel_rows(base, shape, x, common, _EXPERT_PARALLEL.value))
+    return
   dense_ff = shape["top_k"] * shape["d_ff"]
   ffn = lambda width: DenseFFNLayer(shape["d_model"], width, _ACTIVATION.value,
                                     dtype=_DTYPE.value)
@@ -177,6 +259,10 @@ def main(argv):
     cf = "-" if r["capacity_factor"] is None else f"{r['capacity_factor']:.2f}"
     print(f"{r['name']:22s} {cf:>6s} {r['fwd_ms']:9.2f} {r['fwd_bwd_ms']:11.2f} "
           f"{r['fwd_ratio_vs_dense']:11.2f} {r['ratio_vs_dense']:15.2f}")
+  _write_json(rows)
+
+
+def _write_json(rows) -> None:
   if _JSON_OUT.value:
     with open(_JSON_OUT.value, "w") as f:
       json.dump(rows, f, indent=1)

@@ -6,6 +6,13 @@
 Writes to the workdir: checkpoints/ (orbax, with the data-iterator state),
 metrics.jsonl, tensorboard/, config.json, loss.png, expert_load.png.
 SIGTERM saves a checkpoint and exits 0; run the same command to resume.
+
+The mesh comes from the config (--config.mesh.data / fsdp / expert / tensor;
+default: data parallel over every device). Multi-host: start one process per
+host with the same flags plus either --multihost (TPU pod slices, SLURM, MPI:
+JAX finds the coordinator itself) or --coordinator_address=host:port
+--num_processes=N --process_id=i. All processes must see the same --workdir
+(a shared filesystem) for checkpoints.
 Exit codes: 0 done or stopped cleanly; 1 data/checkpoint/training error;
 2 bad flag or config. Errors are one line on stderr.
 """
@@ -21,6 +28,14 @@ from moejax.cli import config_value, define_config, run
 _CONFIG = define_config("configs/lm_tiny.py", "ml_collections config file (see configs/).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots; "
                                "an existing one is resumed.")
+_MULTIHOST = flags.DEFINE_bool("multihost", False, "Join a multi-process job whose coordinator "
+                               "JAX detects itself (TPU pod slice, SLURM, Open MPI).")
+_COORDINATOR = flags.DEFINE_string("coordinator_address", None, "host:port of process 0 for an "
+                                   "explicitly started multi-process job.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Processes in the job (with "
+                                      "--coordinator_address).")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in [0, num_processes) "
+                                   "(with --coordinator_address).")
 
 
 def _fail(code: int, message: str):
@@ -34,12 +49,20 @@ def main(argv):
   config = config_value(_CONFIG)
   if not _WORKDIR.value:
     _fail(2, "--workdir is required (a directory for checkpoints, metrics and plots)")
+  explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+  if _MULTIHOST.value or any(v is not None for v in explicit):
+    from moejax.parallel import initialize
+    try:
+      initialize(*explicit)
+    except ValueError as err:
+      _fail(2, f"--{err}")
   # Heavy imports after flag parsing, so --help and bad flags answer at once.
   from moejax.data import DataError
-  from moejax.train import (CheckpointError, TrainingError, experiment_from_config,
-                            train_and_evaluate)
+  from moejax.train import (CheckpointError, TrainingError, check_on_devices,
+                            experiment_from_config, train_and_evaluate)
   try:
     exp = experiment_from_config(config)
+    check_on_devices(exp)
   except ValueError as err:
     _fail(2, f"config.{err}")
   try:

@@ -91,6 +91,12 @@ class RouterConfig:
     num_slots: Soft MoE slots per expert.
     sinkhorn_iterations: Sinkhorn iterations for the balanced router.
     hash_seed: seed of the fixed token-id -> expert hash.
+    routing_groups: the tokens of a call are split into this many equal,
+      contiguous groups that are routed independently (capacity, expert
+      choice and drop decisions are per group, as in GShard). 1 = all tokens
+      together. On a mesh, a multiple of the number of token shards
+      (data x fsdp x expert) lets capacity dispatch run expert-parallel with
+      all_to_all; the numbers do not depend on the mesh, only on this value.
   """
 
   name: str = "top_k"
@@ -114,6 +120,7 @@ class RouterConfig:
   num_slots: int = 1
   sinkhorn_iterations: int = 8
   hash_seed: int = 0
+  routing_groups: int = 1
 
   def __post_init__(self):
     _check_choice("router.name", self.name, ROUTERS)
@@ -158,6 +165,10 @@ class RouterConfig:
     _check_choice("router.drop_policy", self.drop_policy, DROP_POLICIES)
     _check_int("router.num_slots", self.num_slots, 1)
     _check_int("router.sinkhorn_iterations", self.sinkhorn_iterations, 1)
+    _check_int("router.routing_groups", self.routing_groups, 1)
+    if self.name == "soft_moe" and self.routing_groups > 1:
+      _fail("router.routing_groups", self.routing_groups,
+            "router.name='soft_moe' mixes all tokens of a call; leave it 1")
     self._check_family_options()
 
   def _check_family_options(self):

@@ -75,7 +75,12 @@ def expert_ffn(params, batch: ExpertBatch, activation: str,
 
 
 class ExpertBank(nn.Module):
-  """E routed experts with stacked weights (see module docstring)."""
+  """E routed experts with stacked weights (see module docstring).
+
+  `weights()` returns the parameter dict and `pure_fn()` the function that
+  applies it, so expert-parallel dispatch can hand the weights to shard_map
+  explicitly (a linen module cannot be called inside shard_map).
+  """
 
   num_experts: int
   d_model: int
@@ -86,19 +91,38 @@ class ExpertBank(nn.Module):
   gmm_block_size: int = DEFAULT_BLOCK_SIZE
   dtype: jnp.dtype = jnp.float32
 
-  @nn.compact
-  def __call__(self, batch: ExpertBatch) -> ExpertBatch:
+  def setup(self):
     e, d, f = self.num_experts, self.d_model, self.d_ff
     init = _stacked_init(True)
-    params = {"w_in": self.param("w_in", init, (e, d, f)),
-              "w_out": self.param("w_out", init, (e, f, d))}
+    self.w_in = self.param("w_in", init, (e, d, f))
+    self.w_out = self.param("w_out", init, (e, f, d))
     if is_glu(self.activation):
-      params["w_gate"] = self.param("w_gate", init, (e, d, f))
+      self.w_gate = self.param("w_gate", init, (e, d, f))
     if self.use_bias:
-      params["b_in"] = self.param("b_in", nn.initializers.zeros, (e, f))
-      params["b_out"] = self.param("b_out", nn.initializers.zeros, (e, d))
-    return expert_ffn(params, batch.replace_x(batch.x.astype(self.dtype)),
-                      self.activation, self.gmm_backend, self.gmm_block_size)
+      self.b_in = self.param("b_in", nn.initializers.zeros, (e, f))
+      self.b_out = self.param("b_out", nn.initializers.zeros, (e, d))
+
+  def weights(self) -> dict:
+    """{'w_in': [E, d, f], 'w_out': [E, f, d], + 'w_gate', 'b_in', 'b_out'}."""
+    params = {"w_in": self.w_in, "w_out": self.w_out}
+    if is_glu(self.activation):
+      params["w_gate"] = self.w_gate
+    if self.use_bias:
+      params.update(b_in=self.b_in, b_out=self.b_out)
+    return params
+
+  def pure_fn(self):
+    """(params, ExpertBatch) -> ExpertBatch, free of the module."""
+    activation, backend, block = self.activation, self.gmm_backend, self.gmm_block_size
+    dtype = self.dtype
+
+    def apply(params, batch: ExpertBatch) -> ExpertBatch:
+      return expert_ffn(params, batch.replace_x(batch.x.astype(dtype)), activation, backend,
+                        block)
+    return apply
+
+  def __call__(self, batch: ExpertBatch) -> ExpertBatch:
+    return self.pure_fn()(self.weights(), batch)
 
 
 class FeedForward(nn.Module):

@@ -18,6 +18,7 @@ deterministic=False.
 
 from __future__ import annotations
 
+import warnings
 from typing import Dict, Optional, Tuple
 
 import flax.linen as nn
@@ -27,11 +28,13 @@ from flax import struct
 
 from moejax.config import MoEConfig, RouterConfig
 from moejax.dispatch import get_strategy
+from moejax.dispatch.expert_parallel import EP_DISPATCHES, expert_parallel, token_shards
 from moejax.experts import ExpertBank, FeedForward
 from moejax.grouped_matmul import resolve_backend
-from moejax.routing import (RouterOutput, aux_losses, route, routing_metrics, update_expert_bias,
-                            zero_losses)
-from moejax.routing.types import at_least_f32
+from moejax.parallel.mesh import current_mesh
+from moejax.routing import (RouterOutput, aux_losses, route_in_groups, routing_metrics,
+                            update_expert_bias, zero_losses)
+from moejax.routing.types import Routing, at_least_f32
 
 
 @struct.dataclass
@@ -74,8 +77,8 @@ class Router(nn.Module):
       bias_var = self.variable("router_state", "expert_bias", jnp.zeros,
                                (cfg.num_experts,), jnp.float32)
       expert_bias = bias_var.value
-    out = route(cfg, logits, token_ids=token_ids, expert_bias=expert_bias,
-                noise_std=noise_std, rng=rng)
+    out = route_in_groups(cfg, logits, token_ids=token_ids, expert_bias=expert_bias,
+                          noise_std=noise_std, rng=rng)
     if (bias_var is not None and not deterministic and cfg.expert_bias_update_rate > 0
         and self.is_mutable_collection("router_state") and not self.is_initializing()):
       load = jax.lax.stop_gradient(out.routing.tokens_per_expert())
@@ -86,8 +89,13 @@ class Router(nn.Module):
 class MoELayer(nn.Module):
   """Mixture-of-Experts FFN. Call: x [..., d_model] -> (y [..., d_model], MoEAux).
 
-  All tokens of the call are routed together (one group); vmap the layer for
-  per-group routing.
+  The tokens of the call are routed in config.router.routing_groups groups.
+
+  Under `jax.set_mesh(mesh)` with more than one device, 'gather' and
+  'dropless' dispatch run expert-parallel inside shard_map (tokens split over
+  data x fsdp x expert, experts over `expert`; moejax.dispatch.
+  expert_parallel); 'einsum' dispatch, Soft MoE and the router itself are
+  left to XLA's partitioner. The numbers do not depend on the mesh.
   """
 
   config: MoEConfig
@@ -109,7 +117,13 @@ class MoELayer(nn.Module):
     # The blocked grouped matmul wants each expert's rows block-aligned.
     blocked = resolve_backend(cfg.gmm_backend) == "blocked"
     strategy = get_strategy(cfg.dispatch, cfg.gmm_block_size if blocked else 1)
-    y = strategy(compute_tokens, out.routing, experts)
+    mesh = None if self.is_initializing() else current_mesh()
+    if mesh is not None and self._expert_parallel_ok(mesh, out.routing):
+      y = expert_parallel(compute_tokens, out.routing, experts.weights(), experts.pure_fn(),
+                          dispatch=cfg.dispatch,
+                          block_size=cfg.gmm_block_size if blocked else 1, mesh=mesh)
+    else:
+      y = strategy(compute_tokens, out.routing, experts)
     if cfg.num_shared_experts:
       shared_ff = cfg.num_shared_experts * (cfg.shared_d_ff or cfg.d_ff)
       shared = FeedForward(cfg.d_model, shared_ff, cfg.activation, cfg.use_bias, dtype,
@@ -120,6 +134,21 @@ class MoELayer(nn.Module):
       y = y + shared
     aux = MoEAux(losses=aux_losses(out), metrics=routing_metrics(out))
     return y.reshape(x.shape).astype(x.dtype), aux
+
+  def _expert_parallel_ok(self, mesh, routing) -> bool:
+    """Whether this call can run expert-parallel on `mesh`."""
+    cfg = self.config
+    if cfg.dispatch not in EP_DISPATCHES or not isinstance(routing, Routing):
+      return False
+    shards = token_shards(mesh)
+    if cfg.dispatch == "gather" and cfg.router.routing_groups % shards:
+      warnings.warn(
+          f"MoE dispatch='gather' with router.routing_groups={cfg.router.routing_groups} on "
+          f"{shards} token shards runs through XLA's partitioner, not expert-parallel "
+          f"all_to_all: set router.routing_groups to a multiple of {shards} (or use "
+          "dispatch='dropless') for expert parallelism", stacklevel=2)
+      return False
+    return True
 
 
 class DenseFFNLayer(nn.Module):

@@ -149,6 +149,9 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
     (["--config.data.name=mnist"], 1, "data.name='mnist' is not prepared in data_dir="),
     # None overrides reach validation (ml_collections alone cannot parse them).
     (["--config.model.d_model=None"], 2, "model.d_model=None is invalid"),
+    # The mesh is checked against the devices before anything is compiled.
+    (["--config.mesh.expert=2"], 2, "config.mesh.data=-1 is invalid: cannot fill"),
+    (["--num_processes=2"], 2, "give all three"),
 ])
 def test_binary_bad_input_is_one_line_and_writes_nothing(tmp_path, data_dir, args, code,
                                                          expected):

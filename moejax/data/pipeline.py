@@ -129,8 +129,9 @@ def make_datasets(config: DataConfig, model_config, *, process_index: Optional[i
                   process_count: Optional[int] = None) -> Datasets:
   """Builds (embedded) or opens the dataset and returns its pipelines.
 
-  Each process reads every process_count-th example and batches
-  batch_size / process_count of them, so hosts never overlap.
+  Each process reads only its batch_size / process_count rows of every
+  global batch; hosts never overlap, and the global batches do not depend on
+  process_count.
   """
   process_index = jax.process_index() if process_index is None else process_index
   process_count = jax.process_count() if process_count is None else process_count
@@ -153,18 +154,19 @@ def make_datasets(config: DataConfig, model_config, *, process_index: Optional[i
     if len(ds) < config.batch_size:
       raise DataError(f"data.batch_size={config.batch_size} is invalid: "
                       f"{split} {getattr(config, split)!r} has only {len(ds)} examples")
-  train_host = train[process_index::process_count]
-  eval_host = evals[process_index::process_count]
 
+  # Host p takes the p-th host_batch-sized slice of every global batch, so the
+  # sequence of global batches (and the data-iterator state) is the same for
+  # any number of processes: a checkpoint resumes on a different host count.
   def make_train_iterator():
-    ds = train_host.shuffle(seed=config.shuffle_seed).repeat()
-    return iter(ds.batch(host_batch, drop_remainder=True).to_iter_dataset())
+    ds = train.shuffle(seed=config.shuffle_seed).repeat()
+    ds = ds.batch(host_batch, drop_remainder=True)[process_index::process_count]
+    return iter(ds.to_iter_dataset())
 
-  # Every host evaluates the same number of batches (hosts step together).
-  full_eval_batches = len(evals) // process_count // host_batch
+  full_eval_batches = len(evals) // config.batch_size
 
   def eval_batches():
-    batched = eval_host.batch(host_batch, drop_remainder=True)
+    batched = evals.batch(host_batch, drop_remainder=True)[process_index::process_count]
     count = min(config.eval_batches or full_eval_batches, full_eval_batches)
     return [batched[i] for i in range(count)]
 

@@ -13,6 +13,7 @@ from typing import Any, Dict, Optional
 from moejax.config import _check_choice, _check_float, _check_int, _fail, _from_mapping
 from moejax.data.config import DataConfig, data_config_from_mapping
 from moejax.models.config import ModelConfig, model_config_from_mapping
+from moejax.parallel.mesh import MeshConfig, mesh_config_from_mapping
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
 
@@ -92,20 +93,21 @@ class TrainConfig:
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-  """seed + model + data + train. `raw` is the flat JSON-able original."""
+  """seed + model + data + train + mesh. `raw` is the JSON-able original."""
 
   seed: int
   model: ModelConfig
   data: DataConfig
   train: TrainConfig
+  mesh: MeshConfig
   raw: Dict[str, Any] = dataclasses.field(compare=False, hash=False, repr=False)
 
 
-SECTIONS = ("seed", "model", "data", "train")
+SECTIONS = ("seed", "model", "data", "train", "mesh")
 
 
 def experiment_from_config(config) -> ExperimentConfig:
-  """Validates a ConfigDict (or nested dict) with sections seed/model/data/train."""
+  """Validates a ConfigDict (or nested dict) with sections seed/model/data/train/mesh."""
   values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   unknown = sorted(set(values) - set(SECTIONS))
   if unknown:
@@ -114,9 +116,10 @@ def experiment_from_config(config) -> ExperimentConfig:
   model = model_config_from_mapping(values.get("model", {}))
   data = data_config_from_mapping(values.get("data", {}))
   train = _from_mapping(TrainConfig, dict(values.get("train", {})), "train.")
+  mesh = mesh_config_from_mapping(values.get("mesh", {}))
   if model.kind == "lm" and model.vocab_size < 256:
     _fail("model.vocab_size", model.vocab_size, "must be >= 256 for byte-level text")
-  return ExperimentConfig(values.get("seed", 0), model, data, train, values)
+  return ExperimentConfig(values.get("seed", 0), model, data, train, mesh, values)
 
 
 def flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:

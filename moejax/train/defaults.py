@@ -7,6 +7,7 @@ with --config.x=y) and there is one source of defaults.
          model.moe.router: RouterConfig fields
   data:  DataConfig fields
   train: TrainConfig fields
+  mesh:  MeshConfig fields (moejax.parallel): device mesh axis sizes
 
 Config files in configs/ start from `experiment_config()` and change what
 differs. Fields whose default is None become typed placeholders.
@@ -23,6 +24,7 @@ from ml_collections import config_dict
 from moejax.config import MoEConfig, RouterConfig
 from moejax.data.config import DataConfig
 from moejax.models.config import ModelConfig
+from moejax.parallel.mesh import MeshConfig
 from moejax.train.config import TrainConfig
 
 
@@ -50,6 +52,7 @@ def experiment_config() -> ml_collections.ConfigDict:
   config.model.moe.router = _section(RouterConfig)
   config.data = _section(DataConfig)
   config.train = _section(TrainConfig)
+  config.mesh = _section(MeshConfig)
   return config
 
 

@@ -14,7 +14,7 @@ import os
 import signal
 import threading
 import time
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, List, Optional, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -22,6 +22,8 @@ import numpy as np
 
 from moejax.data import make_datasets, unigram_cross_entropy
 from moejax.models import build_model
+from moejax.parallel import (batch_sharding, check_experiment_on_mesh, make_mesh, replicated,
+                             tree_shardings)
 from moejax.train.checkpoint import Checkpointer
 from moejax.train.config import ExperimentConfig
 from moejax.train.optim import learning_rate_schedule, make_optimizer
@@ -76,11 +78,21 @@ class _StopFlag:
       signal.signal(signal.SIGTERM, self._previous)
 
 
-def _example_inputs(exp: ExperimentConfig, host_batch: int) -> jax.Array:
-  m = exp.model
+def _example_inputs(exp: ExperimentConfig) -> jax.Array:
+  """Zeros shaped like one global batch of inputs."""
+  m, batch = exp.model, exp.data.batch_size
   if m.kind == "lm":
-    return jnp.zeros((host_batch, exp.data.seq_len), jnp.int32)
-  return jnp.zeros((host_batch, m.image_size, m.image_size, m.num_channels), jnp.float32)
+    return jnp.zeros((batch, exp.data.seq_len), jnp.int32)
+  return jnp.zeros((batch, m.image_size, m.image_size, m.num_channels), jnp.float32)
+
+
+def check_on_devices(exp: ExperimentConfig, devices: Optional[Sequence] = None) -> dict:
+  """{axis: size} of exp's mesh on `devices` (default: all of the job's);
+  ValueError (one line, naming the field) when exp cannot run on it. Nothing
+  is compiled."""
+  sizes = exp.mesh.shape(len(jax.devices() if devices is None else devices))
+  check_experiment_on_mesh(exp, sizes)
+  return sizes
 
 
 def _summarize_window(window: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarray]:
@@ -93,15 +105,26 @@ def _print_now(line: str) -> None:
 
 
 def train_and_evaluate(exp: ExperimentConfig, workdir: str,
-                       log: Callable[[str], None] = _print_now) -> RunSummary:
-  """Trains exp in workdir (resuming from its latest checkpoint) and evaluates.
+                       log: Callable[[str], None] = _print_now,
+                       devices: Optional[Sequence] = None) -> RunSummary:
+  """Trains exp in workdir (resuming from its latest checkpoint) and evaluates,
+  on the mesh exp.mesh makes of `devices` (default: every device of the job,
+  all hosts).
 
-  Raises DataError / CheckpointError / TrainingError (one-line messages).
+  Raises ValueError for a config the devices cannot run, DataError /
+  CheckpointError / TrainingError (one-line messages).
   """
+  sizes = check_on_devices(exp, devices)
+  mesh = make_mesh(exp.mesh, devices)
+  with jax.set_mesh(mesh):
+    return _train(exp, workdir, log, mesh, sizes)
+
+
+def _train(exp: ExperimentConfig, workdir: str, log: Callable[[str], None], mesh,
+           sizes: dict) -> RunSummary:
   cfg = exp.train
   datasets = make_datasets(exp.data, exp.model)
   is_lm = exp.model.kind == "lm"
-  host_batch = exp.data.batch_size // jax.process_count()
   items_per_step = exp.data.batch_size * (exp.data.seq_len if is_lm else 1)
   item_name = "tokens" if is_lm else "examples"
 
@@ -113,11 +136,21 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str,
   latest = ckpt.latest_step()
   if latest is not None:
     ckpt.check_compatible(latest, exp.raw)
-  with open(os.path.join(workdir, "config.json"), "w") as f:
-    json.dump(exp.raw, f, indent=2, sort_keys=True)
+  if jax.process_index() == 0:
+    with open(os.path.join(workdir, "config.json"), "w") as f:
+      json.dump(exp.raw, f, indent=2, sort_keys=True)
 
-  init = jax.jit(lambda rng, x: init_state(model, optimizer, rng, x))
-  state = init(jax.random.key(exp.seed), _example_inputs(exp, host_batch))
+  # Params and optimizer state are created already placed by the sharding
+  # rules; batches are split over the batch axes; metrics come back replicated.
+  init_fn = lambda: init_state(model, optimizer, jax.random.key(exp.seed), _example_inputs(exp))
+  state_sharding = tree_shardings(jax.eval_shape(init_fn), mesh)
+  data_sharding, scalars = batch_sharding(mesh), replicated(mesh)
+  state = jax.jit(init_fn, out_shardings=state_sharding)()
+
+  def to_global(batch):
+    """This host's rows of a batch -> arrays over the whole mesh."""
+    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(data_sharding, a),
+                        batch)
   train_iter = datasets.make_train_iterator()
   if latest is not None:
     state, data_state = ckpt.restore(latest, state)
@@ -126,19 +159,24 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str,
   start_step = int(state["step"])
   writer = MetricsWriter(workdir, start_step, enabled=jax.process_index() == 0)
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  mesh_text = " x ".join(f"{k}={v}" for k, v in sizes.items() if v > 1) or "none"
   log(f"model: {exp.model.kind}, {num_params / 1e6:.2f}M params, MoE blocks "
       f"{list(exp.model.moe_layers) or 'none'}; data: {exp.data.name}, batch "
-      f"{exp.data.batch_size}; {cfg.num_steps} steps on {jax.device_count()} "
-      f"{jax.devices()[0].platform} device(s)")
+      f"{exp.data.batch_size}; {cfg.num_steps} steps on {mesh.devices.size} "
+      f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es), "
+      f"mesh {mesh_text}")
 
   baseline = unigram_cross_entropy(datasets, exp.model.vocab_size) if is_lm else None
   if baseline is not None:
     log(f"unigram baseline (context-free model): {baseline:.3f} nats/token")
 
-  train_step = jax.jit(make_train_step(model, optimizer, cfg, exp.seed), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model))
-  finite = jax.jit(all_finite)
-  eval_data = datasets.eval_batches()
+  train_step = jax.jit(make_train_step(model, optimizer, cfg, exp.seed),
+                       in_shardings=(state_sharding, data_sharding),
+                       out_shardings=(state_sharding, scalars), donate_argnums=0)
+  eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding, data_sharding),
+                      out_shardings=scalars)
+  finite = jax.jit(all_finite, out_shardings=scalars)
+  eval_data = [to_global(batch) for batch in datasets.eval_batches()]
 
   def evaluate(state) -> Dict[str, float]:
     sums = [jax.device_get(eval_step(state, batch)) for batch in eval_data]
@@ -185,7 +223,7 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str,
   with _StopFlag() as stop:
     try:
       while step < cfg.num_steps:
-        batch = next(train_iter)
+        batch = to_global(next(train_iter))
         state, metrics = train_step(state, batch)
         step += 1
         steps_in_window += 1

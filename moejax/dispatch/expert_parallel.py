@@ -1,0 +1,182 @@
+"""Expert parallelism: dispatch strategies that run inside shard_map.
+
+Tokens are split over the mesh's batch axes (data, fsdp, expert) and the
+stacked expert weights over `expert` (n_e devices, E/n_e experts each). Every
+device routes nothing here (routing happened outside, under jit); it only
+moves its own tokens:
+
+  capacity ('gather'): local capacity buckets [E, C_loc, d] -> all_to_all over
+      `expert` (each device gets the buckets of its E/n_e experts from every
+      device: [E/n_e, n_e * C_loc, d]) -> local experts -> all_to_all back ->
+      local combine. Needs whole routing groups per device
+      (router.routing_groups a multiple of the token shards), so that the
+      capacity slots of a device's tokens are its own.
+  dropless: local sort by expert -> counts exchanged by all_to_all -> padded
+      exchange of rows, where device j gets, from every device, a block of
+      T_loc * k rows holding that device's rows for j's experts (a
+      destination can never overflow, so nothing is dropped) -> rows regrouped
+      by local expert, block-aligned for the blocked grouped matmul -> local
+      experts -> the same moves backwards -> local combine.
+      `jax.lax.ragged_all_to_all` would send only the used rows, but XLA:CPU
+      does not implement it, so the padded exchange is the one path here.
+
+Both give the numbers of the single-device strategies on the same Routing
+(tests/multidevice). All moves are gathers with gather VJPs (permute.py) or
+all_to_all, whose transpose is itself.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+from moejax.dispatch import get_strategy
+from moejax.dispatch.base import ExpertBatch
+from moejax.dispatch.dropless import DroplessDispatch, _inverse, _round_up
+from moejax.dispatch.gather import GatherDispatch
+from moejax.dispatch.permute import gather_rows
+from moejax.parallel.mesh import BATCH_AXES, axis_size
+from moejax.routing.types import Routing
+
+EXPERT_AXIS = "expert"
+# Dispatch names that have an expert-parallel form.
+EP_DISPATCHES = ("gather", "dropless")
+
+
+def _exchange_buckets(buckets: jax.Array, params, expert_fn: Callable,
+                      num_shards: int) -> jax.Array:
+  """buckets: [E, C_loc, d] this device's slots for every expert -> same
+  shape, the experts' outputs, via the devices that hold the experts."""
+  num_experts, slots, d = buckets.shape
+  local_experts = num_experts // num_shards
+  recv = jax.lax.all_to_all(buckets, EXPERT_AXIS, 0, 0, tiled=True)  # [n_e*E_loc, C, d] by source
+  x = recv.reshape(num_shards, local_experts, slots, d).transpose(1, 0, 2, 3)
+  y = expert_fn(params, ExpertBatch(x=x.reshape(local_experts, num_shards * slots, d))).x
+  y = y.reshape(local_experts, num_shards, slots, -1).transpose(1, 0, 2, 3)
+  return jax.lax.all_to_all(y.reshape(num_experts, slots, -1), EXPERT_AXIS, 0, 0, tiled=True)
+
+
+def _exchange_rows(rows: jax.Array, counts: jax.Array, params, expert_fn: Callable,
+                   num_shards: int, block_size: int) -> jax.Array:
+  """rows: [R, d] this device's assignments sorted by expert; counts: [E]
+  rows per expert. Returns [R, d] the experts' outputs in the same order."""
+  num_rows, d = rows.shape
+  local_experts = counts.shape[0] // num_shards
+  counts = counts.reshape(num_shards, local_experts)
+  # Send side: block j of the [n_e * R] send buffer holds the rows for j's experts.
+  send_counts = counts.sum(1)                                         # [n_e]
+  send_start = jnp.cumsum(send_counts) - send_counts
+  i = jnp.arange(num_rows, dtype=jnp.int32)
+  send_src = jnp.where(i[None] < send_counts[:, None], send_start[:, None] + i[None],
+                       num_rows).reshape(-1)                          # [n_e*R] row read
+  dest_shard = jnp.searchsorted(jnp.cumsum(send_counts), i, side="right")
+  send_dest = jnp.where(i < send_counts.sum(),
+                        dest_shard * num_rows + i - send_start[jnp.minimum(dest_shard,
+                                                                           num_shards - 1)],
+                        num_shards * num_rows)                        # [R] slot written
+  send = gather_rows(rows, send_src, send_dest[:, None])
+  recv = jax.lax.all_to_all(send, EXPERT_AXIS, 0, 0, tiled=True)      # [n_e*R, d] by source
+  recv_counts = jax.lax.all_to_all(counts, EXPERT_AXIS, 0, 0, tiled=True)  # [n_e src, E_loc]
+
+  # Regroup by local expert: expert e's rows from source 0, then source 1, ...
+  group_sizes = recv_counts.sum(0)
+  if block_size > 1:
+    group_sizes = _round_up(group_sizes, block_size)
+    total = _round_up(num_shards * num_rows, block_size) + local_experts * block_size
+  else:
+    total = num_shards * num_rows
+  group_start = jnp.cumsum(group_sizes) - group_sizes                 # [E_loc]
+  before_source = jnp.cumsum(recv_counts, 0) - recv_counts             # [n_e, E_loc]
+  expert_end = jnp.cumsum(recv_counts, 1)                              # [n_e, E_loc]
+  expert = jax.vmap(lambda ends: jnp.searchsorted(ends, i, side="right"))(expert_end)
+  valid = i[None] < expert_end[:, -1:]                                 # [n_e, R]
+  expert = jnp.minimum(expert, local_experts - 1)
+  take = lambda a: jnp.take_along_axis(a, expert, axis=1)
+  rank = i[None] - (take(expert_end) - take(recv_counts))
+  dest = group_start[expert] + take(before_source) + rank
+  dest = jnp.where(valid, dest, total).reshape(-1).astype(jnp.int32)   # [n_e*R] grouped row
+  src = _inverse(dest, total)                                          # [total] recv row
+  grouped = gather_rows(recv, src, dest[:, None])
+  out = expert_fn(params, ExpertBatch(x=grouped, group_sizes=group_sizes.astype(jnp.int32))).x
+  back = gather_rows(out, dest, src[:, None])                          # [n_e*R, d] by source
+  back = jax.lax.all_to_all(back, EXPERT_AXIS, 0, 0, tiled=True)      # [n_e*R, d] by expert shard
+  return gather_rows(back, send_dest, send_src[:, None])
+
+
+def _local_moe(x, routing: Routing, params, expert_fn, dispatch: str, block_size: int,
+               num_shards: int, num_token_shards: int) -> jax.Array:
+  """One device's part: x [T_loc, d], routing over the same T_loc tokens."""
+  apply = lambda batch: expert_fn(params, batch)
+  if dispatch == "gather":
+    # This device holds whole routing groups: its slots are a contiguous
+    # 1/num_token_shards of every expert's buffer.
+    local_slots = routing.capacity // num_token_shards
+    routing = routing.replace(position=routing.position % local_slots, capacity=local_slots)
+    if num_shards == 1:
+      return GatherDispatch()(x, routing, apply)
+    strategy = GatherDispatch()
+    batch, residual = strategy.dispatch(x, routing)
+    out = _exchange_buckets(batch.x, params, expert_fn, num_shards)
+    return strategy.combine(ExpertBatch(x=out), routing, residual)
+  if num_shards == 1:
+    return get_strategy("dropless", block_size)(x, routing, apply)
+  strategy = DroplessDispatch(1)
+  batch, residual = strategy.dispatch(x, routing)
+  out = _exchange_rows(batch.x, batch.group_sizes, params, expert_fn, num_shards, block_size)
+  return strategy.combine(ExpertBatch(x=out, group_sizes=batch.group_sizes), routing, residual)
+
+
+def token_shards(mesh) -> int:
+  """How many distinct token slices a mesh makes (data x fsdp x expert)."""
+  return axis_size(mesh, BATCH_AXES)
+
+
+def expert_parallel(x: jax.Array, routing: Routing, params, expert_fn: Callable, *,
+                    dispatch: str, block_size: int, mesh) -> jax.Array:
+  """Dispatch -> experts -> combine with tokens and experts spread over `mesh`.
+
+  Args:
+    x: [T, d] tokens (T divisible by the token shards).
+    routing: a sparse Routing over the T tokens. For 'gather' its capacity
+      slots must come in whole routing groups per device (route_in_groups
+      with a multiple of token_shards(mesh) groups).
+    params: expert weights stacked over E (E divisible by the expert axis).
+    expert_fn: (params, ExpertBatch) -> ExpertBatch, free of Flax.
+    dispatch: 'gather' (capacity all_to_all) or 'dropless' (padded exchange).
+    block_size: row alignment of each expert's group for the grouped matmul.
+    mesh: the (abstract) mesh from jax.set_mesh; axes it lacks count as 1.
+  Returns:
+    [T, d] combined outputs, sharded like x.
+  """
+  if dispatch not in EP_DISPATCHES:
+    raise ValueError(f"dispatch={dispatch!r} has no expert-parallel form; valid: "
+                     + ", ".join(repr(d) for d in EP_DISPATCHES))
+  num_shards = axis_size(mesh, EXPERT_AXIS)
+  shards = token_shards(mesh)
+  if routing.num_experts % num_shards:
+    raise ValueError(f"router.num_experts={routing.num_experts} is invalid with mesh.expert="
+                     f"{num_shards}: use a multiple of {num_shards}")
+  if x.shape[0] % shards:
+    raise ValueError(f"{x.shape[0]} tokens cannot be split over {shards} token shards "
+                     "(data x fsdp x expert)")
+  if dispatch == "gather" and (routing.capacity is None or routing.capacity % shards):
+    raise ValueError(f"capacity dispatch on {shards} token shards needs router.routing_groups "
+                     f"to be a multiple of {shards}")
+  batch_axes = tuple(a for a in BATCH_AXES if a in mesh.axis_names)
+  tokens = P(batch_axes)
+  expert_spec = P(EXPERT_AXIS) if EXPERT_AXIS in mesh.axis_names else P()
+
+  def body(x, expert_index, weight, position, valid, params):
+    local = Routing(expert_index=expert_index, weight=weight, position=position, valid=valid,
+                    num_experts=routing.num_experts, capacity=routing.capacity)
+    return _local_moe(x, local, params, expert_fn, dispatch, block_size, num_shards, shards)
+
+  # check_vma=False: the grouped matmul's loops start from replicated zeros
+  # and accumulate per-device values, which the varying-axes check rejects.
+  fn = jax.shard_map(body, mesh=mesh,
+                     in_specs=(tokens,) * 5 + (jax.tree.map(lambda _: expert_spec, params),),
+                     out_specs=tokens, check_vma=False)
+  return fn(x, routing.expert_index, routing.weight, routing.position, routing.valid, params)

@@ -1,0 +1,66 @@
+"""Routing in independent groups of tokens (GShard's groups).
+
+The T tokens of a call are cut into G contiguous groups of T/G; each group is
+routed on its own (capacity, expert choice and drops are per group), and the
+results are merged back into one Routing over all T tokens whose positions
+are offset by group: group g owns slots [g*C, (g+1)*C) of every expert, so
+the merged Routing has capacity G*C and any dispatch strategy handles it
+unchanged. Expert-parallel dispatch relies on that layout: a device holding
+groups [a, b) owns exactly the slots [a*C, b*C).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from moejax.config import RouterConfig
+from moejax.routing.router import route
+from moejax.routing.types import Routing, RouterOutput
+
+
+def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
+                    token_ids: Optional[jax.Array] = None,
+                    expert_bias: Optional[jax.Array] = None,
+                    noise_std: Optional[jax.Array] = None,
+                    rng: Optional[jax.Array] = None) -> RouterOutput:
+  """`route` applied to config.routing_groups groups (arguments as for route).
+
+  Group g uses rng fold_in(rng, g). With one group this is exactly `route`.
+  """
+  groups = config.routing_groups
+  if groups == 1:
+    return route(config, logits, token_ids=token_ids, expert_bias=expert_bias,
+                 noise_std=noise_std, rng=rng)
+  per_token = {"logits": logits, "token_ids": token_ids, "noise_std": noise_std}
+  per_token = {k: v for k, v in per_token.items() if v is not None}
+  num_tokens = next(iter(per_token.values())).shape[0]
+  if num_tokens % groups:
+    raise ValueError(f"router.routing_groups={groups} is invalid: it must divide the "
+                     f"{num_tokens} tokens of this call")
+  split = {k: v.reshape(groups, num_tokens // groups, *v.shape[1:]) for k, v in per_token.items()}
+  keys = None if rng is None else jax.vmap(lambda g: jax.random.fold_in(rng, g))(
+      jnp.arange(groups))
+
+  def one_group(args, key):
+    return route(config, args.get("logits"), token_ids=args.get("token_ids"),
+                 expert_bias=expert_bias, noise_std=args.get("noise_std"), rng=key)
+
+  out = jax.vmap(one_group)(split, keys)
+  r = out.routing
+  if not isinstance(r, Routing):
+    raise ValueError(f"router.name={config.name!r} gives dense routing; "
+                     "router.routing_groups must be 1")
+  # Slots per expert and group: the capacity, or (dropless) the group's tokens.
+  slots = r.capacity if r.capacity is not None else num_tokens // groups
+  offset = (jnp.arange(groups, dtype=r.position.dtype) * slots)[:, None, None]
+  flat = lambda a: a.reshape(num_tokens, *a.shape[2:])
+  routing = Routing(expert_index=flat(r.expert_index), weight=flat(r.weight),
+                    position=flat(r.position + offset), valid=flat(r.valid),
+                    num_experts=r.num_experts,
+                    capacity=None if r.capacity is None else groups * r.capacity)
+  return RouterOutput(routing=routing, probs=flat(out.probs),
+                      choice_counts=out.choice_counts.sum(0),
+                      logits=None if out.logits is None else flat(out.logits))

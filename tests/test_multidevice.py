@@ -1,0 +1,21 @@
+"""Runs tests/multidevice in a separate process with 8 fake CPU devices
+(XLA fixes the device count when JAX starts, so it cannot be this process)."""
+
+import os
+import subprocess
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+
+def test_multidevice_suite_on_eight_fake_devices(tmp_path):
+  env = dict(os.environ, MOEJAX_MULTIDEVICE="1", JAX_PLATFORMS="cpu",
+             XLA_FLAGS=os.environ.get("XLA_FLAGS", "")
+             + " --xla_force_host_platform_device_count=8")
+  result = subprocess.run(
+      [sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+       f"--basetemp={tmp_path}", os.path.join(HERE, "multidevice")],
+      env=env, cwd=os.path.dirname(HERE), capture_output=True, text=True, timeout=1800)
+  tail = (result.stdout + result.stderr)[-6000:]
+  assert result.returncode == 0, tail
+  assert " passed" in result.stdout and "skipped" not in result.stdout, tail
