@@ -36,9 +36,11 @@ def test_bad_mesh_is_one_line_naming_the_field(config, devices, field):
 
 
 @pytest.mark.parametrize("overrides, sizes, field", [
-    (dict(model__moe__router__num_experts=6), dict(data=2, expert=4), "model.moe.router.num_experts=6"),
+    (dict(model__moe__router__num_experts=6), dict(data=2, expert=4),
+     "model.moe.router.num_experts=6"),
     (dict(data__batch_size=12), dict(data=2, expert=4), "data.batch_size=12"),
-    (dict(model__moe__router__routing_groups=3), dict(data=1, expert=1), "model.moe.router.routing_groups=3"),
+    (dict(model__moe__router__routing_groups=3), dict(data=1, expert=1),
+     "model.moe.router.routing_groups=3"),
     (dict(model__moe_every=0), dict(data=1, expert=2), "mesh.expert=2"),
 ])
 def test_experiment_that_cannot_run_on_the_mesh_fails_before_compiling(overrides, sizes, field):

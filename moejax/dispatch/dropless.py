@@ -20,7 +20,7 @@ from moejax.dispatch.permute import gather_rows
 from moejax.routing.types import Routing
 
 
-def _round_up(n, multiple):
+def round_up(n, multiple):
   return (n + multiple - 1) // multiple * multiple
 
 
@@ -41,8 +41,8 @@ def grouped_slots(routing: Routing, block_size: int):
     num_rows = num_tokens * k
     group_sizes = counts
   else:
-    num_rows = _round_up(num_tokens * k, block_size) + num_experts * block_size
-    group_sizes = _round_up(counts, block_size)
+    num_rows = round_up(num_tokens * k, block_size) + num_experts * block_size
+    group_sizes = round_up(counts, block_size)
   sorted_start = jnp.cumsum(counts) - counts
   group_start = jnp.cumsum(group_sizes) - group_sizes
   sorted_key = key[order]
@@ -53,7 +53,7 @@ def grouped_slots(routing: Routing, block_size: int):
   return slot.astype(jnp.int32), group_sizes, num_rows
 
 
-def _inverse(slot: jax.Array, num_rows: int) -> jax.Array:
+def inverse_slots(slot: jax.Array, num_rows: int) -> jax.Array:
   """[num_rows] assignment in each row; len(slot) (= none) for padding."""
   fill = jnp.full((num_rows + 1,), slot.shape[0], jnp.int32)
   return fill.at[slot].set(jnp.arange(slot.shape[0], dtype=jnp.int32))[:num_rows]
@@ -71,7 +71,7 @@ class DroplessDispatch(DispatchStrategy):
     routing = self.require_sparse(routing)
     num_tokens, k = routing.expert_index.shape
     slot, group_sizes, num_rows = grouped_slots(routing, self.block_size)
-    assignment = _inverse(slot, num_rows)
+    assignment = inverse_slots(slot, num_rows)
     # Row r holds token assignment[r] // k; padding rows read past the end -> 0.
     rows = gather_rows(x, jnp.where(assignment < slot.shape[0], assignment // k, num_tokens),
                        slot.reshape(num_tokens, k))

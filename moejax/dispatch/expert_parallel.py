@@ -1,9 +1,9 @@
 """Expert parallelism: dispatch strategies that run inside shard_map.
 
 Tokens are split over the mesh's batch axes (data, fsdp, expert) and the
-stacked expert weights over `expert` (n_e devices, E/n_e experts each). Every
-device routes nothing here (routing happened outside, under jit); it only
-moves its own tokens:
+stacked expert weights over `expert` (n_e devices, E/n_e experts each).
+Routing happens before, under jit (XLA partitions it); inside shard_map each
+device only moves its own tokens:
 
   capacity ('gather'): local capacity buckets [E, C_loc, d] -> all_to_all over
       `expert` (each device gets the buckets of its E/n_e experts from every
@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 
 from moejax.dispatch import get_strategy
 from moejax.dispatch.base import ExpertBatch
-from moejax.dispatch.dropless import DroplessDispatch, _inverse, _round_up
+from moejax.dispatch.dropless import DroplessDispatch, inverse_slots, round_up
 from moejax.dispatch.gather import GatherDispatch
 from moejax.dispatch.permute import gather_rows
 from moejax.parallel.mesh import BATCH_AXES, axis_size
@@ -84,8 +84,8 @@ def _exchange_rows(rows: jax.Array, counts: jax.Array, params, expert_fn: Callab
   # Regroup by local expert: expert e's rows from source 0, then source 1, ...
   group_sizes = recv_counts.sum(0)
   if block_size > 1:
-    group_sizes = _round_up(group_sizes, block_size)
-    total = _round_up(num_shards * num_rows, block_size) + local_experts * block_size
+    group_sizes = round_up(group_sizes, block_size)
+    total = round_up(num_shards * num_rows, block_size) + local_experts * block_size
   else:
     total = num_shards * num_rows
   group_start = jnp.cumsum(group_sizes) - group_sizes                 # [E_loc]
@@ -98,7 +98,7 @@ def _exchange_rows(rows: jax.Array, counts: jax.Array, params, expert_fn: Callab
   rank = i[None] - (take(expert_end) - take(recv_counts))
   dest = group_start[expert] + take(before_source) + rank
   dest = jnp.where(valid, dest, total).reshape(-1).astype(jnp.int32)   # [n_e*R] grouped row
-  src = _inverse(dest, total)                                          # [total] recv row
+  src = inverse_slots(dest, total)                                          # [total] recv row
   grouped = gather_rows(recv, src, dest[:, None])
   out = expert_fn(params, ExpertBatch(x=grouped, group_sizes=group_sizes.astype(jnp.int32))).x
   back = gather_rows(out, dest, src[:, None])                          # [n_e*R, d] by source

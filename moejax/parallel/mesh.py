@@ -78,7 +78,8 @@ def mesh_config_from_mapping(values) -> MeshConfig:
   return _from_mapping(MeshConfig, dict(values), "mesh.")
 
 
-def make_mesh(config: MeshConfig, devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
+def make_mesh(config: MeshConfig,
+              devices: Optional[Sequence[jax.Device]] = None) -> jax.sharding.Mesh:
   """A Mesh with axes MESH_AXES (Auto axis types: XLA's partitioner places
   what the shardings leave open). devices: default all devices, all hosts."""
   devices = list(jax.devices() if devices is None else devices)

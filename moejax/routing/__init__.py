@@ -10,6 +10,6 @@ from moejax.routing.types import AnyRouting, DenseRouting, RouterOutput, Routing
 
 __all__ = [
     "AnyRouting", "DenseRouting", "LOSS_NAMES", "RouterOutput", "Routing", "assign_positions",
-    "aux_losses", "importance_loss", "load_balance_loss", "route", "route_in_groups", "router_z_loss",
-    "routing_metrics", "update_expert_bias", "zero_losses",
+    "aux_losses", "importance_loss", "load_balance_loss", "route", "route_in_groups",
+    "router_z_loss", "routing_metrics", "update_expert_bias", "zero_losses",
 ]
