@@ -115,15 +115,13 @@ class MoELayer(nn.Module):
                          gmm_block_size=cfg.gmm_block_size, dtype=dtype, name="experts")
     compute_tokens = tokens.astype(dtype)
     # The blocked grouped matmul wants each expert's rows block-aligned.
-    blocked = resolve_backend(cfg.gmm_backend) == "blocked"
-    strategy = get_strategy(cfg.dispatch, cfg.gmm_block_size if blocked else 1)
+    block_size = cfg.gmm_block_size if resolve_backend(cfg.gmm_backend) == "blocked" else 1
     mesh = None if self.is_initializing() else current_mesh()
     if mesh is not None and self._expert_parallel_ok(mesh, out.routing):
       y = expert_parallel(compute_tokens, out.routing, experts.weights(), experts.pure_fn(),
-                          dispatch=cfg.dispatch,
-                          block_size=cfg.gmm_block_size if blocked else 1, mesh=mesh)
+                          dispatch=cfg.dispatch, block_size=block_size, mesh=mesh)
     else:
-      y = strategy(compute_tokens, out.routing, experts)
+      y = get_strategy(cfg.dispatch, block_size)(compute_tokens, out.routing, experts)
     if cfg.num_shared_experts:
       shared_ff = cfg.num_shared_experts * (cfg.shared_d_ff or cfg.d_ff)
       shared = FeedForward(cfg.d_model, shared_ff, cfg.activation, cfg.use_bias, dtype,

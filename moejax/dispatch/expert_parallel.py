@@ -115,9 +115,9 @@ def _local_moe(x, routing: Routing, params, expert_fn, dispatch: str, block_size
     # 1/num_token_shards of every expert's buffer.
     local_slots = routing.capacity // num_token_shards
     routing = routing.replace(position=routing.position % local_slots, capacity=local_slots)
-    if num_shards == 1:
-      return GatherDispatch()(x, routing, apply)
     strategy = GatherDispatch()
+    if num_shards == 1:
+      return strategy(x, routing, apply)
     batch, residual = strategy.dispatch(x, routing)
     out = _exchange_buckets(batch.x, params, expert_fn, num_shards)
     return strategy.combine(ExpertBatch(x=out), routing, residual)
