@@ -11,7 +11,7 @@ setup(
     description="Mixture-of-Experts in JAX/Flax: routers, dispatch, experts, expert parallelism.",
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
-    packages=find_packages(include=["moejax", "moejax.*"]),
+    packages=find_packages(include=["moejax", "moejax.*", "pallas_kernels", "pallas_kernels.*"]),
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",

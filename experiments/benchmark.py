@@ -27,9 +27,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -37,7 +35,9 @@ from absl import flags
 
 from moejax import DenseFFNLayer, MoEConfig, MoELayer, RouterConfig
 from moejax.cli import run
-from moejax.grouped_matmul import resolve_backend
+from moejax.grouped_matmul import BACKENDS, resolve_backend
+from kernel_rows import kernel_rows
+from timing import round_robin_ms
 
 PRESETS = {
     # The shape from issue 5: tokens=4096, d=512, d_ff=1024, 8 experts, top-2.
@@ -54,6 +54,8 @@ VARIANTS = {
     "dropless_blocked": ("dropless", "blocked", False),
     "dropless_ragged_dot": ("dropless", "ragged_dot", False),
     "dropless_einsum": ("dropless", "einsum", False),
+    # Pallas gmm + fused permute/unpermute; interpret mode (slow) on CPU.
+    "dropless_pallas": ("dropless", "pallas", False),
 }
 # The one-hot einsum materialises [tokens, experts, capacity]; past this many
 # elements it is skipped rather than allowed to exhaust memory.
@@ -80,27 +82,17 @@ _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the rows as JSON here."
 _EXPERT_PARALLEL = flags.DEFINE_integer(
     "expert_parallel", 0, "N > 1: time the layer expert-parallel over N devices vs one device "
     "(on CPU, N fake devices are created). 0 = the dispatch comparison.")
+_KERNELS = flags.DEFINE_bool(
+    "kernels", False, "Time the grouped matmul alone (forward, forward + backward) per "
+    "--kernel_backends against a dense matmul of equal FLOPs, instead of the MoE layer.")
+_KERNEL_BACKENDS = flags.DEFINE_list(
+    "kernel_backends", None, "gmm backends for --kernels; any of "
+    f"{', '.join(b for b in BACKENDS if b != 'auto')}. Default: blocked,ragged_dot,pallas "
+    "(on CPU without pallas: it runs in interpret mode there, not a kernel timing).")
+_BLOCK_SIZE = flags.DEFINE_integer(
+    "gmm_block_size", 128, "Row block of the 'blocked' and 'pallas' backends "
+    "(MoEConfig.gmm_block_size; a power of two >= 16 for pallas).")
 EP_VARIANTS = ("gather", "dropless_blocked")
-
-
-def _round_robin_ms(jobs, repeats, warmup):
-  """Median ms of each (fn, args) in `jobs` (a dict). All are compiled and
-  warmed up first, then timed in turn, `repeats` rounds: slow drifts of the
-  machine (clock, other tenants) hit every job alike instead of whichever ran
-  first. Each timed call follows an untimed call of the same job, so it does
-  not pay for the memory and caches the previous job left behind (measured:
-  up to 1.5x on a dense FFN following a one-hot einsum)."""
-  for fn, args in jobs.values():
-    for _ in range(1 + warmup):
-      jax.block_until_ready(fn(*args))
-  times = {name: [] for name in jobs}
-  for _ in range(repeats):
-    for name, (fn, args) in jobs.items():
-      jax.block_until_ready(fn(*args))
-      start = time.perf_counter()
-      jax.block_until_ready(fn(*args))
-      times[name].append((time.perf_counter() - start) * 1e3)
-  return {name: statistics.median(t) for name, t in times.items()}
 
 
 def _layer_jobs(layer, x, variables=None):
@@ -159,7 +151,7 @@ def _expert_parallel_rows(base: MoEConfig, shape, x, common, n: int):
       jobs[name, "one_device", pass_name] = job
     for pass_name, job in _sharded_jobs(layer, x, mesh).items():
       jobs[name, "mesh", pass_name] = job
-  ms = _round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
+  ms = round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
   rows = []
   for name in EP_VARIANTS:
     for where in ("one_device", "mesh"):
@@ -193,12 +185,23 @@ def main(argv):
   if unknown:
     sys.exit(f"error: --variants={unknown[0]!r} is invalid: valid values are "
              + ", ".join(VARIANTS))
+  kernel_backends = _KERNEL_BACKENDS.value
+  if kernel_backends is None:
+    kernel_backends = ["blocked", "ragged_dot"] + (["pallas"] if jax.default_backend() != "cpu"
+                                                   else [])
+  bad = [b for b in kernel_backends if b not in BACKENDS or b == "auto"]
+  if bad:
+    sys.exit(f"error: --kernel_backends={bad[0]!r} is invalid: valid values are "
+             + ", ".join(b for b in BACKENDS if b != "auto"))
   try:
     base = MoEConfig(router=RouterConfig(num_experts=shape["experts"], top_k=shape["top_k"],
                                          normalize_top_k=True),
                      d_model=shape["d_model"], d_ff=shape["d_ff"],
-                     activation=_ACTIVATION.value, dtype=_DTYPE.value)
+                     activation=_ACTIVATION.value, dtype=_DTYPE.value,
+                     gmm_block_size=_BLOCK_SIZE.value)
     RouterConfig(capacity_factor=_CAPACITY.value)
+    if "dropless_pallas" in _VARIANTS.value or "pallas" in kernel_backends:
+      MoEConfig(gmm_backend="pallas", gmm_block_size=_BLOCK_SIZE.value)
   except ValueError as err:
     sys.exit(f"error: {err}")
   x = jax.random.normal(jax.random.key(1), (shape["tokens"], shape["d_model"]),
@@ -213,6 +216,13 @@ def main(argv):
                 device_kind=device.device_kind)
   if _EXPERT_PARALLEL.value > 1:
     _write_json(_expert_parallel_rows(base, shape, x, common, _EXPERT_PARALLEL.value))
+    return
+  if _KERNELS.value:
+    if "pallas" in kernel_backends and device.platform == "cpu":
+      print("note: pallas runs in interpret mode on CPU: its times measure the interpreter, "
+            "not a kernel")
+    _write_json(kernel_rows(shape, jnp.dtype(_DTYPE.value), kernel_backends, _BLOCK_SIZE.value,
+                            _REPEATS.value, _WARMUP.value, common))
     return
   dense_ff = shape["top_k"] * shape["d_ff"]
   ffn = lambda width: DenseFFNLayer(shape["d_model"], width, _ACTIVATION.value,
@@ -245,7 +255,7 @@ def main(argv):
   for name, (_, layer, inputs) in variants.items():
     for pass_name, job in _layer_jobs(layer, inputs).items():
       jobs[name, pass_name] = job
-  ms = _round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
+  ms = round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
   rows = [dict(name=name, **fields, fwd_ms=ms[name, "fwd"], fwd_bwd_ms=ms[name, "fwd_bwd"],
                ratio_vs_dense=ms[name, "fwd_bwd"] / ms["dense", "fwd_bwd"],
                fwd_ratio_vs_dense=ms[name, "fwd"] / ms["dense", "fwd"], **common)

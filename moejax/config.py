@@ -16,7 +16,7 @@ SCORE_FNS = ("softmax", "sigmoid")
 DROP_POLICIES = ("position", "probability")
 DISPATCHES = ("einsum", "gather", "dropless")
 ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
-GMM_BACKENDS = ("auto", "blocked", "ragged_dot", "einsum")
+GMM_BACKENDS = ("auto", "blocked", "ragged_dot", "einsum", "pallas")
 # Routers whose Routing is a sparse list of (token, expert) assignments; the
 # others (Soft MoE) produce dense dispatch/combine weights.
 SPARSE_ROUTERS = ("top_k", "expert_choice", "sinkhorn", "hash", "threshold")
@@ -236,10 +236,14 @@ class MoEConfig:
       router.capacity_factor), 'dropless' (sort by expert + grouped matmul).
     gmm_backend: grouped-matmul backend for 'dropless': 'auto' ('blocked' on
       CPU, 'ragged_dot' elsewhere), 'blocked' (a loop over row-block tiles;
-      near dense speed on XLA:CPU), 'ragged_dot' (jax.lax.ragged_dot) or
-      'einsum' (masked dense einsum; a reference).
-    gmm_block_size: rows per block of the 'blocked' backend. Each expert
-      wastes at most one partial block; 128 suits CPU matmul tiles.
+      near dense speed on XLA:CPU), 'ragged_dot' (jax.lax.ragged_dot),
+      'einsum' (masked dense einsum; a reference) or 'pallas' (the kernels
+      in pallas_kernels/: Triton on GPU, Mosaic on TPU, interpret mode on
+      CPU, where it is slow; with dispatch='dropless' the token moves use
+      the fused Pallas permute / unpermute too).
+    gmm_block_size: rows per block of the 'blocked' and 'pallas' backends
+      ('pallas': a power of two >= 16). Each expert wastes at most one
+      partial block; 128 suits CPU matmul tiles.
     num_shared_experts: always-on experts, fused into one FFN of width
       num_shared_experts * shared_d_ff (DeepSeek/Qwen-MoE). 0 = none.
     shared_d_ff: hidden width of each shared expert (default d_ff).
@@ -272,6 +276,13 @@ class MoEConfig:
     _check_choice("dispatch", self.dispatch, DISPATCHES)
     _check_choice("gmm_backend", self.gmm_backend, GMM_BACKENDS)
     _check_int("gmm_block_size", self.gmm_block_size, 1)
+    if self.gmm_backend == "pallas":
+      b = self.gmm_block_size
+      if b < 16 or b & (b - 1):
+        _fail("gmm_block_size", b, "gmm_backend='pallas' needs a power of two >= 16")
+      if self.dtype == "float64":
+        _fail("dtype", "float64", "gmm_backend='pallas' computes in float32, bfloat16 or "
+              "float16")
     _check_int("num_shared_experts", self.num_shared_experts, 0)
     if self.shared_d_ff is not None:
       _check_int("shared_d_ff", self.shared_d_ff, 1)

@@ -114,14 +114,16 @@ class MoELayer(nn.Module):
                          cfg.use_bias, gmm_backend=cfg.gmm_backend,
                          gmm_block_size=cfg.gmm_block_size, dtype=dtype, name="experts")
     compute_tokens = tokens.astype(dtype)
-    # The blocked grouped matmul wants each expert's rows block-aligned.
-    block_size = cfg.gmm_block_size if resolve_backend(cfg.gmm_backend) == "blocked" else 1
+    # The blocked and Pallas grouped matmuls want each expert's rows block-aligned.
+    backend = resolve_backend(cfg.gmm_backend)
+    block_size = cfg.gmm_block_size if backend in ("blocked", "pallas") else 1
     mesh = None if self.is_initializing() else current_mesh()
     if mesh is not None and self._expert_parallel_ok(mesh, out.routing):
       y = expert_parallel(compute_tokens, out.routing, experts.weights(), experts.pure_fn(),
                           dispatch=cfg.dispatch, block_size=block_size, mesh=mesh)
     else:
-      y = get_strategy(cfg.dispatch, block_size)(compute_tokens, out.routing, experts)
+      y = get_strategy(cfg.dispatch, block_size, pallas=backend == "pallas")(
+          compute_tokens, out.routing, experts)
     if cfg.num_shared_experts:
       shared_ff = cfg.num_shared_experts * (cfg.shared_d_ff or cfg.d_ff)
       shared = FeedForward(cfg.d_model, shared_ff, cfg.activation, cfg.use_bias, dtype,

@@ -40,4 +40,29 @@ def test_benchmark_rejects_unknown_variant():
   assert out.returncode != 0
   assert out.stderr.strip().splitlines() == [
       "error: --variants='warp_drive' is invalid: valid values are einsum, gather, "
-      "dropless_blocked, dropless_ragged_dot, dropless_einsum"]
+      "dropless_blocked, dropless_ragged_dot, dropless_einsum, dropless_pallas"]
+
+
+def test_kernel_mode_writes_rows(tmp_path):
+  """--kernels: the grouped matmul alone per backend (pallas in interpret mode
+  on CPU) against a dense matmul of equal FLOPs."""
+  out_file = tmp_path / "kernels.json"
+  out = _bench("--kernels", "--preset=tiny", "--tokens=64", "--repeats=1", "--warmup=0",
+               "--kernel_backends=blocked,pallas", "--gmm_block_size=16",
+               f"--json_out={out_file}")
+  assert out.returncode == 0, out.stderr
+  assert "interpret mode" in out.stdout
+  rows = json.loads(out_file.read_text())
+  assert [r["name"] for r in rows] == ["dense", "blocked", "pallas"]
+  for r in rows:
+    assert (r["gmm_rows"], r["gmm_k"], r["gmm_n"], r["groups"]) == (128, 64, 128, 8)
+    flops = 2 * 128 * 64 * 128
+    assert abs(r["fwd_tflops"] - flops / r["fwd_ms"] / 1e9) < 1e-9
+    assert abs(r["ratio_vs_dense"] - r["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]) < 1e-9
+
+
+def test_kernel_mode_rejects_bad_block_for_pallas():
+  out = _bench("--kernels", "--preset=tiny", "--kernel_backends=pallas", "--gmm_block_size=24")
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines() == [
+      "error: gmm_block_size=24 is invalid: gmm_backend='pallas' needs a power of two >= 16"]

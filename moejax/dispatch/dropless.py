@@ -7,7 +7,9 @@ multiple of b, so the 'blocked' grouped matmul never splits a block between
 experts (P = round_up(T*K, b) + E*b rows bound the padding; only used blocks
 are computed). Combine reads each assignment's row back and applies the gate
 weights. Both moves are gathers, forward and backward (permute.py); no
-[tokens, experts, capacity] tensor exists anywhere.
+[tokens, experts, capacity] tensor exists anywhere. With `pallas=True` both
+moves run on the fused Pallas permute / unpermute kernels instead
+(pallas_kernels/permute.py: combine gathers, weights and sums in one pass).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+import pallas_kernels
 from moejax.dispatch.base import DispatchStrategy, ExpertBatch
 from moejax.dispatch.permute import gather_rows
 from moejax.routing.types import Routing
@@ -62,10 +65,11 @@ def inverse_slots(slot: jax.Array, num_rows: int) -> jax.Array:
 class DroplessDispatch(DispatchStrategy):
   name = "dropless"
 
-  def __init__(self, block_size: int = 1):
+  def __init__(self, block_size: int = 1, pallas: bool = False):
     if block_size < 1:
       raise ValueError(f"dropless block_size={block_size} is invalid: must be >= 1")
     self.block_size = block_size
+    self.pallas = pallas
 
   def dispatch(self, x, routing):
     routing = self.require_sparse(routing)
@@ -73,12 +77,18 @@ class DroplessDispatch(DispatchStrategy):
     slot, group_sizes, num_rows = grouped_slots(routing, self.block_size)
     assignment = inverse_slots(slot, num_rows)
     # Row r holds token assignment[r] // k; padding rows read past the end -> 0.
-    rows = gather_rows(x, jnp.where(assignment < slot.shape[0], assignment // k, num_tokens),
-                       slot.reshape(num_tokens, k))
+    src = jnp.where(assignment < slot.shape[0], assignment // k, num_tokens)
+    if self.pallas:
+      rows = pallas_kernels.permute(x, src, slot.reshape(num_tokens, k))
+    else:
+      rows = gather_rows(x, src, slot.reshape(num_tokens, k))
     return ExpertBatch(x=rows, group_sizes=group_sizes), (slot, assignment)
 
   def combine(self, y, routing, residual):
     slot, assignment = residual
     num_tokens, k = routing.expert_index.shape
+    if self.pallas:
+      return pallas_kernels.unpermute(y.x, slot.reshape(num_tokens, k), routing.weight,
+                                      assignment)
     picked = gather_rows(y.x, slot, assignment[:, None]).reshape(num_tokens, k, -1)
     return jnp.einsum("tkd,tk->td", picked, routing.weight.astype(y.x.dtype))

@@ -11,6 +11,10 @@ come out as zeros in every backend:
                 use on TPU and GPU until a Pallas kernel is plugged in.
   'einsum'      every row against every group's matrix, then a one-hot pick:
                 G times the FLOPs. The readable reference.
+  'pallas'      the Pallas kernels in pallas_kernels/ (gmm forward, tgmm weight
+                gradient): Triton on GPU, Mosaic on TPU, interpret mode on CPU
+                (correct but slow there: for tests, not for training).
+                block_size is the kernel's row block (a power of two >= 16).
   'auto'        'blocked' on CPU, 'ragged_dot' elsewhere (see resolve_backend).
 """
 
@@ -19,10 +23,11 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+import pallas_kernels
 from moejax.grouped_matmul.blocked import DEFAULT_BLOCK_SIZE, blocked_gmm
 from moejax.grouped_matmul.ragged import ragged_gmm
 
-BACKENDS = ("auto", "blocked", "ragged_dot", "einsum")
+BACKENDS = ("auto", "blocked", "ragged_dot", "einsum", "pallas")
 
 
 def resolve_backend(backend: str, platform: str | None = None) -> str:
@@ -46,6 +51,12 @@ def _einsum_gmm(lhs, rhs, group_sizes):
   return jnp.einsum("mk,gkn,mg->mn", lhs, rhs, onehot)
 
 
+def _pallas_gmm(lhs, rhs, group_sizes, block_size):
+  block_m = max(pallas_kernels.tiling.MIN_TILE,
+                min(block_size, pallas_kernels.tiling.next_power_of_two(lhs.shape[0])))
+  return pallas_kernels.gmm(lhs, rhs, group_sizes, pallas_kernels.TileSizes(block_m=block_m))
+
+
 def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, backend: str = "auto",
         block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
   """Grouped matmul.
@@ -55,7 +66,7 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, backend: str = "
     rhs: [G, K, N] one matrix per group.
     group_sizes: [G] int32 rows per group, summing to at most M.
     backend: one of BACKENDS (module docstring).
-    block_size: rows per block of the 'blocked' backend.
+    block_size: rows per block of the 'blocked' and 'pallas' backends.
   Returns:
     [M, N] in lhs's dtype.
   """
@@ -68,4 +79,6 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, backend: str = "
     return blocked_gmm(lhs, rhs, group_sizes, block_size)
   if backend == "ragged_dot":
     return ragged_gmm(lhs, rhs, group_sizes)
+  if backend == "pallas":
+    return _pallas_gmm(lhs, rhs, group_sizes, block_size)
   return _einsum_gmm(lhs, rhs, group_sizes)
