@@ -132,7 +132,9 @@ from moejax.train.comparison import train_row, markdown_table
 from moejax.train.presets import lm_tiny
 from moejax.train.router_zoo import ZOO, plot_zoo, zoo_configs
 
-routers = ["top2_capacity", "aux_loss_free", "null_experts", "expert_choice", "soft_moe"]
+routers = ["top2_capacity", "expert_choice", "aux_loss_free", "null_experts", "soft_moe"]
+# The test suite runs the first MOEJAX_NOTEBOOK_ROUTERS of them (each compiles its own model).
+routers = routers[:int(os.environ.get("MOEJAX_NOTEBOOK_ROUTERS", len(routers)))]
 extra = [f"train.num_steps={STEPS}", f"train.log_every={max(1, STEPS // 3)}",
          f"train.eval_every={STEPS}", f"train.checkpoint_every={STEPS}",
          f"train.warmup_steps={min(50, STEPS // 5)}", "data.eval_batches=4"]

@@ -13,6 +13,9 @@ from pallas_kernels.tiling import MIN_TILE, TileSizes, is_power_of_two
 
 # Float dtypes the kernels compute in (accumulating in float32).
 SUPPORTED_DTYPES = (jnp.float32, jnp.bfloat16, jnp.float16)
+# Mosaic's default scoped VMEM. The TPU kernels keep whole strips there (a
+# weight column strip of every group, a row strip, the gather source).
+TPU_VMEM_BYTES = 16 * 2**20
 
 
 def _names(dtypes) -> str:
@@ -77,6 +80,16 @@ def check_group_sizes(group_sizes: jax.Array, num_groups: int, num_rows: int) ->
   if sizes.sum() > num_rows:
     raise ValueError(f"group_sizes sum to {int(sizes.sum())} but lhs has {num_rows} rows: "
                      "the sizes must sum to at most the row count")
+
+
+def check_tpu_vmem(platform: str, what: str, elements: int, itemsize: int, tiles) -> None:
+  """On TPU, refuses a call whose double-buffered blocks (`elements` values
+  of `itemsize` bytes) would not fit VMEM."""
+  need = 2 * elements * itemsize
+  if platform == "tpu" and need > TPU_VMEM_BYTES:
+    raise ValueError(f"{what} with {tiles} needs ~{need / 2**20:.0f} MiB of VMEM (limit "
+                     f"{TPU_VMEM_BYTES / 2**20:.0f} MiB): use smaller tiles or the "
+                     "'ragged_dot' backend for this shape")
 
 
 def check_tiles(tiles: TileSizes) -> None:

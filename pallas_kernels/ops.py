@@ -19,12 +19,7 @@ import jax.numpy as jnp
 from pallas_kernels import checks
 from pallas_kernels.gmm import gmm_padded, tgmm_padded
 from pallas_kernels.platform import resolve_platform
-from pallas_kernels.tiling import TileSizes, default_tiles, group_table, padded
-
-# Mosaic's default scoped VMEM; the kernels keep a row block, a weight column
-# strip of every group and an output tile there (double-buffered).
-TPU_VMEM_BYTES = 16 * 2**20
-
+from pallas_kernels.tiling import LANE_TILE, TileSizes, default_tiles, group_table, padded
 
 def _pad2(a: jax.Array, rows: int, cols: int) -> jax.Array:
   if a.shape == (rows, cols):
@@ -38,14 +33,6 @@ def _pad_last2(a: jax.Array, rows: int, cols: int) -> jax.Array:
   return jnp.pad(a, ((0, 0), (0, rows - a.shape[1]), (0, cols - a.shape[2])))
 
 
-def _check_vmem(platform: str, what: str, elements: int, itemsize: int, tiles: TileSizes):
-  need = 2 * elements * itemsize
-  if platform == "tpu" and need > TPU_VMEM_BYTES:
-    raise ValueError(f"{what} with {tiles} needs ~{need / 2**20:.0f} MiB of VMEM (limit "
-                     f"{TPU_VMEM_BYTES / 2**20:.0f} MiB): use smaller block_n/block_k or the "
-                     "'ragged_dot' backend for this shape")
-
-
 def _gmm(lhs, rhs, group_sizes, tiles: TileSizes, platform: str, transpose_rhs: bool):
   """lhs [M, K] x rhs [G, K, N] ([G, N, K] transposed) -> [M, N]; no checks."""
   m, k = lhs.shape
@@ -53,8 +40,9 @@ def _gmm(lhs, rhs, group_sizes, tiles: TileSizes, platform: str, transpose_rhs: 
   n = rhs.shape[1] if transpose_rhs else rhs.shape[2]
   t = default_tiles(m, k, n, tiles)
   mp, kp, np_ = padded(m, t.block_m), padded(k, t.block_k), padded(n, t.block_n)
-  _check_vmem(platform, "gmm", t.block_m * kp + g * kp * t.block_n + t.block_m * t.block_n,
-              lhs.dtype.itemsize, t)
+  checks.check_tpu_vmem(platform, "gmm",
+                        t.block_m * kp + g * kp * t.block_n + t.block_m * t.block_n,
+                        lhs.dtype.itemsize, t)
   rhs_p = _pad_last2(rhs, np_, kp) if transpose_rhs else _pad_last2(rhs, kp, np_)
   table = group_table(group_sizes, m, t.block_m)
   out = gmm_padded(_pad2(lhs, mp, kp), rhs_p, table, t, platform, transpose_rhs)
@@ -65,10 +53,13 @@ def _tgmm(lhs, dy, group_sizes, num_groups: int, tiles: TileSizes, platform: str
   """lhs [M, K], dy [M, N] -> [G, K, N]; no checks."""
   m, k = lhs.shape
   n = dy.shape[1]
+  if tiles.block_k is None:  # K is an output dim here: default its tile like N's
+    tiles = TileSizes(tiles.block_m, default_tiles(m, min(k, LANE_TILE), n).block_k,
+                      tiles.block_n)
   t = default_tiles(m, k, n, tiles)
   mp, kp, np_ = padded(m, t.block_m), padded(k, t.block_k), padded(n, t.block_n)
-  _check_vmem(platform, "tgmm", mp * (t.block_k + t.block_n) + t.block_k * t.block_n,
-              lhs.dtype.itemsize, t)
+  checks.check_tpu_vmem(platform, "tgmm", mp * (t.block_k + t.block_n) + t.block_k * t.block_n,
+                        lhs.dtype.itemsize, t)
   table = group_table(group_sizes, m, t.block_m)
   out = tgmm_padded(_pad2(lhs, mp, kp), _pad2(dy, mp, np_), table, num_groups, t, platform,
                     out_dtype)
@@ -87,8 +78,10 @@ def _gmm_fwd(lhs, rhs, group_sizes, tiles, platform):
 def _gmm_bwd(tiles, platform, residual, dy):
   lhs, rhs, group_sizes = residual
   dy = dy.astype(lhs.dtype)
-  # Same row blocks; the contraction is now over N and the output over K.
-  back = TileSizes(tiles.block_m, tiles.block_n, tiles.block_k)
+  # Same row blocks; the contraction is now over N and the output over K
+  # (output tiles capped at the default width: a wide f32 tile spills on GPU).
+  out_tile = tiles.block_k if tiles.block_k is None else min(tiles.block_k, LANE_TILE)
+  back = TileSizes(tiles.block_m, tiles.block_n, out_tile)
   d_lhs = _gmm(dy, rhs, group_sizes, back, platform, True)
   d_rhs = _tgmm(lhs, dy, group_sizes, rhs.shape[0], tiles, platform, rhs.dtype)
   return d_lhs, d_rhs, None

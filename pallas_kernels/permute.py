@@ -70,6 +70,8 @@ def _weighted_gather(x, idx, weight, platform: str):
   x_p = x if dp == d else jnp.pad(x, ((0, 0), (0, dp - d)))
   # Padding rows read index num_src: out of range, so they sum nothing.
   idx_p = jnp.pad(idx.astype(jnp.int32), ((0, mp - m), (0, 0)), constant_values=num_src)
+  checks.check_tpu_vmem(platform, "weighted_gather", (num_src + BLOCK_ROWS) * block_d,
+                        x.dtype.itemsize, f"block_d={block_d}")
   tables = [idx_p]
   if weight is not None:
     tables.append(jnp.pad(weight.astype(jnp.float32), ((0, mp - m), (0, 0))))

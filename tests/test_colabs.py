@@ -30,9 +30,10 @@ def test_notebook_is_stripped_and_runs(path, tmp_path, data_dir, monkeypatch):
   for cell in nb.cells:
     if cell.cell_type == "code":
       assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
-  # The kernel inherits this environment: few steps, the session's TFDS dir,
+  # The kernel inherits this environment: few steps and routers, the session's TFDS dir,
   # and no fake-device flags from the parent (notebook 4 sets its own).
   monkeypatch.setenv("MOEJAX_NOTEBOOK_STEPS", "6")
+  monkeypatch.setenv("MOEJAX_NOTEBOOK_ROUTERS", "2")
   monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.delenv("XLA_FLAGS", raising=False)

@@ -76,17 +76,20 @@ def test_unpermute_weight_gradient_and_dropped_slots():
 
 
 def test_moe_layer_pallas_backend_equals_blocked():
+  """The config wiring: gmm_backend='pallas' reaches the kernels (gradients
+  through them are checked above, at the dispatch level)."""
   rc = RouterConfig(num_experts=4, top_k=2, normalize_top_k=True)
   x = jax.random.normal(jax.random.key(0), (2, 12, 16))
-  results = []
+  outputs = []
   for backend in ("blocked", "pallas"):
     layer = MoELayer(MoEConfig(router=rc, d_model=16, d_ff=24, dispatch="dropless",
                                gmm_backend=backend, gmm_block_size=16, activation="swiglu"))
     variables = layer.init(jax.random.key(1), x)
-    loss = lambda p, x: jnp.sum(layer.apply({**variables, "params": p}, x)[0] ** 2)
-    results.append(jax.jit(jax.value_and_grad(loss, (0, 1)))(variables["params"], x))
-  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1])):
-    np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+    forward = lambda v, x: layer.apply(v, x)[0]
+    outputs.append(jax.jit(forward)(variables, x))
+    uses_kernels = "pallas_call" in str(jax.make_jaxpr(forward)(variables, x))
+    assert uses_kernels == (backend == "pallas")
+  np.testing.assert_allclose(outputs[0], outputs[1], rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("gmm_block_size,dtype,message", [
