@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Optional, Sequence
 
+from pallas_kernels.tiling import MIN_TILE, is_power_of_two
+
 ROUTERS = ("top_k", "expert_choice", "soft_moe", "sinkhorn", "hash", "threshold")
 SCORE_FNS = ("softmax", "sigmoid")
 DROP_POLICIES = ("position", "probability")
@@ -278,8 +280,8 @@ class MoEConfig:
     _check_int("gmm_block_size", self.gmm_block_size, 1)
     if self.gmm_backend == "pallas":
       b = self.gmm_block_size
-      if b < 16 or b & (b - 1):
-        _fail("gmm_block_size", b, "gmm_backend='pallas' needs a power of two >= 16")
+      if b < MIN_TILE or not is_power_of_two(b):
+        _fail("gmm_block_size", b, f"gmm_backend='pallas' needs a power of two >= {MIN_TILE}")
       if self.dtype == "float64":
         _fail("dtype", "float64", "gmm_backend='pallas' computes in float32, bfloat16 or "
               "float16")

@@ -49,7 +49,8 @@ class TileSizes:
   block_n: Optional[int] = None
 
 
-def _default_tile(size: int, cap: int) -> int:
+def default_tile(size: int, cap: int) -> int:
+  """The power of two >= MIN_TILE covering `size`, at most `cap`."""
   return max(MIN_TILE, min(cap, next_power_of_two(size)))
 
 
@@ -58,9 +59,9 @@ def default_tiles(m: int, k: int, n: int, tiles: Optional[TileSizes] = None) -> 
   128-row blocks (at most the padded row count), the whole contraction up to
   512 per step, 128 output columns (the whole width below that)."""
   tiles = tiles or TileSizes()
-  return TileSizes(tiles.block_m or _default_tile(m, 128),
-                   tiles.block_k or _default_tile(k, 512),
-                   tiles.block_n or _default_tile(n, LANE_TILE))
+  return TileSizes(tiles.block_m or default_tile(m, 128),
+                   tiles.block_k or default_tile(k, 512),
+                   tiles.block_n or default_tile(n, LANE_TILE))
 
 
 def padded(size: int, tile: int) -> int:

@@ -52,8 +52,7 @@ def _einsum_gmm(lhs, rhs, group_sizes):
 
 
 def _pallas_gmm(lhs, rhs, group_sizes, block_size):
-  block_m = max(pallas_kernels.tiling.MIN_TILE,
-                min(block_size, pallas_kernels.tiling.next_power_of_two(lhs.shape[0])))
+  block_m = pallas_kernels.tiling.default_tile(lhs.shape[0], block_size)
   return pallas_kernels.gmm(lhs, rhs, group_sizes, pallas_kernels.TileSizes(block_m=block_m))
 
 
