@@ -32,7 +32,11 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        # nbclient + ipykernel execute colabs/ in the test suite.
-        "test": ["pytest>=8", "nbclient>=0.10", "nbformat>=5.10", "ipykernel>=6.29"],
+        # nbclient + ipykernel execute colabs/ in the test suite; pytest-xdist runs it on
+        # both cores. transformers + a CPU torch build the reference models of the
+        # HuggingFace conversion tests (torch==2.13.0 is the CPU wheel here; an unpinned
+        # torch pulls a multi-GB CUDA build).
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6.29", "torch==2.13.0", "transformers==5.23.0"],
     },
 )

@@ -13,7 +13,8 @@ from typing import Any, Optional, Sequence
 
 from pallas_kernels.tiling import MIN_TILE, is_power_of_two
 
-ROUTERS = ("top_k", "expert_choice", "soft_moe", "sinkhorn", "hash", "threshold")
+ROUTERS = ("top_k", "expert_choice", "soft_moe", "sinkhorn", "hash", "threshold",
+           "sparsemixer")
 SCORE_FNS = ("softmax", "sigmoid")
 DROP_POLICIES = ("position", "probability")
 DISPATCHES = ("einsum", "gather", "dropless")
@@ -21,7 +22,7 @@ ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
 GMM_BACKENDS = ("auto", "blocked", "ragged_dot", "einsum", "pallas")
 # Routers whose Routing is a sparse list of (token, expert) assignments; the
 # others (Soft MoE) produce dense dispatch/combine weights.
-SPARSE_ROUTERS = ("top_k", "expert_choice", "sinkhorn", "hash", "threshold")
+SPARSE_ROUTERS = ("top_k", "expert_choice", "sinkhorn", "hash", "threshold", "sparsemixer")
 
 
 def _fail(field: str, value: Any, valid: str) -> None:
@@ -55,7 +56,9 @@ class RouterConfig:
       'soft_moe' (slots are softmax mixtures of all tokens), 'sinkhorn'
       (BASE-style balanced assignment), 'hash' (fixed token-id hash, needs
       token ids), 'threshold' (XMoE dynamic-k: experts until the cumulative
-      probability reaches `threshold`, at most `top_k`).
+      probability reaches `threshold`, at most `top_k`), 'sparsemixer'
+      (Phi-3.5-MoE: experts picked one by one, each weighted by a softmax over
+      the near-tied logits; moejax.routing.sparsemixer).
     num_experts: routed experts E (null experts are extra, see below).
     top_k: experts per token (an upper bound for 'threshold').
     score_fn: 'softmax' or 'sigmoid' (DeepSeek-V3) scores over experts.
@@ -92,6 +95,8 @@ class RouterConfig:
       First choices always come before second choices.
     num_slots: Soft MoE slots per expert.
     sinkhorn_iterations: Sinkhorn iterations for the balanced router.
+    sparsemixer_eps: relative logit gap (x2) inside which experts share a
+      'sparsemixer' pick's weight (Phi-3.5-MoE's router_jitter_noise, 0.01).
     hash_seed: seed of the fixed token-id -> expert hash.
     routing_groups: the tokens of a call are split into this many equal,
       contiguous groups that are routed independently (capacity, expert
@@ -121,6 +126,7 @@ class RouterConfig:
   drop_policy: str = "position"
   num_slots: int = 1
   sinkhorn_iterations: int = 8
+  sparsemixer_eps: float = 0.01
   hash_seed: int = 0
   routing_groups: int = 1
 
@@ -167,6 +173,7 @@ class RouterConfig:
     _check_choice("router.drop_policy", self.drop_policy, DROP_POLICIES)
     _check_int("router.num_slots", self.num_slots, 1)
     _check_int("router.sinkhorn_iterations", self.sinkhorn_iterations, 1)
+    _check_float("router.sparsemixer_eps", self.sparsemixer_eps, 0.0, True)
     _check_int("router.routing_groups", self.routing_groups, 1)
     if self.name == "soft_moe" and self.routing_groups > 1:
       _fail("router.routing_groups", self.routing_groups,

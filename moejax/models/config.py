@@ -9,13 +9,16 @@ what is valid.
 from __future__ import annotations
 
 import dataclasses
-from typing import Optional
+from typing import Optional, Tuple
 
 from moejax.config import (ACTIVATIONS, MoEConfig, _check_choice, _check_float, _check_int,
                            _fail, _from_mapping, moe_config_from_mapping)
 
 MODEL_KINDS = ("lm", "vit")
 POOLS = ("mean", "cls")
+NORMS = ("rms", "layer")
+QK_NORMS = ("none", "head", "full")
+ATTENTIONS = ("mha", "mla")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -27,7 +30,27 @@ class ModelConfig:
       V-MoE style: patches + learned position embeddings, bidirectional).
     num_layers: Transformer blocks.
     d_model: residual width.
-    num_heads: attention heads; head_dim = d_model // num_heads.
+    num_heads: attention (query) heads.
+    num_kv_heads: key/value heads (grouped-query attention; must divide
+      num_heads). 0 = num_heads.
+    head_dim: width of each head; 0 = d_model // num_heads.
+    attention_bias: biases on the query / key / value projections.
+    attention_out_bias: a bias on the attention output projection.
+    qk_norm: RMSNorm on queries and keys before RoPE: 'none', 'head' (over
+      each head's channels; Qwen3-MoE) or 'full' (over all heads together;
+      OLMoE).
+    attention: 'mha' (multi-/grouped-query attention) or 'mla' (DeepSeek
+      multi-head latent attention: low-rank queries and a compressed
+      key/value latent; the mla_* fields; num_kv_heads and head_dim unused).
+    mla_q_rank: (mla) rank of the query down-projection; 0 = a full-rank
+      query projection.
+    mla_kv_rank: (mla) width of the compressed key/value latent.
+    mla_nope_dim: (mla) per-head query/key channels without RoPE.
+    mla_rope_dim: (mla) per-head query/key channels with RoPE (the key part
+      is shared by all heads).
+    mla_v_dim: (mla) per-head value width.
+    attention_window: a causal query sees only the last `attention_window`
+      keys (sliding-window attention, Mistral-style); 0 = all of them.
     dense_d_ff: hidden width of the FFN in dense (non-MoE) blocks.
     activation: FFN activation of dense blocks ('relu', 'gelu', 'silu',
       'swiglu', 'geglu'); MoE blocks use moe.activation.
@@ -36,14 +59,20 @@ class ModelConfig:
       ... (1 = all of them, 2 = every second one as in GShard / V-MoE).
       0 = no MoE blocks (the dense baseline).
     first_dense_layers: the first N blocks are always dense (DeepSeek-V3).
+    dense_layers: further blocks (0-based indices) that are dense whatever
+      moe_every says (Qwen-MoE's mlp_only_layers).
     moe: the MoEConfig of MoE blocks (its d_model equals model.d_model).
       None only when moe_every = 0.
-    norm_eps: RMSNorm epsilon.
+    norm: the block / final norms: 'rms' (RMSNorm) or 'layer' (LayerNorm
+      with a bias; PhiMoE).
+    norm_eps: epsilon of those norms (and of qk_norm).
     dtype: compute dtype of attention and dense FFNs ('float32', 'bfloat16').
       Params are float32; the router computes in float32.
     vocab_size: (lm) token vocabulary (256 for the byte-level data).
     rope_theta: (lm) RoPE base frequency.
-    tie_embeddings: (lm) the output projection is the transposed embedding.
+    tie_embeddings: (lm) the output projection is the transposed embedding,
+      scaled by 1/sqrt(d_model).
+    unembed_bias: (lm) a bias on the untied output projection.
     image_size, patch_size, num_channels: (vit) square input images of
       image_size x image_size x num_channels, cut into patch_size patches.
     num_classes: (vit) classifier outputs.
@@ -54,16 +83,31 @@ class ModelConfig:
   num_layers: int = 4
   d_model: int = 128
   num_heads: int = 4
+  num_kv_heads: int = 0
+  head_dim: int = 0
+  attention_bias: bool = False
+  attention_out_bias: bool = False
+  qk_norm: str = "none"
+  attention: str = "mha"
+  mla_q_rank: int = 0
+  mla_kv_rank: int = 32
+  mla_nope_dim: int = 16
+  mla_rope_dim: int = 16
+  mla_v_dim: int = 16
+  attention_window: int = 0
   dense_d_ff: int = 512
   activation: str = "gelu"
   moe_every: int = 1
   first_dense_layers: int = 0
+  dense_layers: Tuple[int, ...] = ()
   moe: Optional[MoEConfig] = None
+  norm: str = "rms"
   norm_eps: float = 1e-6
   dtype: str = "float32"
   vocab_size: int = 256
   rope_theta: float = 10000.0
   tie_embeddings: bool = True
+  unembed_bias: bool = False
   image_size: int = 8
   patch_size: int = 2
   num_channels: int = 1
@@ -74,17 +118,17 @@ class ModelConfig:
     _check_choice("model.kind", self.kind, MODEL_KINDS)
     _check_int("model.num_layers", self.num_layers, 1)
     _check_int("model.d_model", self.d_model, 1)
-    _check_int("model.num_heads", self.num_heads, 1)
-    if self.d_model % self.num_heads:
-      _fail("model.num_heads", self.num_heads, f"must divide d_model={self.d_model}")
-    if self.kind == "lm" and (self.d_model // self.num_heads) % 2:
-      _fail("model.num_heads", self.num_heads,
-            f"head_dim = d_model / num_heads = {self.d_model // self.num_heads} must be even "
-            "for RoPE")
+    self._check_attention()
     _check_int("model.dense_d_ff", self.dense_d_ff, 1)
     _check_choice("model.activation", self.activation, ACTIVATIONS)
     _check_int("model.moe_every", self.moe_every, 0)
     _check_int("model.first_dense_layers", self.first_dense_layers, 0)
+    object.__setattr__(self, "dense_layers", tuple(self.dense_layers))  # lists from configs
+    for index in self.dense_layers:
+      if isinstance(index, bool) or not isinstance(index, int) or not (
+          0 <= index < self.num_layers):
+        _fail("model.dense_layers", self.dense_layers,
+              f"must hold block indices in [0, {self.num_layers})")
     if self.moe_every:
       if not isinstance(self.moe, MoEConfig):
         _fail("model.moe", self.moe, "needs an MoE layer config when moe_every >= 1")
@@ -94,6 +138,7 @@ class ModelConfig:
         _fail("model.moe_every", self.moe_every,
               f"gives no MoE block among {self.num_layers} layers with "
               f"first_dense_layers={self.first_dense_layers}; use moe_every=0 for a dense model")
+    _check_choice("model.norm", self.norm, NORMS)
     _check_float("model.norm_eps", self.norm_eps, 0.0, False)
     _check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
     _check_int("model.vocab_size", self.vocab_size, 2)
@@ -108,9 +153,39 @@ class ModelConfig:
     if self.kind == "vit" and self.moe is not None and self.moe.router.name == "hash":
       _fail("model.moe.router.name", "hash", "hash routing needs token ids; use it with kind='lm'")
 
+  def _check_attention(self):
+    _check_int("model.num_heads", self.num_heads, 1)
+    _check_choice("model.attention", self.attention, ATTENTIONS)
+    _check_choice("model.qk_norm", self.qk_norm, QK_NORMS)
+    _check_int("model.attention_window", self.attention_window, 0)
+    if self.attention == "mla":
+      if self.kind != "lm":
+        _fail("model.attention", "mla", "is for kind='lm'")
+      if self.qk_norm != "none":
+        _fail("model.qk_norm", self.qk_norm, "attention='mla' normalises its latents; "
+              "leave it 'none'")
+      _check_int("model.mla_q_rank", self.mla_q_rank, 0)
+      for name in ("mla_kv_rank", "mla_nope_dim", "mla_v_dim"):
+        _check_int(f"model.{name}", getattr(self, name), 1)
+      _check_int("model.mla_rope_dim", self.mla_rope_dim, 2)
+      if self.mla_rope_dim % 2:
+        _fail("model.mla_rope_dim", self.mla_rope_dim, "must be even for RoPE")
+      return
+    _check_int("model.num_kv_heads", self.num_kv_heads, 0)
+    if self.num_kv_heads and self.num_heads % self.num_kv_heads:
+      _fail("model.num_kv_heads", self.num_kv_heads, f"must divide num_heads={self.num_heads}")
+    _check_int("model.head_dim", self.head_dim, 0)
+    if not self.head_dim and self.d_model % self.num_heads:
+      _fail("model.num_heads", self.num_heads,
+            f"must divide d_model={self.d_model} (or set model.head_dim)")
+    if self.kind == "lm" and self.head_size % 2:
+      _fail("model.head_dim" if self.head_dim else "model.num_heads",
+            self.head_dim or self.num_heads,
+            f"gives head_dim {self.head_size}; it must be even for RoPE")
+
   def is_moe_layer(self, index: int) -> bool:
     """Whether block `index` (0-based) has an MoE FFN."""
-    if not self.moe_every or index < self.first_dense_layers:
+    if not self.moe_every or index < self.first_dense_layers or index in self.dense_layers:
       return False
     return (index - self.first_dense_layers) % self.moe_every == self.moe_every - 1
 
@@ -119,8 +194,14 @@ class ModelConfig:
     return tuple(i for i in range(self.num_layers) if self.is_moe_layer(i))
 
   @property
-  def head_dim(self) -> int:
-    return self.d_model // self.num_heads
+  def head_size(self) -> int:
+    """Channels per attention head (mha)."""
+    return self.head_dim or self.d_model // self.num_heads
+
+  @property
+  def kv_heads(self) -> int:
+    """Key/value heads (mha)."""
+    return self.num_kv_heads or self.num_heads
 
   @property
   def num_patches(self) -> int:

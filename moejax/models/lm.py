@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.moe import MoEAux
+from moejax.models.attention import block_norm
 from moejax.models.blocks import run_blocks
 from moejax.models.config import ModelConfig
 
@@ -16,26 +17,29 @@ from moejax.models.config import ModelConfig
 class TransformerLM(nn.Module):
   """tokens: [B, T] int -> (logits [B, T, vocab_size] float32, {block: MoEAux}).
 
-  RMSNorm pre-norm blocks, RoPE, causal attention; MoE FFN where
+  Pre-norm blocks, RoPE, causal attention; MoE FFN where
   config.is_moe_layer(i). Token ids are passed to the MoE layers (hash routing).
+  decode=True (with the 'cache' collection mutable) continues the sequences
+  held in the key/value cache; see moejax.generate.
   """
 
   config: ModelConfig
 
   @nn.compact
-  def __call__(self, tokens: jax.Array, *,
-               deterministic: bool = True) -> Tuple[jax.Array, Dict[str, MoEAux]]:
+  def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
+               decode: bool = False) -> Tuple[jax.Array, Dict[str, MoEAux]]:
     cfg = self.config
     embed = nn.Embed(cfg.vocab_size, cfg.d_model,
                      embedding_init=nn.initializers.normal(stddev=1.0), name="embed")
     x = embed(tokens).astype(jnp.dtype(cfg.dtype))
     positions = jnp.arange(tokens.shape[-1])
     x, aux = run_blocks(cfg, x, causal=True, positions=positions, token_ids=tokens,
-                        deterministic=deterministic)
-    x = nn.RMSNorm(epsilon=cfg.norm_eps, name="final_norm")(x)
+                        deterministic=deterministic, decode=decode)
+    x = block_norm(cfg, "final_norm")(x)
     if cfg.tie_embeddings:
       # Scale so tied logits start O(1) with unit-variance embeddings.
       logits = embed.attend(x.astype(jnp.float32)) / jnp.sqrt(cfg.d_model)
     else:
-      logits = nn.Dense(cfg.vocab_size, use_bias=False, name="unembed")(x.astype(jnp.float32))
+      logits = nn.Dense(cfg.vocab_size, use_bias=cfg.unembed_bias, name="unembed")(
+          x.astype(jnp.float32))
     return logits, aux

@@ -11,6 +11,7 @@ from moejax.routing.balanced import sinkhorn_route
 from moejax.routing.expert_choice import expert_choice_route
 from moejax.routing.hashing import hash_route
 from moejax.routing.soft_moe import soft_moe_route
+from moejax.routing.sparsemixer import sparsemixer_route
 from moejax.routing.token_choice import threshold_route, top_k_route
 from moejax.routing.types import RouterOutput
 
@@ -44,4 +45,6 @@ def route(config: RouterConfig, logits: Optional[jax.Array], *,
     return expert_choice_route(logits, config)
   if config.name == "soft_moe":
     return soft_moe_route(logits, config)
+  if config.name == "sparsemixer":
+    return sparsemixer_route(logits, config)
   return sinkhorn_route(logits, config)

@@ -58,6 +58,13 @@ class Checkpointer:
         state=ocp.args.StandardRestore(abstract), data=ocp.args.JsonRestore()))
     return restored["state"], restored["data"]
 
+  def restore_as_saved(self, step: int) -> dict:
+    """The train state of `step` as saved, with no target to shape it (for
+    reading a model out of a workdir: export, generation, upcycling)."""
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore()))
+    return restored["state"]
+
   def wait(self) -> None:
     self._manager.wait_until_finished()
 

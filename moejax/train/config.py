@@ -129,7 +129,8 @@ def flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
     if isinstance(value, dict):
       out.update(flatten(value, f"{prefix}{key}."))
     else:
-      out[f"{prefix}{key}"] = value
+      # Tuples come back from a JSON checkpoint as lists; compare them as lists.
+      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
   return out
 
 

@@ -1,0 +1,185 @@
+"""HuggingFace config.json <-> moejax ModelConfig, per model family.
+
+Each family reads the fields its transformers class reads, and refuses the
+options moejax does not implement (RoPE scaling, non-SiLU activations, ...)
+with one line naming the field, so an imported model either computes what
+the original computes or is not built at all.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Dict, Tuple
+
+from moejax.config import MoEConfig, RouterConfig
+from moejax.models.config import ModelConfig
+
+MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "phimoe")
+DENSE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
+FAMILIES = MOE_FAMILIES + DENSE_FAMILIES
+_MISSING = object()
+_EXPERTS = ("num_local_experts", "num_experts")
+
+
+class UnsupportedModelError(ValueError):
+  """A config.json that moejax cannot reproduce exactly."""
+
+
+def _get(hf: dict, key: str, default: Any = _MISSING) -> Any:
+  value = hf.get(key, default)
+  if value is _MISSING:
+    raise UnsupportedModelError(f"config.json ({hf.get('model_type')}) has no {key!r}")
+  return value
+
+
+def _get_first(hf: dict, keys: Tuple[str, ...]) -> Any:
+  """The first of `keys` that config.json has (field names moved between
+  transformers versions, e.g. num_experts -> num_local_experts)."""
+  for key in keys:
+    if hf.get(key) is not None:
+      return hf[key]
+  return _get(hf, keys[0])
+
+
+def _refuse(hf: dict, key: str, value: Any, valid: str) -> None:
+  raise UnsupportedModelError(f"config.json {key}={value!r} ({hf.get('model_type')}) is not "
+                              f"supported: {valid}")
+
+
+def rope_theta(hf: dict) -> float:
+  """RoPE base from rope_parameters (transformers >= 5) or rope_theta; only
+  unscaled RoPE is supported."""
+  params = hf.get("rope_parameters") or {}
+  scaling = hf.get("rope_scaling") or {}
+  kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
+  if kind != "default":
+    _refuse(hf, "rope_type", kind, "only unscaled RoPE ('default') is implemented")
+  return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+
+
+def _window(hf: dict) -> int:
+  window = hf.get("sliding_window")
+  layer_types = hf.get("layer_types") or []
+  if hf.get("use_sliding_window") is False or (
+      layer_types and "sliding_attention" not in layer_types):
+    return 0
+  if layer_types and set(layer_types) != {"sliding_attention"}:
+    _refuse(hf, "layer_types", sorted(set(layer_types)),
+            "sliding-window attention must be on every layer or none")
+  return int(window or 0)
+
+
+def _backbone(hf: dict, **overrides) -> Dict[str, Any]:
+  """ModelConfig fields shared by the Llama-style families."""
+  act = hf.get("hidden_act", "silu")
+  if act != "silu":
+    _refuse(hf, "hidden_act", act, "only 'silu' (SwiGLU feed-forwards) is implemented")
+  heads = _get(hf, "num_attention_heads")
+  d_model = _get(hf, "hidden_size")
+  fields = dict(
+      kind="lm", num_layers=_get(hf, "num_hidden_layers"), d_model=d_model, num_heads=heads,
+      num_kv_heads=hf.get("num_key_value_heads") or heads,
+      head_dim=hf.get("head_dim") or d_model // heads,
+      attention_bias=bool(hf.get("attention_bias", False)),
+      attention_window=_window(hf), dense_d_ff=_get(hf, "intermediate_size"),
+      activation="swiglu", norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
+      vocab_size=_get(hf, "vocab_size"), rope_theta=rope_theta(hf), tie_embeddings=False,
+      moe_every=0)
+  fields.update(overrides)
+  return fields
+
+
+def _moe(hf: dict, fields: dict, *, num_experts: int, d_ff: int, router: Dict[str, Any],
+         **moe_fields) -> ModelConfig:
+  router = RouterConfig(name=router.pop("name", "top_k"), num_experts=num_experts,
+                        top_k=_get(hf, "num_experts_per_tok"), **router)
+  moe = MoEConfig(router=router, d_model=fields["d_model"], d_ff=d_ff, activation="swiglu",
+                  dispatch="dropless", **moe_fields)
+  return ModelConfig(**{**fields, "moe": moe, "moe_every": fields.get("moe_every") or 1})
+
+
+def _mixtral(hf: dict) -> ModelConfig:
+  return _moe(hf, _backbone(hf), num_experts=_get_first(hf, _EXPERTS),
+              d_ff=_get(hf, "intermediate_size"), router=dict(normalize_top_k=True))
+
+
+def _phimoe(hf: dict) -> ModelConfig:
+  bias = bool(hf.get("attention_bias", False))
+  fields = _backbone(hf, norm="layer", attention_bias=bias, attention_out_bias=bias,
+                     unembed_bias=bool(hf.get("lm_head_bias", False)))
+  return _moe(hf, fields, num_experts=_get_first(hf, _EXPERTS),
+              d_ff=_get(hf, "intermediate_size"),
+              router=dict(name="sparsemixer",
+                          sparsemixer_eps=float(hf.get("router_jitter_noise", 0.01))))
+
+
+def _qwen_moe(hf: dict, **overrides) -> ModelConfig:
+  fields = _backbone(hf, moe_every=_get(hf, "decoder_sparse_step", 1),
+                     dense_layers=tuple(hf.get("mlp_only_layers") or ()), **overrides)
+  shared = int(hf.get("shared_expert_intermediate_size") or 0)
+  shared_fields = dict(num_shared_experts=1, shared_d_ff=shared,
+                       shared_expert_gate=True) if shared else {}
+  return _moe(hf, fields, num_experts=_get_first(hf, _EXPERTS),
+              d_ff=_get(hf, "moe_intermediate_size"),
+              router=dict(normalize_top_k=bool(hf.get("norm_topk_prob", False))),
+              **shared_fields)
+
+
+def _olmoe(hf: dict) -> ModelConfig:
+  if hf.get("clip_qkv") is not None:
+    _refuse(hf, "clip_qkv", hf["clip_qkv"], "only None is implemented")
+  return _moe(hf, _backbone(hf, qk_norm="full"), num_experts=_get_first(hf, _EXPERTS),
+              d_ff=_get(hf, "intermediate_size"),
+              router=dict(normalize_top_k=bool(hf.get("norm_topk_prob", False))))
+
+
+def _deepseek_v3(hf: dict) -> ModelConfig:
+  fields = _backbone(hf, attention="mla", mla_q_rank=int(hf.get("q_lora_rank") or 0),
+                     mla_kv_rank=_get(hf, "kv_lora_rank"),
+                     mla_nope_dim=_get(hf, "qk_nope_head_dim"),
+                     mla_rope_dim=_get(hf, "qk_rope_head_dim"), mla_v_dim=_get(hf, "v_head_dim"),
+                     attention_out_bias=bool(hf.get("attention_bias", False)),
+                     first_dense_layers=int(hf.get("first_k_dense_replace", 0)),
+                     num_kv_heads=0, head_dim=0)
+  if hf.get("topk_method", "noaux_tc") != "noaux_tc":
+    _refuse(hf, "topk_method", hf["topk_method"], "only 'noaux_tc' is implemented")
+  groups = int(hf.get("n_group") or 1)
+  router = dict(score_fn="sigmoid", normalize_top_k=bool(hf.get("norm_topk_prob", True)),
+                routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
+                num_expert_groups=groups, top_k_groups=int(hf.get("topk_group") or 1),
+                use_expert_bias=True)
+  shared = int(hf.get("n_shared_experts") or 0)
+  return _moe(hf, fields, num_experts=_get_first(hf, ("n_routed_experts",) + _EXPERTS),
+              d_ff=_get(hf, "moe_intermediate_size"), router=router, num_shared_experts=shared)
+
+
+def _dense(**overrides) -> Callable[[dict], ModelConfig]:
+  def build(hf: dict) -> ModelConfig:
+    if hf.get("mlp_bias"):
+      _refuse(hf, "mlp_bias", True, "only bias-free feed-forwards are implemented")
+    return ModelConfig(**_backbone(hf, **overrides))
+  return build
+
+
+_BUILDERS = {
+    "mixtral": _mixtral, "phimoe": _phimoe, "qwen2_moe": lambda hf: _qwen_moe(
+        hf, attention_bias=bool(hf.get("qkv_bias", True))),
+    "qwen3_moe": lambda hf: _qwen_moe(hf, qk_norm="head"), "olmoe": _olmoe,
+    "deepseek_v3": _deepseek_v3, "llama": _dense(), "mistral": _dense(),
+    "qwen2": _dense(attention_bias=True), "qwen3": _dense(qk_norm="head"),
+}
+
+
+def model_config_from_hf(hf: dict) -> ModelConfig:
+  """The moejax ModelConfig that computes what this config.json describes."""
+  model_type = hf.get("model_type")
+  if model_type not in _BUILDERS:
+    raise UnsupportedModelError(
+        f"config.json model_type={model_type!r} is not supported; supported: "
+        f"{', '.join(FAMILIES)}")
+  try:
+    return _BUILDERS[model_type](hf)
+  except (TypeError, ValueError) as err:
+    if isinstance(err, UnsupportedModelError):
+      raise
+    raise UnsupportedModelError(f"config.json ({model_type}) gives an invalid moejax model: "
+                                f"{err}") from None

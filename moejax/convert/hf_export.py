@@ -1,0 +1,175 @@
+"""Export a moejax TransformerLM as a HuggingFace checkpoint folder
+(config.json + safetensors) that transformers loads as the chosen family.
+
+The written config.json is read back through `model_config_from_hf` and must
+describe the same computation as the moejax config, so a model this family
+cannot express (a GELU MLP, expert-choice routing, ...) is refused with the
+first differing field instead of being written wrong. Training-only settings
+(capacity, jitter, dispatch strategy, dtype) are not part of that
+comparison: the exported model routes without capacity limits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Dict, Optional
+
+import numpy as np
+from flax.traverse_util import flatten_dict
+
+from moejax.config import MoEConfig, RouterConfig
+from moejax.convert.families import FAMILIES, UnsupportedModelError, model_config_from_hf
+from moejax.convert.layout import Experts, Linear, tensor_plan
+from moejax.convert.safetensors_io import write_checkpoint_dir
+from moejax.models.config import ModelConfig
+
+LAYOUTS = ("per_expert", "fused")
+ARCHITECTURES = {
+    "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
+    "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
+    "deepseek_v3": "DeepseekV3ForCausalLM", "phimoe": "PhimoeForCausalLM",
+    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
+    "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
+}
+# Settings that change how a model trains, not what its weights compute.
+_ROUTER_TRAINING = dict(capacity_factor=None, min_capacity=1, drop_policy="position",
+                        jitter_noise=0.0, noisy_top_k=False, second_expert_sampling=False,
+                        expert_bias_update_rate=1e-3, routing_groups=1)
+_MOE_TRAINING = dict(dispatch="dropless", gmm_backend="auto", gmm_block_size=128,
+                     dtype="float32")
+
+
+def _moe_fields(cfg: ModelConfig, model_type: str) -> dict:
+  moe: MoEConfig = cfg.moe
+  r: RouterConfig = moe.router
+  shared = moe.num_shared_experts * (moe.shared_d_ff or moe.d_ff)
+  if model_type in ("mixtral", "phimoe"):
+    out = dict(num_local_experts=r.num_experts, intermediate_size=moe.d_ff)
+    if model_type == "phimoe":
+      out.update(router_jitter_noise=r.sparsemixer_eps, lm_head_bias=cfg.unembed_bias,
+                 attention_bias=cfg.attention_bias)
+    return out
+  if model_type == "olmoe":
+    return dict(num_experts=r.num_experts, intermediate_size=moe.d_ff,
+                norm_topk_prob=r.normalize_top_k, clip_qkv=None)
+  if model_type == "deepseek_v3":
+    return dict(n_routed_experts=r.num_experts, moe_intermediate_size=moe.d_ff,
+                first_k_dense_replace=cfg.first_dense_layers, n_group=r.num_expert_groups,
+                topk_group=r.top_k_groups, norm_topk_prob=r.normalize_top_k,
+                routed_scaling_factor=r.routed_scaling_factor, topk_method="noaux_tc",
+                n_shared_experts=moe.num_shared_experts)
+  out = dict(num_experts=r.num_experts, num_local_experts=r.num_experts,
+             moe_intermediate_size=moe.d_ff, decoder_sparse_step=cfg.moe_every,
+             mlp_only_layers=list(cfg.dense_layers), norm_topk_prob=r.normalize_top_k)
+  if model_type == "qwen2_moe":
+    out.update(shared_expert_intermediate_size=shared, qkv_bias=cfg.attention_bias)
+  return out
+
+
+def hf_config_from_model(cfg: ModelConfig, model_type: str,
+                         base: Optional[dict] = None) -> dict:
+  """config.json for `cfg` as `model_type`, on top of `base` (e.g. the
+  config.json it was imported from: token ids and other fields are kept)."""
+  if model_type not in FAMILIES:
+    raise UnsupportedModelError(f"model_type={model_type!r} is not supported; supported: "
+                                f"{', '.join(FAMILIES)}")
+  hf = dict(base or {})
+  hf.pop("rope_scaling", None)
+  hf.update(
+      model_type=model_type, architectures=[ARCHITECTURES[model_type]],
+      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
+      num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads,
+      head_dim=cfg.head_size, intermediate_size=cfg.dense_d_ff, hidden_act="silu",
+      rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
+      rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"},
+      tie_word_embeddings=False, sliding_window=cfg.attention_window or None,
+      use_sliding_window=bool(cfg.attention_window), attention_bias=cfg.attention_bias,
+      dtype="float32")
+  if cfg.attention == "mla":
+    hf.update(num_key_value_heads=cfg.num_heads, head_dim=cfg.mla_rope_dim,
+              q_lora_rank=cfg.mla_q_rank or None, kv_lora_rank=cfg.mla_kv_rank,
+              qk_nope_head_dim=cfg.mla_nope_dim, qk_rope_head_dim=cfg.mla_rope_dim,
+              qk_head_dim=cfg.mla_nope_dim + cfg.mla_rope_dim, v_head_dim=cfg.mla_v_dim,
+              rope_interleave=hf.get("rope_interleave", True))
+  if cfg.moe is not None:
+    hf.update(num_experts_per_tok=cfg.moe.router.top_k, **_moe_fields(cfg, model_type))
+  if hf.get("layer_types"):
+    kind = "sliding_attention" if cfg.attention_window else "full_attention"
+    hf["layer_types"] = [kind] * cfg.num_layers
+  return hf
+
+
+def _comparable(cfg: ModelConfig) -> dict:
+  """cfg's fields that decide what the weights compute, as a flat dict."""
+  moe = None
+  if cfg.moe is not None and cfg.moe_layers:
+    router = dataclasses.replace(cfg.moe.router, **_ROUTER_TRAINING)
+    moe = dataclasses.replace(cfg.moe, router=router, **_MOE_TRAINING)
+  dense_ff = cfg.dense_d_ff if len(cfg.moe_layers) < cfg.num_layers else None
+  flat = dataclasses.asdict(dataclasses.replace(cfg, moe=moe, dtype="float32"))
+  flat.update(dense_d_ff=dense_ff, moe_every=cfg.moe_every if moe else 0,
+              dense_layers=tuple(i for i in cfg.dense_layers if cfg.moe_every))
+  flat["num_kv_heads"], flat["head_dim"] = cfg.kv_heads, cfg.head_size
+  if cfg.attention == "mla":
+    flat["num_kv_heads"] = flat["head_dim"] = None
+  else:
+    for name in ("mla_q_rank", "mla_kv_rank", "mla_nope_dim", "mla_rope_dim", "mla_v_dim"):
+      flat[name] = None
+  return flatten_dict(flat, sep=".")
+
+
+def check_exportable(cfg: ModelConfig, model_type: str, hf: dict) -> None:
+  """Raises UnsupportedModelError when `hf` (as read back) computes something
+  other than `cfg`, naming the first field that differs."""
+  try:
+    back = model_config_from_hf(hf)
+  except UnsupportedModelError as err:
+    raise UnsupportedModelError(f"cannot export as {model_type}: {err}") from None
+  ours, theirs = _comparable(cfg), _comparable(back)
+  for field in sorted(set(ours) | set(theirs)):
+    if ours.get(field) != theirs.get(field):
+      raise UnsupportedModelError(
+          f"model.{field}={ours.get(field)!r} cannot be exported as {model_type}: that family "
+          f"gives {theirs.get(field)!r}")
+
+
+def export_tensors(cfg: ModelConfig, variables: dict, model_type: str, hf: dict,
+                   layout: str = "per_expert", dtype=np.float32) -> Dict[str, np.ndarray]:
+  """{HF tensor name: array} for the model's variables."""
+  if layout not in LAYOUTS:
+    raise ValueError(f"layout={layout!r} is invalid: valid values are {', '.join(LAYOUTS)}")
+  flat = {path: np.asarray(v) for path, v in flatten_dict(variables).items()}
+  tensors: Dict[str, np.ndarray] = {}
+  fused_parts: Dict[str, dict] = {}
+  for entry in tensor_plan(cfg, model_type, hf):
+    value = flat[entry.path]
+    if isinstance(entry, Linear):
+      if entry.perm is not None:
+        value = value[..., list(np.argsort(entry.perm))]
+      tensors[entry.names[0]] = value.reshape(
+          int(np.prod(value.shape[:entry.in_axes])), -1).T
+    elif isinstance(entry, Experts):
+      per_expert = np.swapaxes(value, 1, 2)            # [E, out, in] like torch Linear
+      if layout == "per_expert":
+        for e in range(per_expert.shape[0]):
+          tensors[entry.per_expert[0].format(e=e)] = per_expert[e]
+      elif entry.part == "down":
+        tensors[entry.fused[0]] = per_expert
+      else:
+        fused_parts.setdefault(entry.fused[0], {})[entry.part] = per_expert
+    else:
+      tensors[entry.names[0]] = value.reshape(-1) if entry.flat else value
+  for name, parts in fused_parts.items():
+    tensors[name] = np.concatenate([parts["gate"], parts["up"]], axis=1)
+  return {name: np.ascontiguousarray(t, dtype=dtype) for name, t in tensors.items()}
+
+
+def save_hf(directory: str, cfg: ModelConfig, variables: dict, model_type: str, *,
+            base: Optional[dict] = None, layout: str = "per_expert", dtype=np.float32,
+            max_shard_bytes: int = 5 * 2**30) -> dict:
+  """Writes `directory` (new) as a `model_type` checkpoint; returns its config."""
+  hf = hf_config_from_model(cfg, model_type, base)
+  check_exportable(cfg, model_type, hf)
+  tensors = export_tensors(cfg, variables, model_type, hf, layout, dtype)
+  write_checkpoint_dir(directory, hf, tensors, max_shard_bytes)
+  return hf

@@ -1,0 +1,135 @@
+"""Import a HuggingFace safetensors checkpoint as a moejax TransformerLM.
+
+    model = load_hf("path/to/folder")          # config.json + safetensors
+    logits, _ = TransformerLM(model.config).apply(model.variables, tokens)
+
+Every moejax variable must come from the checkpoint (a missing tensor or a
+shape that config.json does not imply is one clear error); checkpoint tensors
+that nothing reads are reported in `ImportedModel.unused` (a warning: e.g.
+DeepSeek-V3's multi-token-prediction layers).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from typing import Dict, List, Mapping, Tuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from moejax.convert.families import model_config_from_hf
+from moejax.convert.layout import Experts, Linear, Vector, hf_linear_shape, tensor_plan
+from moejax.convert.safetensors_io import read_checkpoint_dir
+from moejax.models import TransformerLM
+from moejax.models.config import ModelConfig
+
+
+class CheckpointMismatchError(ValueError):
+  """Checkpoint tensors that do not fit the model config.json describes."""
+
+
+@dataclasses.dataclass
+class ImportedModel:
+  config: ModelConfig
+  variables: dict            # {'params': ..., 'router_state': ...} as TransformerLM wants
+  hf_config: dict            # the original config.json
+  unused: List[str]          # checkpoint tensors no variable reads
+
+
+def variable_shapes(config: ModelConfig) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
+  """{variable path: shape} of TransformerLM(config), without allocating it."""
+  model = TransformerLM(config)
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
+  return {path: tuple(leaf.shape) for path, leaf in flatten_dict(shapes).items()}
+
+
+class _Reader:
+  """Looks tensors up by candidate names and records which were read."""
+
+  def __init__(self, tensors: Mapping[str, np.ndarray]):
+    self.tensors, self.used = tensors, set()
+
+  def find(self, names) -> str:
+    for name in names:
+      if name in self.tensors:
+        return name
+    return ""
+
+  def take(self, names, expected: Tuple[int, ...], what: str) -> np.ndarray:
+    name = self.find(names)
+    if not name:
+      raise CheckpointMismatchError(f"checkpoint has no tensor {names[0]!r} (needed for {what})")
+    array = self.tensors[name]
+    if tuple(array.shape) != tuple(expected):
+      raise CheckpointMismatchError(f"tensor {name!r} has shape {tuple(array.shape)}; "
+                                    f"config.json implies {tuple(expected)}")
+    self.used.add(name)
+    return np.asarray(array, dtype=np.float32)
+
+
+def _expert_stack(reader: _Reader, entry: Experts, shape: Tuple[int, ...]) -> np.ndarray:
+  """[E, a, b] stacked moejax weight from per-expert or fused tensors."""
+  num_experts, a, b = shape
+  fused = reader.find(entry.fused)
+  what = "/".join(entry.path)
+  if fused and not reader.find([t.format(e=0) for t in entry.per_expert]):
+    if entry.part == "down":     # [E, d, f] -> w_out [E, f, d]
+      return np.swapaxes(reader.take((fused,), (num_experts, b, a), what), 1, 2)
+    both = reader.take((fused,), (num_experts, 2 * b, a), what)   # [E, 2f, d]
+    half = both[:, :b] if entry.part == "gate" else both[:, b:]
+    return np.swapaxes(half, 1, 2)
+  template = next((t for t in entry.per_expert if t.format(e=0) in reader.tensors),
+                  entry.per_expert[0])
+  return np.stack([reader.take((template.format(e=e),), (b, a), what).T
+                   for e in range(num_experts)])
+
+
+def import_tensors(config: ModelConfig, model_type: str, hf: dict,
+                   tensors: Mapping[str, np.ndarray]) -> Tuple[dict, List[str]]:
+  """(variables, unused tensor names) for `config` from HF-named tensors."""
+  shapes = variable_shapes(config)
+  plan = tensor_plan(config, model_type, hf)
+  if hf.get("tie_word_embeddings"):
+    plan = [dataclasses.replace(e, names=e.names + ("model.embed_tokens.weight",))
+            if isinstance(e, Linear) and e.names == ("lm_head.weight",) else e for e in plan]
+  reader = _Reader(tensors)
+  flat = {}
+  for entry in plan:
+    if entry.path not in shapes:
+      raise AssertionError(f"layout names {entry.path}, which the model does not have")
+    shape = shapes[entry.path]
+    what = "/".join(entry.path)
+    if isinstance(entry, Linear):
+      weight = reader.take(entry.names, hf_linear_shape(shape, entry.in_axes), what)
+      kernel = weight.T.reshape(shape)
+      if entry.perm is not None:
+        kernel = kernel[..., list(entry.perm)]
+      flat[entry.path] = kernel
+    elif isinstance(entry, Vector):
+      hf_shape = (int(np.prod(shape)),) if entry.flat else shape
+      flat[entry.path] = reader.take(entry.names, hf_shape, what).reshape(shape)
+    else:
+      flat[entry.path] = _expert_stack(reader, entry, shape)
+  uncovered = sorted(set(shapes) - set(flat))
+  if uncovered:
+    raise AssertionError(f"no checkpoint tensor maps to {'/'.join(uncovered[0])}")
+  unused = sorted(set(tensors) - reader.used)
+  variables = jax.tree.map(jnp.asarray, unflatten_dict(flat))
+  return variables, unused
+
+
+def load_hf(directory: str) -> ImportedModel:
+  """Reads config.json + safetensors from `directory` into an ImportedModel.
+
+  Parameters are float32 whatever the checkpoint's dtype.
+  """
+  hf, tensors = read_checkpoint_dir(directory)
+  config = model_config_from_hf(hf)
+  variables, unused = import_tensors(config, hf["model_type"], hf, tensors)
+  if unused:
+    warnings.warn(f"{len(unused)} checkpoint tensors are not used by the moejax model, e.g. "
+                  f"{', '.join(unused[:3])}", stacklevel=2)
+  return ImportedModel(config, variables, hf, unused)

@@ -1,0 +1,65 @@
+"""A moejax model folder: what convert.py writes and generate.py reads.
+
+    <dir>/model_config.json       ModelConfig as nested JSON
+    <dir>/variables.safetensors   every variable, named by its path
+                                  ('params/block_0/attention/query/kernel')
+    <dir>/hf_config.json          (imports only) the original config.json
+
+Written into a temporary folder and renamed, so a failed write leaves nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Optional, Tuple
+
+import jax.numpy as jnp
+import numpy as np
+from flax.traverse_util import flatten_dict, unflatten_dict
+
+from moejax.convert.safetensors_io import read_safetensors, staged_dir, write_safetensors
+from moejax.models.config import ModelConfig, model_config_from_mapping
+
+CONFIG_FILE = "model_config.json"
+VARIABLES_FILE = "variables.safetensors"
+HF_CONFIG_FILE = "hf_config.json"
+
+
+def model_config_to_mapping(config: ModelConfig) -> dict:
+  """A JSON-able nested dict that model_config_from_mapping reads back."""
+  values = dataclasses.asdict(config)
+  values["dense_layers"] = list(config.dense_layers)
+  return values
+
+
+def save_model_dir(directory: str, config: ModelConfig, variables: dict,
+                   hf_config: Optional[dict] = None) -> None:
+  with staged_dir(directory) as staging:
+    with open(os.path.join(staging, CONFIG_FILE), "w") as f:
+      json.dump(model_config_to_mapping(config), f, indent=2)
+    flat = {"/".join(path): np.asarray(v) for path, v in flatten_dict(variables).items()}
+    write_safetensors(os.path.join(staging, VARIABLES_FILE), flat)
+    if hf_config is not None:
+      with open(os.path.join(staging, HF_CONFIG_FILE), "w") as f:
+        json.dump(hf_config, f, indent=2)
+
+
+def is_model_dir(directory: str) -> bool:
+  return os.path.isfile(os.path.join(directory, CONFIG_FILE))
+
+
+def load_model_dir(directory: str) -> Tuple[ModelConfig, dict, Optional[dict]]:
+  """(config, variables, original HF config or None) of a model folder."""
+  if not is_model_dir(directory):
+    raise FileNotFoundError(f"{directory} is not a moejax model folder (no {CONFIG_FILE})")
+  with open(os.path.join(directory, CONFIG_FILE)) as f:
+    config = model_config_from_mapping(json.load(f))
+  flat = read_safetensors(os.path.join(directory, VARIABLES_FILE))
+  variables = unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in flat.items()})
+  hf_config = None
+  if os.path.isfile(os.path.join(directory, HF_CONFIG_FILE)):
+    with open(os.path.join(directory, HF_CONFIG_FILE)) as f:
+      hf_config = json.load(f)
+  return config, variables, hf_config

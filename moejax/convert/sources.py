@@ -1,0 +1,46 @@
+"""Load a model from any of the places moejax keeps one:
+
+- a HuggingFace folder (config.json + safetensors): imported;
+- a moejax model folder (model_config.json; what experiments/convert.py writes);
+- a training workdir (checkpoints/ from experiments/train.py): its latest step.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Optional, Tuple
+
+from moejax.convert.hf_import import load_hf
+from moejax.convert.model_dir import is_model_dir, load_model_dir
+from moejax.models.config import ModelConfig
+
+
+def load_any(path: str) -> Tuple[ModelConfig, dict, Optional[dict]]:
+  """(config, variables {'params', 'router_state'?}, original HF config or None)."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no such folder (want a HuggingFace folder, a moejax "
+                            "model folder or a training workdir)")
+  if is_model_dir(path):
+    return load_model_dir(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    return _load_workdir(path)
+  model = load_hf(path)
+  return model.config, model.variables, model.hf_config
+
+
+def _load_workdir(workdir: str) -> Tuple[ModelConfig, dict, None]:
+  from moejax.train.checkpoint import Checkpointer
+  from moejax.train.config import experiment_from_config
+  checkpointer = Checkpointer(workdir, keep=1, async_save=False)
+  try:
+    step = checkpointer.latest_step()
+    if step is None:
+      raise FileNotFoundError(f"{workdir}/checkpoints holds no finished checkpoint")
+    config = experiment_from_config(checkpointer.saved_config(step)).model
+    state = checkpointer.restore_as_saved(step)
+  finally:
+    checkpointer.close()
+  variables = {"params": state["params"]}
+  if state.get("router_state"):
+    variables["router_state"] = state["router_state"]
+  return config, variables, None

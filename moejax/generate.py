@@ -1,0 +1,118 @@
+"""Autoregressive generation for TransformerLM with a key/value cache.
+
+    tokens = generate(model, variables, prompt, max_new_tokens=32)            # greedy
+    tokens = generate(model, variables, prompt, max_new_tokens=32,
+                      temperature=0.8, top_k=40, rng=jax.random.PRNGKey(0))   # sampling
+
+The prompt [B, P] is run once (prefill) to fill every layer's cache, then one
+token per step is fed back through a jitted `lax.scan`. The cache holds full
+per-head keys and values (for MLA too, not its compressed latent).
+
+Routing at generation time sees only the tokens of the current call, so
+routers that look across tokens (expert choice, Soft MoE, Sinkhorn) are
+refused, and capacity limits would drop different tokens than in training:
+`for_generation` turns a model config dropless.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Optional
+
+import jax
+import jax.numpy as jnp
+
+from moejax.models import TransformerLM
+from moejax.models.config import ModelConfig
+
+NON_CAUSAL_ROUTERS = ("expert_choice", "soft_moe", "sinkhorn")
+
+
+def for_generation(config: ModelConfig) -> ModelConfig:
+  """`config` with its MoE routing made per-token: no capacity (dropless
+  dispatch), one routing group. Raises for routers that mix tokens."""
+  if config.kind != "lm":
+    raise ValueError(f"model.kind={config.kind!r} is invalid for generation: needs 'lm'")
+  moe = config.moe
+  if moe is None or not config.moe_layers:
+    return config
+  if moe.router.name in NON_CAUSAL_ROUTERS:
+    raise ValueError(f"model.moe.router.name={moe.router.name!r} cannot generate: it routes "
+                     "by looking at all tokens of a call, including later ones; causal "
+                     f"routers are {', '.join(('top_k', 'threshold', 'hash', 'sparsemixer'))}")
+  router = dataclasses.replace(moe.router, capacity_factor=None, routing_groups=1)
+  dispatch = "dropless" if moe.dispatch == "gather" else moe.dispatch
+  return dataclasses.replace(config, moe=dataclasses.replace(moe, router=router,
+                                                             dispatch=dispatch))
+
+
+def init_cache(model: TransformerLM, batch: int, max_len: int) -> dict:
+  """An empty cache for `batch` sequences of up to `max_len` tokens."""
+  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0),
+                                             jnp.zeros((batch, max_len), jnp.int32),
+                                             decode=True))["cache"]
+  return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int) -> jax.Array:
+  """Next tokens [B] from logits [B, V]: argmax at temperature 0, else a
+  sample from softmax(logits / temperature), optionally over the top_k only."""
+  if temperature == 0:
+    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  logits = logits / temperature
+  if top_k:
+    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
+    logits = jnp.where(logits < kth, -jnp.inf, logits)
+  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k"))
+def _generate(model, variables, prompt, rng, max_new_tokens, temperature, top_k):
+  batch, prompt_len = prompt.shape
+  cache = init_cache(model, batch, prompt_len + max_new_tokens)
+  (logits, _), state = model.apply({**variables, "cache": cache}, prompt, decode=True,
+                                   mutable=["cache"])
+  keys = jax.random.split(rng, max_new_tokens)
+  first = _pick(logits[:, -1], keys[0], temperature, top_k)
+
+  def step(carry, key):
+    cache, token = carry
+    (logits, _), state = model.apply({**variables, "cache": cache}, token[:, None],
+                                     decode=True, mutable=["cache"])
+    nxt = _pick(logits[:, -1], key, temperature, top_k)
+    return (state["cache"], nxt), nxt
+
+  _, rest = jax.lax.scan(step, (state["cache"], first), keys[1:])
+  return jnp.concatenate([prompt, first[:, None], rest.T.astype(prompt.dtype)], axis=1)
+
+
+def generate(model: TransformerLM, variables: dict, prompt: jax.Array, *,
+             max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
+             rng: Optional[jax.Array] = None) -> jax.Array:
+  """prompt [B, P] ints -> [B, P + max_new_tokens]: the prompt and its continuation.
+
+  temperature 0 = greedy; > 0 samples (needs rng). top_k > 0 samples among
+  the top_k logits only. variables: {'params', optional 'router_state'}.
+  """
+  prompt = jnp.asarray(prompt)
+  if prompt.ndim != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer) or prompt.shape[1] < 1:
+    raise ValueError(f"prompt has shape {prompt.shape} and dtype {prompt.dtype}: needs [batch, "
+                     "length >= 1] integer token ids")
+  vocab = model.config.vocab_size
+  if int(prompt.min()) < 0 or int(prompt.max()) >= vocab:
+    raise ValueError(f"prompt holds token ids outside [0, {vocab}) (model.vocab_size)")
+  if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or (
+      max_new_tokens < 1):
+    raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: must be an integer >= 1")
+  if temperature < 0:
+    raise ValueError(f"temperature={temperature!r} is invalid: must be >= 0 (0 = greedy)")
+  if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= vocab:
+    raise ValueError(f"top_k={top_k!r} is invalid: must be an integer in [0, {vocab}]")
+  if temperature > 0 and rng is None:
+    raise ValueError("temperature > 0 samples: pass rng=jax.random.PRNGKey(...)")
+  model = TransformerLM(for_generation(model.config))
+  variables = {k: v for k, v in variables.items() if k in ("params", "router_state")}
+  rng = jax.random.PRNGKey(0) if rng is None else rng
+  return _generate(model, variables, prompt.astype(jnp.int32), rng, max_new_tokens,
+                   float(temperature), int(top_k))

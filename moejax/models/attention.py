@@ -1,0 +1,178 @@
+"""Self-attention for the Transformer blocks: RoPE, grouped-query attention
+(with optional q/k norms and biases), DeepSeek's multi-head latent attention,
+and a key/value cache for autoregressive decoding.
+
+Decoding: call with `decode=True` and the 'cache' collection mutable. Each
+layer keeps `cache/{cached_key, cached_value}: [B, max_len, kv heads, head width]` and
+`cache/index` (tokens written so far); a call with T new tokens writes them at
+`index`, gives them positions index .. index + T - 1 and attends to every
+cached key up to its own position. `moejax.generate.init_cache` builds the
+empty cache.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from moejax.models.config import ModelConfig
+
+# DeepSeek-V3 normalises its query / key-value latents with this epsilon
+# whatever the model's norm_eps is.
+MLA_LATENT_EPS = 1e-6
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+  """Rotates channel pairs (i, i + H/2) by position-dependent angles (RoPE).
+
+  x: [B, T, N, H] with H even; positions: [B, T] (or [T]). Computed in float32.
+  """
+  half = x.shape[-1] // 2
+  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)           # [H/2]
+  angles = positions[..., None].astype(jnp.float32) * freqs                  # [..., T, H/2]
+  sin, cos = jnp.sin(angles)[..., None, :], jnp.cos(angles)[..., None, :]   # [..., T, 1, H/2]
+  x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+  return out.astype(x.dtype)
+
+
+def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array,
+           k_positions: jax.Array, causal: bool, window: int = 0,
+           scale: Optional[float] = None) -> jax.Array:
+  """Softmax attention with grouped-query heads.
+
+  q: [B, T, N, H]; k: [B, S, K, H]; v: [B, S, K, Hv] with K dividing N (query
+  head n reads key/value head n // (N / K)); q_positions: [T];
+  k_positions: [S]. causal: a query sees keys at positions <= its own;
+  window > 0 also hides keys `window` or more positions back.
+  Scores and softmax in float32. Returns [B, T, N, Hv].
+  """
+  b, t, n, h = q.shape
+  kv = k.shape[2]
+  scale = h ** -0.5 if scale is None else scale
+  q = q.reshape(b, t, kv, n // kv, h)
+  scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+  seen = jnp.ones((t, k.shape[1]), jnp.bool_)
+  gap = q_positions[:, None] - k_positions[None, :]                        # [T, S]
+  if causal:
+    seen = gap >= 0
+  if window:
+    seen = seen & (gap < window)
+  scores = jnp.where(seen, scores, jnp.finfo(jnp.float32).min)
+  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
+  return out.reshape(b, t, n, v.shape[-1])
+
+
+def _norm(cfg: ModelConfig, name: str, eps: Optional[float] = None) -> nn.Module:
+  eps = cfg.norm_eps if eps is None else eps
+  if cfg.norm == "layer":
+    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
+  return nn.RMSNorm(epsilon=eps, name=name)
+
+
+def block_norm(cfg: ModelConfig, name: str) -> nn.Module:
+  """The block / final norm chosen by cfg.norm."""
+  return _norm(cfg, name)
+
+
+class Attention(nn.Module):
+  """Self-attention. x: [B, T, d_model] -> [B, T, d_model].
+
+  causal: mask future positions (LM). With `positions` ([T]), queries and
+  keys get RoPE; with decode=True the positions come from the cache.
+  Multi-/grouped-query attention or MLA by config.attention.
+  """
+
+  config: ModelConfig
+  causal: bool
+
+  @nn.compact
+  def __call__(self, x: jax.Array, positions: Optional[jax.Array] = None, *,
+               decode: bool = False) -> jax.Array:
+    cfg = self.config
+    if decode:
+      index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
+      positions = index.value + jnp.arange(x.shape[1])
+    if cfg.attention == "mla":
+      q, k, v, scale = self._mla_qkv(x, positions)
+    else:
+      q, k, v, scale = self._mha_qkv(x, positions)
+    q_positions = jnp.arange(x.shape[1]) if positions is None else positions
+    k_positions = q_positions
+    if decode:
+      k, v, k_positions = self._update_cache(k, v, index)
+    out = attend(q, k, v, q_positions=q_positions, k_positions=k_positions,
+                 causal=self.causal, window=cfg.attention_window, scale=scale)
+    use_bias = cfg.attention_out_bias
+    return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=use_bias,
+                           dtype=jnp.dtype(cfg.dtype), name="out")(out)
+
+  def _mha_qkv(self, x, positions):
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    proj = lambda heads, name: nn.DenseGeneral((heads, cfg.head_size),
+                                               use_bias=cfg.attention_bias, dtype=dtype,
+                                               name=name)
+    q = proj(cfg.num_heads, "query")(x)          # [B, T, N, H]
+    k = proj(cfg.kv_heads, "key")(x)             # [B, T, K, H]
+    v = proj(cfg.kv_heads, "value")(x)
+    if cfg.qk_norm == "head":
+      q = nn.RMSNorm(epsilon=cfg.norm_eps, name="query_norm")(q)
+      k = nn.RMSNorm(epsilon=cfg.norm_eps, name="key_norm")(k)
+    elif cfg.qk_norm == "full":
+      flat_norm = lambda a, name: nn.RMSNorm(epsilon=cfg.norm_eps, name=name)(
+          a.reshape(*a.shape[:2], -1)).reshape(a.shape)
+      q, k = flat_norm(q, "query_norm"), flat_norm(k, "key_norm")
+    if positions is not None:
+      q = rotary_embedding(q, positions, cfg.rope_theta)
+      k = rotary_embedding(k, positions, cfg.rope_theta)
+    return q, k, v, None
+
+  def _mla_qkv(self, x, positions):
+    """DeepSeek MLA. Queries: [B, T, N, nope + rope]; keys: per-head nope part
+    from the latent plus one RoPE part shared by every head."""
+    cfg = self.config
+    dtype = jnp.dtype(cfg.dtype)
+    nope, rope = cfg.mla_nope_dim, cfg.mla_rope_dim
+    heads = cfg.num_heads
+    if cfg.mla_q_rank:
+      q = nn.Dense(cfg.mla_q_rank, use_bias=cfg.attention_bias, dtype=dtype, name="q_down")(x)
+      q = nn.RMSNorm(epsilon=MLA_LATENT_EPS, name="q_norm")(q)
+      q = nn.DenseGeneral((heads, nope + rope), use_bias=False, dtype=dtype, name="q_up")(q)
+    else:
+      q = nn.DenseGeneral((heads, nope + rope), use_bias=False, dtype=dtype, name="query")(x)
+    kv = nn.Dense(cfg.mla_kv_rank + rope, use_bias=cfg.attention_bias, dtype=dtype,
+                  name="kv_down")(x)
+    latent, k_rope = kv[..., :cfg.mla_kv_rank], kv[..., cfg.mla_kv_rank:]
+    latent = nn.RMSNorm(epsilon=MLA_LATENT_EPS, name="kv_norm")(latent)
+    kv = nn.DenseGeneral((heads, nope + cfg.mla_v_dim), use_bias=False, dtype=dtype,
+                         name="kv_up")(latent)                       # [B, T, N, nope + v]
+    k_nope, v = kv[..., :nope], kv[..., nope:]
+    q_nope, q_rope = q[..., :nope], q[..., nope:]
+    k_rope = k_rope[:, :, None, :]                                   # [B, T, 1, rope]
+    if positions is not None:
+      q_rope = rotary_embedding(q_rope, positions, cfg.rope_theta)
+      k_rope = rotary_embedding(k_rope, positions, cfg.rope_theta)
+    q = jnp.concatenate([q_nope, q_rope], axis=-1)
+    k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rope, (*k_nope.shape[:3], rope))], axis=-1)
+    return q, k, v, (nope + rope) ** -0.5
+
+  def _update_cache(self, k, v, index):
+    """Writes k, v ([B, T, K, H]) at `index`; returns the whole cache and its
+    key positions. The cache length is fixed when it is created."""
+    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
+    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+    if self.is_initializing():
+      return k, v, jnp.arange(k.shape[1])
+    start = index.value
+    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype),
+                                                  (0, start, 0, 0))
+    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype),
+                                                  (0, start, 0, 0))
+    index.value = start + k.shape[1]
+    # Unwritten slots sit at positions past every query, so the causal mask hides them.
+    return cached_k.value, cached_v.value, jnp.arange(cached_k.value.shape[1])

@@ -1,0 +1,174 @@
+"""HuggingFace import / export: logit parity with transformers for every
+family, router choices, both expert layouts, sharded checkpoints, and one-line
+errors for checkpoints that cannot be converted."""
+
+import json
+import os
+import shutil
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import save_file
+from transformers import AutoModelForCausalLM
+
+from hf_models import MOE_FAMILIES, VOCAB, hf_logits, hf_router_choices, tiny_hf_model
+from moejax.convert import (CheckpointFormatError, CheckpointMismatchError,
+                            UnsupportedModelError, load_hf, read_safetensors, write_safetensors)
+from moejax.convert.hf_export import save_hf
+from moejax.models import TransformerLM
+from moejax.moe import Router
+
+IDS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 13))
+
+
+def _our_logits(model, ids=IDS):
+  logits, _ = TransformerLM(model.config).apply(model.variables, jnp.asarray(ids))
+  return np.asarray(logits)
+
+
+def _our_router_choices(model, ids=IDS):
+  _, state = TransformerLM(model.config).apply(
+      model.variables, jnp.asarray(ids),
+      capture_intermediates=lambda mdl, _: isinstance(mdl, Router), mutable=["intermediates"])
+  found = {}
+  for block, tree in state.get("intermediates", {}).items():
+    out = tree["moe"]["router"]["__call__"][0]
+    found[int(block.split("_")[1])] = np.sort(np.asarray(out.routing.expert_index), axis=-1)
+  return found
+
+
+@pytest.fixture(scope="module")
+def saved(tmp_path_factory):
+  """{family: (torch model, folder)} saved with save_pretrained (safetensors)."""
+  root = tmp_path_factory.mktemp("hf")
+  out = {}
+  for family in MOE_FAMILIES + ["llama"]:
+    model = tiny_hf_model(family)
+    model.save_pretrained(root / family)
+    out[family] = (model, str(root / family))
+  return out
+
+
+@pytest.mark.parametrize("family", MOE_FAMILIES + ["llama"])
+def test_import_matches_transformers_logits_and_router_choices(saved, family):
+  torch_model, folder = saved[family]
+  model = load_hf(folder)
+  ref = hf_logits(torch_model, IDS)
+  assert np.abs(ref).max() > 1.0  # logits big enough that a wrong mapping shows
+  np.testing.assert_allclose(_our_logits(model), ref, atol=1e-4, rtol=0)
+  ours, theirs = _our_router_choices(model), hf_router_choices(torch_model, IDS)
+  assert sorted(ours) == sorted(theirs) == list(model.config.moe_layers)
+  for layer in theirs:
+    np.testing.assert_array_equal(ours[layer], theirs[layer], err_msg=f"layer {layer}")
+
+
+def test_family_specifics_reach_the_config(saved):
+  qwen3 = load_hf(saved["qwen3_moe"][1]).config
+  assert qwen3.moe_layers == (0, 2) and qwen3.qk_norm == "head" and qwen3.head_size == 16
+  ds = load_hf(saved["deepseek_v3"][1]).config
+  assert ds.attention == "mla" and ds.first_dense_layers == 1
+  r = ds.moe.router
+  assert (r.score_fn, r.num_expert_groups, r.top_k_groups, r.routed_scaling_factor) == (
+      "sigmoid", 4, 2, 2.5) and r.use_expert_bias
+  assert load_hf(saved["phimoe"][1]).config.moe.router.name == "sparsemixer"
+
+
+@pytest.mark.parametrize("family", ["mixtral", "qwen2_moe", "deepseek_v3"])
+def test_fused_expert_layout_imports_the_same(saved, family, tmp_path):
+  """transformers 5 keeps experts fused in memory (gate_up_proj / down_proj);
+  a checkpoint saved that way imports to the same model."""
+  torch_model, folder = saved[family]
+  state = {k: v.contiguous() for k, v in torch_model.state_dict().items()}
+  assert any(k.endswith("experts.gate_up_proj") for k in state)
+  shutil.copy(os.path.join(folder, "config.json"), tmp_path / "config.json")
+  save_file(state, str(tmp_path / "model.safetensors"))
+  fused, per_expert = load_hf(str(tmp_path)), load_hf(folder)
+  for a, b in zip(jax.tree.leaves(fused.variables), jax.tree.leaves(per_expert.variables)):
+    np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v3", "phimoe", "qwen2_moe"])
+@pytest.mark.parametrize("layout", ["per_expert", "fused"])
+def test_export_round_trip_through_transformers(saved, family, layout, tmp_path):
+  """Export (sharded, both layouts) loads in transformers with the original
+  logits, and re-imports to identical variables."""
+  torch_model, folder = saved[family]
+  model = load_hf(folder)
+  out = str(tmp_path / "exported")
+  save_hf(out, model.config, model.variables, family, base=model.hf_config, layout=layout,
+          max_shard_bytes=16_000)
+  assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))
+  reloaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+  np.testing.assert_allclose(hf_logits(reloaded, IDS), hf_logits(torch_model, IDS),
+                             atol=1e-5, rtol=0)
+  again = load_hf(out)
+  for a, b in zip(jax.tree.leaves(again.variables), jax.tree.leaves(model.variables)):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_export_refuses_what_the_family_cannot_express(saved, tmp_path):
+  model = load_hf(saved["qwen3_moe"][1])
+  # Qwen3-MoE's per-head q/k norms and its dense block: no Mixtral has them.
+  with pytest.raises(UnsupportedModelError, match=r"^model\.\S+=\S+ cannot be exported as "
+                                                  r"mixtral: that family gives"):
+    save_hf(str(tmp_path / "x"), model.config, model.variables, "mixtral")
+  assert not os.path.exists(tmp_path / "x")
+
+
+def _copy_without(folder, dst, drop=None, config_update=None):
+  shutil.copytree(folder, dst)
+  if drop:
+    tensors = {k: np.asarray(v) for k, v in read_safetensors(f"{folder}/model.safetensors").items()
+               if k != drop}
+    write_safetensors(f"{dst}/model.safetensors", tensors)
+  if config_update:
+    with open(f"{dst}/config.json") as f:
+      config = json.load(f)
+    config.update(config_update)
+    with open(f"{dst}/config.json", "w") as f:
+      json.dump(config, f)
+  return str(dst)
+
+
+def test_bad_checkpoints_fail_with_one_clear_line(saved, tmp_path):
+  folder = saved["mixtral"][1]
+  name = "model.layers.1.block_sparse_moe.experts.3.w2.weight"
+  with pytest.raises(CheckpointMismatchError, match=f"no tensor '{name}'"):
+    load_hf(_copy_without(folder, tmp_path / "missing", drop=name))
+  with pytest.raises(UnsupportedModelError, match="model_type='gpt2' is not supported"):
+    load_hf(_copy_without(folder, tmp_path / "unknown", config_update={"model_type": "gpt2"}))
+  with pytest.raises(CheckpointMismatchError,
+                     match=r"'model.layers.0.self_attn.q_proj.weight' has shape \(32, 32\); "
+                           r"config.json implies \(24, 32\)"):
+    load_hf(_copy_without(folder, tmp_path / "shape", config_update={"head_dim": 6}))
+  with pytest.raises(UnsupportedModelError, match="rope_type='yarn'"):
+    load_hf(_copy_without(folder, tmp_path / "rope", config_update={
+        "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}))
+  pickled = tmp_path / "pickled"
+  pickled.mkdir()
+  shutil.copy(f"{folder}/config.json", pickled / "config.json")
+  torch.save({"w": torch.zeros(2)}, pickled / "pytorch_model.bin")
+  with pytest.raises(CheckpointFormatError, match=r"pytorch_model\.bin .*safetensors only.*"
+                                                  r"save_pretrained"):
+    load_hf(str(pickled))
+  with pytest.raises(CheckpointFormatError, match="PyTorch pickle checkpoint"):
+    read_safetensors(str(pickled / "pytorch_model.bin"))
+  for err in (CheckpointFormatError, CheckpointMismatchError, UnsupportedModelError):
+    assert issubclass(err, ValueError)
+
+
+def test_safetensors_writer_is_read_by_the_reference_library(tmp_path):
+  from safetensors.numpy import load_file
+  import ml_dtypes
+  tensors = {"a": np.arange(6, dtype=np.float32).reshape(2, 3),
+             "b": np.array([1.5, -2], dtype=ml_dtypes.bfloat16), "c": np.array([3], np.int64)}
+  write_safetensors(str(tmp_path / "t.safetensors"), tensors)
+  theirs = load_file(str(tmp_path / "t.safetensors"))
+  ours = read_safetensors(str(tmp_path / "t.safetensors"))
+  for key, value in tensors.items():
+    np.testing.assert_array_equal(np.asarray(ours[key]), value)
+    if key != "b":  # safetensors.numpy has no bfloat16
+      np.testing.assert_array_equal(theirs[key], value)
