@@ -22,6 +22,9 @@ ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
 GMM_BACKENDS = ("auto", "blocked", "ragged_dot", "einsum", "pallas")
 # Routers whose Routing is a sparse list of (token, expert) assignments; the
 # others (Soft MoE) produce dense dispatch/combine weights.
+# Routers whose choice for a token depends on other tokens of the call (later
+# ones included): not causal, so they cannot generate token by token.
+NON_CAUSAL_ROUTERS = ("expert_choice", "soft_moe", "sinkhorn")
 SPARSE_ROUTERS = ("top_k", "expert_choice", "sinkhorn", "hash", "threshold", "sparsemixer")
 
 

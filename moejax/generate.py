@@ -23,10 +23,9 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
+from moejax.config import NON_CAUSAL_ROUTERS
 from moejax.models import TransformerLM
 from moejax.models.config import ModelConfig
-
-NON_CAUSAL_ROUTERS = ("expert_choice", "soft_moe", "sinkhorn")
 
 
 def for_generation(config: ModelConfig) -> ModelConfig:

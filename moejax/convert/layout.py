@@ -52,9 +52,6 @@ class Experts:
   path: Path
 
 
-Entry = object  # Linear | Vector | Experts
-
-
 def rope_deinterleave(nope: int, rope: int) -> Tuple[int, ...]:
   """Channel order that turns DeepSeek's interleaved RoPE pairs (0,1), (2,3)
   into moejax's split halves: nope channels, then even, then odd rope ones."""
@@ -160,17 +157,6 @@ def tensor_plan(cfg: ModelConfig, model_type: str, hf: dict) -> List:
   if cfg.unembed_bias:
     entries.append(Vector(("lm_head.bias",), ("params", "unembed", "bias")))
   return entries
-
-
-def linear_to_ours(weight: np.ndarray, shape: Tuple[int, ...], in_axes: int) -> np.ndarray:
-  """torch Linear [out, in] -> a Flax kernel of `shape`."""
-  return np.asarray(weight).T.reshape(shape)
-
-
-def linear_to_hf(kernel: np.ndarray, in_axes: int) -> np.ndarray:
-  """A Flax kernel -> torch Linear [out, in]."""
-  kernel = np.asarray(kernel)
-  return kernel.reshape(int(np.prod(kernel.shape[:in_axes])), -1).T
 
 
 def hf_linear_shape(shape: Tuple[int, ...], in_axes: int) -> Tuple[int, int]:

@@ -67,16 +67,11 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array,
   return out.reshape(b, t, n, v.shape[-1])
 
 
-def _norm(cfg: ModelConfig, name: str, eps: Optional[float] = None) -> nn.Module:
-  eps = cfg.norm_eps if eps is None else eps
-  if cfg.norm == "layer":
-    return nn.LayerNorm(epsilon=eps, use_fast_variance=False, name=name)
-  return nn.RMSNorm(epsilon=eps, name=name)
-
-
 def block_norm(cfg: ModelConfig, name: str) -> nn.Module:
   """The block / final norm chosen by cfg.norm."""
-  return _norm(cfg, name)
+  if cfg.norm == "layer":
+    return nn.LayerNorm(epsilon=cfg.norm_eps, use_fast_variance=False, name=name)
+  return nn.RMSNorm(epsilon=cfg.norm_eps, name=name)
 
 
 class Attention(nn.Module):

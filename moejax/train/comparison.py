@@ -16,6 +16,7 @@ from typing import Dict, List
 import jax
 import numpy as np
 
+from moejax.config import NON_CAUSAL_ROUTERS
 from moejax.models import build_model
 from moejax.train.config import experiment_from_config
 from moejax.train.loop import train_and_evaluate
@@ -24,7 +25,6 @@ from moejax.train.writers import read_metrics
 
 # Routers whose choice for a token depends on the other tokens of the batch
 # (future positions included): in a causal LM their loss is not comparable.
-NON_CAUSAL_ROUTERS = ("expert_choice", "soft_moe", "sinkhorn")
 
 
 def load_config_file(path: str):
