@@ -27,14 +27,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import sys
 
 import jax
 import jax.numpy as jnp
 from absl import flags
 
 from moejax import DenseFFNLayer, MoEConfig, MoELayer, RouterConfig
-from moejax.cli import run
+from moejax.cli import fail, run
 from moejax.grouped_matmul import BACKENDS, resolve_backend
 from kernel_rows import kernel_rows
 from timing import round_robin_ms
@@ -62,11 +61,16 @@ VARIANTS = {
 MAX_ONE_HOT = 2e8
 
 _PRESET = flags.DEFINE_enum("preset", "default", list(PRESETS), "Shape preset.")
-_TOKENS = flags.DEFINE_integer("tokens", None, "Tokens per step (overrides the preset).")
-_D_MODEL = flags.DEFINE_integer("d_model", None, "Model width (overrides the preset).")
-_D_FF = flags.DEFINE_integer("d_ff", None, "Expert hidden width (overrides the preset).")
-_EXPERTS = flags.DEFINE_integer("experts", None, "Routed experts (overrides the preset).")
-_TOP_K = flags.DEFINE_integer("top_k", None, "Experts per token (overrides the preset).")
+_TOKENS = flags.DEFINE_integer("tokens", None, "Tokens per step (overrides the preset).",
+                                lower_bound=1)
+_D_MODEL = flags.DEFINE_integer("d_model", None, "Model width (overrides the preset).",
+                                 lower_bound=1)
+_D_FF = flags.DEFINE_integer("d_ff", None, "Expert hidden width (overrides the preset).",
+                              lower_bound=1)
+_EXPERTS = flags.DEFINE_integer("experts", None, "Routed experts (overrides the preset).",
+                                 lower_bound=1)
+_TOP_K = flags.DEFINE_integer("top_k", None, "Experts per token (overrides the preset).",
+                               lower_bound=1)
 _CAPACITY = flags.DEFINE_float("capacity_factor", 1.25, "Capacity factor of capacity variants.")
 _ACTIVATION = flags.DEFINE_enum("activation", "gelu", ["relu", "gelu", "silu", "swiglu", "geglu"],
                                 "Expert and dense FFN activation.")
@@ -76,12 +80,13 @@ _VARIANTS = flags.DEFINE_list("variants", "einsum,gather,dropless_blocked,drople
 _SHAPE_BOUND = flags.DEFINE_bool(
     "shape_bound", True, "Also time tokens*top_k rows through one d_ff-wide dense FFN: the "
     "experts' matmul shapes with no routing, a floor for the MoE rows.")
-_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per pass (median reported).")
-_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.")
+_REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per pass (median reported).",
+                                 lower_bound=1)
+_WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.", lower_bound=0)
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the rows as JSON here.")
 _EXPERT_PARALLEL = flags.DEFINE_integer(
     "expert_parallel", 0, "N > 1: time the layer expert-parallel over N devices vs one device "
-    "(on CPU, N fake devices are created). 0 = the dispatch comparison.")
+    "(on CPU, N fake devices are created). 0 = the dispatch comparison.", lower_bound=0)
 _KERNELS = flags.DEFINE_bool(
     "kernels", False, "Time the grouped matmul alone (forward, forward + backward) per "
     "--kernel_backends against a dense matmul of equal FLOPs, instead of the MoE layer.")
@@ -91,7 +96,7 @@ _KERNEL_BACKENDS = flags.DEFINE_list(
     "(on CPU without pallas: it runs in interpret mode there, not a kernel timing).")
 _BLOCK_SIZE = flags.DEFINE_integer(
     "gmm_block_size", 128, "Row block of the 'blocked' and 'pallas' backends "
-    "(MoEConfig.gmm_block_size; a power of two >= 16 for pallas).")
+    "(MoEConfig.gmm_block_size; a power of two >= 16 for pallas).", lower_bound=1)
 EP_VARIANTS = ("gather", "dropless_blocked")
 
 
@@ -132,9 +137,9 @@ def _expert_parallel_rows(base: MoEConfig, shape, x, common, n: int):
   and on an n-way expert mesh."""
   from moejax.parallel import MeshConfig, make_mesh
   if jax.device_count() < n:
-    sys.exit(f"error: --expert_parallel={n} is invalid: only {jax.device_count()} devices")
+    fail(2, f"--expert_parallel={n} is invalid: only {jax.device_count()} devices")
   if shape["experts"] % n or shape["tokens"] % n:
-    sys.exit(f"error: --expert_parallel={n} is invalid: it must divide experts="
+    fail(2, f"--expert_parallel={n} is invalid: it must divide experts="
              f"{shape['experts']} and tokens={shape['tokens']}")
   mesh = make_mesh(MeshConfig(data=1, expert=n), jax.devices()[:n])
   one = jax.devices()[0]
@@ -183,7 +188,7 @@ def main(argv):
       shape[key] = flag.value
   unknown = [v for v in _VARIANTS.value if v not in VARIANTS]
   if unknown:
-    sys.exit(f"error: --variants={unknown[0]!r} is invalid: valid values are "
+    fail(2, f"--variants={unknown[0]!r} is invalid: valid values are "
              + ", ".join(VARIANTS))
   kernel_backends = _KERNEL_BACKENDS.value
   if kernel_backends is None:
@@ -191,7 +196,7 @@ def main(argv):
                                                    else [])
   bad = [b for b in kernel_backends if b not in BACKENDS or b == "auto"]
   if bad:
-    sys.exit(f"error: --kernel_backends={bad[0]!r} is invalid: valid values are "
+    fail(2, f"--kernel_backends={bad[0]!r} is invalid: valid values are "
              + ", ".join(b for b in BACKENDS if b != "auto"))
   try:
     base = MoEConfig(router=RouterConfig(num_experts=shape["experts"], top_k=shape["top_k"],
@@ -203,7 +208,7 @@ def main(argv):
     if "dropless_pallas" in _VARIANTS.value or "pallas" in kernel_backends:
       MoEConfig(gmm_backend="pallas", gmm_block_size=_BLOCK_SIZE.value)
   except ValueError as err:
-    sys.exit(f"error: {err}")
+    fail(2, f"{err}")
   x = jax.random.normal(jax.random.key(1), (shape["tokens"], shape["d_model"]),
                         jnp.dtype(_DTYPE.value))
   device = jax.devices()[0]

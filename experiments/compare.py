@@ -13,11 +13,10 @@ drop fraction (MoE only). For routers, see router_zoo.py.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import flags
 
-from moejax.cli import require_workdir, run
+from moejax.cli import fail, require_workdir, run
 
 _CONFIGS = flags.DEFINE_list("configs", ["configs/lm_tiny.py", "configs/lm_tiny_dense.py"],
                              "Config files to train and compare.")
@@ -41,15 +40,15 @@ def main(argv):
       for assignment in _SET.value:
         apply_override(config, assignment)
     except ValueError as err:
-      sys.exit(f"error: --configs: {err}" if "does not exist" in str(err) else f"error: {err}")
+      fail(2, f"--configs: {err}" if "does not exist" in str(err) else str(err))
     workdir = os.path.join(_WORKDIR.value, name)
     print(f"\n=== {name} ({path}) -> {workdir}", flush=True)
     try:
       rows.append(train_row(name, config, workdir))
     except ValueError as err:
-      sys.exit(f"error: {path}: config.{err}")
+      fail(2, f"{path}: config.{err}")
     except (DataError, CheckpointError, TrainingError) as err:
-      sys.exit(f"error: {name}: {err}")
+      fail(1, f"{name}: {err}")
   table = write_results(rows, _WORKDIR.value)
   print("\n" + table)
   print(f"\nwrote {_WORKDIR.value}/results.md and results.json")

@@ -18,11 +18,10 @@ Exit codes: 0 done; 1 the model cannot be converted; 2 bad flags. Errors are one
 
 from __future__ import annotations
 
-import sys
 
 from absl import flags
 
-from moejax.cli import run
+from moejax.cli import fail, run
 
 MODES = ("import", "export", "upcycle")
 _MODE = flags.DEFINE_enum("mode", None, MODES, "import: HF -> moejax folder; export: moejax "
@@ -49,10 +48,6 @@ _MOE_EVERY = flags.DEFINE_integer("moe_every", 1, "(upcycle) every n-th block be
 _SEED = flags.DEFINE_integer("seed", 0, "(upcycle) seed of the router and the noise.")
 
 
-def _fail(code: int, message: str):
-  sys.stderr.write(f"error: {message}\n")
-  sys.exit(code)
-
 
 def _count(variables) -> int:
   import jax
@@ -61,13 +56,13 @@ def _count(variables) -> int:
 
 def main(argv):
   if len(argv) > 1:
-    _fail(2, f"unexpected arguments {argv[1:]}")
+    fail(2, f"unexpected arguments {argv[1:]}")
   for flag, value in (("mode", _MODE.value), ("src", _SRC.value), ("out", _OUT.value)):
     if not value:
-      _fail(2, f"--{flag} is required")
+      fail(2, f"--{flag} is required")
   import os
   if os.path.exists(_OUT.value):
-    _fail(2, f"--out={_OUT.value} exists; choose a new folder")
+    fail(2, f"--out={_OUT.value} exists; choose a new folder")
   import numpy as np
   import ml_dtypes
   import jax
@@ -86,7 +81,7 @@ def main(argv):
     elif _MODE.value == "export":
       model_type = _MODEL_TYPE.value or (hf or {}).get("model_type")
       if not model_type:
-        _fail(2, "--model_type is required (the source was not imported from HF)")
+        fail(2, "--model_type is required (the source was not imported from HF)")
       dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16,
                "float16": np.float16}[_DTYPE.value]
       save_hf(_OUT.value, config, variables, model_type, base=hf, layout=_LAYOUT.value,
@@ -107,7 +102,7 @@ def main(argv):
             f"(d_ff {moe.d_ff}, top-{_TOP_K.value}), {_count(variables):,} parameters -> "
             f"{_OUT.value}")
   except (ValueError, FileNotFoundError, FileExistsError) as err:
-    _fail(1, str(err).splitlines()[0])
+    fail(1, str(err).splitlines()[0])
 
 
 if __name__ == "__main__":

@@ -14,36 +14,34 @@ Exit codes: 0 done; 1 the model cannot generate; 2 bad flags. Errors are one lin
 
 from __future__ import annotations
 
-import sys
 
 from absl import flags
 
-from moejax.cli import run
+from moejax.cli import fail, run
 
 _MODEL = flags.DEFINE_string("model", None, "Training workdir, moejax model folder or HF folder.")
 _PROMPT = flags.DEFINE_string("prompt", None, "Prompt text (byte-level models, vocab 256).")
 _PROMPT_IDS = flags.DEFINE_list("prompt_ids", None, "Prompt token ids, comma-separated.")
-_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 100, "Tokens to generate per sample.")
-_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy; > 0 samples.")
-_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the top_k logits only (0 = all).")
+_MAX_NEW = flags.DEFINE_integer("max_new_tokens", 100, "Tokens to generate per sample.",
+                                lower_bound=1)
+_TEMPERATURE = flags.DEFINE_float("temperature", 0.0, "0 = greedy; > 0 samples.",
+                                  lower_bound=0.0)
+_TOP_K = flags.DEFINE_integer("top_k", 0, "Sample among the top_k logits only (0 = all).",
+                              lower_bound=0)
 _NUM_SAMPLES = flags.DEFINE_integer("num_samples", 1, "Continuations of the prompt.")
 _SEED = flags.DEFINE_integer("seed", 0, "Sampling seed.")
 
 
-def _fail(code: int, message: str):
-  sys.stderr.write(f"error: {message}\n")
-  sys.exit(code)
-
 
 def main(argv):
   if len(argv) > 1:
-    _fail(2, f"unexpected arguments {argv[1:]}")
+    fail(2, f"unexpected arguments {argv[1:]}")
   if not _MODEL.value:
-    _fail(2, "--model is required")
+    fail(2, "--model is required")
   if (_PROMPT.value is None) == (_PROMPT_IDS.value is None):
-    _fail(2, "give exactly one of --prompt (text) and --prompt_ids")
+    fail(2, "give exactly one of --prompt (text) and --prompt_ids")
   if _NUM_SAMPLES.value < 1:
-    _fail(2, f"--num_samples={_NUM_SAMPLES.value} is invalid: must be >= 1")
+    fail(2, f"--num_samples={_NUM_SAMPLES.value} is invalid: must be >= 1")
   import jax
   import numpy as np
   from moejax.convert.sources import load_any
@@ -54,22 +52,26 @@ def main(argv):
     byte_level = config.vocab_size == 256
     if _PROMPT.value is not None:
       if not byte_level:
-        _fail(2, f"--prompt is text for byte-level models; this one has vocab_size="
+        fail(2, f"--prompt is text for byte-level models; this one has vocab_size="
               f"{config.vocab_size}: use --prompt_ids")
       ids = list(_PROMPT.value.encode("utf-8"))
     else:
       try:
         ids = [int(t) for t in _PROMPT_IDS.value]
       except ValueError:
-        _fail(2, f"--prompt_ids={','.join(_PROMPT_IDS.value)} is invalid: integers please")
+        fail(2, f"--prompt_ids={','.join(_PROMPT_IDS.value)} is invalid: integers please")
+      bad = [i for i in ids if not 0 <= i < config.vocab_size]
+      if bad:
+        fail(2, f"--prompt_ids holds {bad[0]}: token ids must be in [0, {config.vocab_size}) "
+                "(the model's vocab_size)")
     if not ids:
-      _fail(2, "the prompt is empty")
+      fail(2, "the prompt is empty")
     prompt = np.tile(np.asarray(ids, np.int32), (_NUM_SAMPLES.value, 1))
     out = generate(TransformerLM(config), variables, prompt, max_new_tokens=_MAX_NEW.value,
                    temperature=_TEMPERATURE.value, top_k=_TOP_K.value,
                    rng=jax.random.PRNGKey(_SEED.value))
   except (ValueError, FileNotFoundError) as err:
-    _fail(1, str(err).splitlines()[0])
+    fail(1, str(err).splitlines()[0])
   for i, row in enumerate(np.asarray(out)):
     new = row[len(ids):]
     shown = bytes(new.astype(np.uint8).tolist()).decode("utf-8", "replace") if byte_level \

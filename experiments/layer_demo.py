@@ -13,7 +13,6 @@ dispatch strategy gives the same output on the trained layer.
 from __future__ import annotations
 
 import dataclasses
-import sys
 import time
 
 import jax
@@ -22,7 +21,7 @@ import numpy as np
 import optax
 
 from moejax import DenseFFNLayer, MoELayer
-from moejax.cli import config_value, define_config, run
+from moejax.cli import config_value, define_config, fail, run
 from moejax.config import MoEConfig, RouterConfig, moe_config_from_mapping
 
 _CONFIG = define_config("configs/layer_demo.py", "ml_collections config file (see configs/).")
@@ -83,7 +82,7 @@ def main(argv):
   try:
     moe_cfg = moe_config_from_mapping(config.moe.to_dict())
   except ValueError as err:
-    sys.exit(f"error: config.moe.{err}")
+    fail(2, f"config.moe.{err}")
   key = jax.random.key(config.seed)
   teacher = _teacher(config, jax.random.fold_in(key, 1))
   r = moe_cfg.router

@@ -15,11 +15,10 @@ tokens of the batch, future ones included, so their LM loss is optimistic.
 from __future__ import annotations
 
 import os
-import sys
 
 from absl import flags
 
-from moejax.cli import require_workdir, run
+from moejax.cli import fail, require_workdir, run
 from moejax.train.router_zoo import ZOO
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs (required).")
@@ -44,7 +43,7 @@ def main(argv):
       except ValueError as err:
         raise ValueError(f"{name}: config.{err}") from None
   except ValueError as err:
-    sys.exit(f"error: {err}")
+    fail(2, str(err))
   rows = []
   for name, config in runs:
     workdir = os.path.join(_WORKDIR.value, name)
@@ -52,7 +51,7 @@ def main(argv):
     try:
       rows.append(train_row(name, config, workdir))
     except (DataError, CheckpointError, TrainingError) as err:
-      sys.exit(f"error: {name}: {err}")
+      fail(1, f"{name}: {err}")
   table = write_results(rows, _WORKDIR.value)
   plot_zoo(rows, os.path.join(_WORKDIR.value, "routers.png"))
   print("\n" + table)

@@ -19,11 +19,10 @@ Exit codes: 0 done or stopped cleanly; 1 data/checkpoint/training error;
 
 from __future__ import annotations
 
-import sys
 
 from absl import flags
 
-from moejax.cli import config_value, define_config, run
+from moejax.cli import config_value, define_config, fail, run
 
 _CONFIG = define_config("configs/lm_tiny.py", "ml_collections config file (see configs/).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots; "
@@ -38,37 +37,34 @@ _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process's id in [0,
                                    "(with --coordinator_address).")
 
 
-def _fail(code: int, message: str):
-  sys.stderr.write(f"error: {message}\n")
-  sys.exit(code)
-
 
 def main(argv):
   if len(argv) > 1:
-    _fail(2, f"unexpected arguments {argv[1:]}; use --config.x=y to override config fields")
+    fail(2, f"unexpected arguments {argv[1:]}; use --config.x=y to override config fields")
   config = config_value(_CONFIG)
   if not _WORKDIR.value:
-    _fail(2, "--workdir is required (a directory for checkpoints, metrics and plots)")
+    fail(2, "--workdir is required (a directory for checkpoints, metrics and plots)")
   explicit = (_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
   if _MULTIHOST.value or any(v is not None for v in explicit):
     from moejax.parallel import initialize
     try:
       initialize(*explicit)
     except ValueError as err:
-      _fail(2, f"--{err}")
+      fail(2, f"--{err}")
   # Heavy imports after flag parsing, so --help and bad flags answer at once.
   from moejax.data import DataError
   from moejax.train import (CheckpointError, TrainingError, check_on_devices,
                             experiment_from_config, train_and_evaluate)
+  from moejax.train.guarantees import WorkdirError
   try:
     exp = experiment_from_config(config)
     check_on_devices(exp)
   except ValueError as err:
-    _fail(2, f"config.{err}")
+    fail(2, f"config.{err}")
   try:
     summary = train_and_evaluate(exp, _WORKDIR.value)
-  except (DataError, CheckpointError, TrainingError) as err:
-    _fail(1, str(err))
+  except (DataError, CheckpointError, TrainingError, WorkdirError) as err:
+    fail(1, str(err))
   from moejax.train.report import print_summary
   print_summary(summary, _WORKDIR.value)
 

@@ -1,8 +1,15 @@
-"""Shared entry point for the absl binaries in experiments/."""
+"""Shared entry point for the absl binaries in experiments/: flag parsing,
+config loading, and the one error path (`fail`): every error a binary
+reports is one line on stderr, `error: ...`, with exit code 1 (data, IO,
+checkpoints, training) or 2 (bad flags or config). Anything unexpected is
+caught by `run` and reported the same way; --verbosity=1 shows the traceback.
+"""
 
 from __future__ import annotations
 
 import logging
+import math
+import os
 import re
 import sys
 from typing import Callable, NoReturn
@@ -18,11 +25,65 @@ _NONE_OVERRIDE = re.compile(r"^--config\.([A-Za-z_][\w.]*)=(None|none)$")
 _none_overrides: list = []
 
 
+def fail(code: int, message: str) -> NoReturn:
+  """Reports `message` as one line and exits with `code`. Exits at once
+  (os._exit): background writers (orbax, tensorstore) that were interrupted
+  would otherwise print their tracebacks while the interpreter shuts down."""
+  sys.stdout.flush()
+  sys.stderr.write(f"error: {message}\n")
+  sys.stderr.flush()
+  os._exit(code)
+
+
 def _die(err: Exception) -> NoReturn:
   text = str(err).strip().strip('"')
   message = text.splitlines()[0] if text else type(err).__name__
-  sys.stderr.write(f"error: bad flag or config override: {message}\n")
-  sys.exit(2)
+  fail(2, f"bad flag or config override: {message}")
+
+
+def _verbose() -> bool:
+  return flags.FLAGS["verbosity"].present and flags.FLAGS.verbosity >= 1
+
+
+class _QuietBackgroundErrors(logging.Filter):
+  """Drops orbax's and asyncio's own reports of a failed background write:
+  the binary reports the same failure itself, in one line."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return not (record.levelno >= logging.ERROR and (
+        "orbax" in record.pathname or record.name == "asyncio"))
+
+
+def _quiet_excepthook(exc_type, exc, tb) -> None:
+  """tensorstore's write callbacks print 'Event loop is closed' once per
+  pending write when orbax's background save fails; the failure itself is
+  reported by the binary."""
+  if exc_type is RuntimeError and str(exc) == "Event loop is closed":
+    return
+  sys.__excepthook__(exc_type, exc, tb)
+
+
+def _ignore_calls_into_closed_loops() -> None:
+  """Makes call_soon_threadsafe on a closed asyncio loop a no-op. Some of
+  tensorstore's callbacks (see _quiet_excepthook) print their error from C++
+  without going through sys.excepthook; the call they make has nothing left
+  to do once orbax has closed its loop after a failed save."""
+  import asyncio
+  original = asyncio.BaseEventLoop.call_soon_threadsafe
+
+  def call_soon_threadsafe(loop, *args, **kwargs):
+    if loop.is_closed():
+      return None
+    return original(loop, *args, **kwargs)
+  asyncio.BaseEventLoop.call_soon_threadsafe = call_soon_threadsafe
+
+
+def _check_float_flags() -> None:
+  """NaN and infinity are invalid for every float flag."""
+  for name in flags.FLAGS:
+    value = flags.FLAGS[name].value
+    if isinstance(value, float) and not math.isfinite(value):
+      fail(2, f"--{name}={value} is invalid: must be a finite number")
 
 
 def define_config(default_path: str, help_text: str = "ml_collections config file."):
@@ -53,25 +114,49 @@ def run(main: Callable) -> None:
     remaining = flags.FLAGS(argv)
   except Exception as err:
     _die(err)
+  _check_float_flags()
   if not flags.FLAGS["verbosity"].present:
     # orbax and TFDS log every file they write at INFO; --verbosity=0 brings it back.
     absl_logging.set_verbosity(absl_logging.WARNING)
+  if not _verbose():
+    quiet = _QuietBackgroundErrors()
+    absl_logging.get_absl_handler().addFilter(quiet)
+    logging.getLogger("asyncio").addFilter(quiet)
+    logging.getLogger().addFilter(quiet)
+    sys.excepthook = _quiet_excepthook
+    _ignore_calls_into_closed_loops()
   # Parse once: a second parse (app.run's own) re-registers the --config.x
   # override flags of a non-default --config file and fails.
-  app.run(main, flags_parser=lambda argv: remaining)
+  app.run(lambda argv: _guarded(main, argv), flags_parser=lambda argv: remaining)
+
+
+def _guarded(main: Callable, argv) -> None:
+  """main(argv), with any exception it lets through turned into one line."""
+  try:
+    main(argv)
+  except Exception as err:
+    if _verbose():
+      raise
+    text = " ".join(str(err).split()) or "(no message)"
+    fail(1, f"{type(err).__name__}: {text[:500]} (rerun with --verbosity=1 for the traceback)")
+  finally:
+    sys.stdout.flush()
 
 
 def config_value(config_flag):
   """The parsed config, with `--config.x=None` overrides applied; a config
-  file that fails to load, or an unknown field, is one line (exit 2)."""
+  file that fails to load, returns no ConfigDict, or names an unknown field,
+  is one line (exit 2)."""
   try:
     value = config_flag.value
     value.keys()  # a file that failed to load is a proxy that raises on first use
-  except (OSError, ImportError, SyntaxError) as err:
+  except (OSError, ImportError, SyntaxError, AttributeError, TypeError) as err:
     lines = [l.strip() for l in str(err).splitlines() if l.strip()]
     detail = lines[-1] if lines else type(err).__name__
-    sys.stderr.write(f"error: --config could not be loaded: {detail}\n")
-    sys.exit(2)
+    fail(2, f"--config could not be loaded: {detail}")
+  if not hasattr(value, "to_dict"):
+    fail(2, f"--config: get_config() returned a {type(value).__name__}; it must return an "
+            "ml_collections.ConfigDict")
   for path in _none_overrides:
     *parents, leaf = path.split(".")
     node = value
@@ -87,6 +172,6 @@ def config_value(config_flag):
 def require_workdir(argv, workdir: str) -> None:
   """One-line exits for stray positional arguments and a missing --workdir."""
   if len(argv) > 1:
-    sys.exit(f"error: unexpected arguments {argv[1:]}")
+    fail(2, f"unexpected arguments {argv[1:]}")
   if not workdir:
-    sys.exit("error: --workdir is required")
+    fail(2, "--workdir is required")

@@ -9,6 +9,7 @@ so they can be attributes of Flax modules and static arguments of `jax.jit`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Optional, Sequence
 
 from pallas_kernels.tiling import MIN_TILE, is_power_of_two
@@ -43,10 +44,10 @@ def _check_int(field: str, value: Any, minimum: int) -> None:
 
 
 def _check_float(field: str, value: Any, minimum: float, inclusive: bool) -> None:
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
   ok = ok and (value >= minimum if inclusive else value > minimum)
   if not ok:
-    _fail(field, value, f"must be a number {'>=' if inclusive else '>'} {minimum}")
+    _fail(field, value, f"must be a finite number {'>=' if inclusive else '>'} {minimum}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
+import os
 from typing import Optional
 
 import jax
@@ -52,6 +54,26 @@ def init_cache(model: TransformerLM, batch: int, max_len: int) -> dict:
                                              jnp.zeros((batch, max_len), jnp.int32),
                                              decode=True))["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def _memory_budget() -> int:
+  """Bytes the cache may take: the accelerator's memory limit, or half the
+  host's physical memory on CPU."""
+  stats = jax.devices()[0].memory_stats() or {}
+  if stats.get("bytes_limit"):
+    return int(stats["bytes_limit"])
+  return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 2
+
+
+def check_cache_fits(model: TransformerLM, batch: int, max_len: int) -> None:
+  """ValueError (one line) when a cache for `batch` x `max_len` tokens cannot fit."""
+  shapes = jax.eval_shape(lambda: init_cache(model, batch, max_len))
+  need = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(shapes))
+  budget = _memory_budget()
+  if need > budget:
+    raise ValueError(f"a key/value cache for {batch} x {max_len} tokens needs "
+                     f"{need / 2**30:.1f} GiB, more than the {budget / 2**30:.1f} GiB available; "
+                     "lower --max_new_tokens or --num_samples")
 
 
 def _pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int) -> jax.Array:
@@ -104,13 +126,16 @@ def generate(model: TransformerLM, variables: dict, prompt: jax.Array, *,
   if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or (
       max_new_tokens < 1):
     raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: must be an integer >= 1")
-  if temperature < 0:
-    raise ValueError(f"temperature={temperature!r} is invalid: must be >= 0 (0 = greedy)")
+  if not (isinstance(temperature, (int, float)) and math.isfinite(temperature)
+          and temperature >= 0):
+    raise ValueError(f"temperature={temperature!r} is invalid: must be a finite number >= 0 "
+                     "(0 = greedy)")
   if isinstance(top_k, bool) or not isinstance(top_k, int) or not 0 <= top_k <= vocab:
     raise ValueError(f"top_k={top_k!r} is invalid: must be an integer in [0, {vocab}]")
   if temperature > 0 and rng is None:
     raise ValueError("temperature > 0 samples: pass rng=jax.random.PRNGKey(...)")
   model = TransformerLM(for_generation(model.config))
+  check_cache_fits(model, prompt.shape[0], prompt.shape[1] + max_new_tokens)
   variables = {k: v for k, v in variables.items() if k in ("params", "router_state")}
   rng = jax.random.PRNGKey(0) if rng is None else rng
   return _generate(model, variables, prompt.astype(jnp.int32), rng, max_new_tokens,

@@ -1,6 +1,26 @@
-"""Very small experiment configs for the model / data / training tests."""
+"""Very small experiment configs for the model / data / training tests, and
+the train binary run on one."""
+
+import os
+import pathlib
+import subprocess
+import sys
 
 from moejax.train.defaults import experiment_config
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+# Flags that shrink configs/lm_tiny.py for experiments/train.py runs.
+TINY_FLAGS = ["--config.model.num_layers=1", "--config.model.d_model=32",
+              "--config.model.num_heads=2", "--config.model.moe.d_ff=32",
+              "--config.data.seq_len=32", "--config.data.batch_size=8",
+              "--config.data.eval_batches=1"]
+
+
+def train_binary(*args, **kwargs) -> subprocess.Popen:
+  """experiments/train.py *args, on CPU, with text stdout/stderr pipes."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.Popen([sys.executable, "experiments/train.py", *args], cwd=ROOT, env=env,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
 
 
 def tiny_config(kind: str = "lm", data_dir: str = None, **overrides):

@@ -79,7 +79,9 @@ def _backbone(hf: dict, **overrides) -> Dict[str, Any]:
       kind="lm", num_layers=_get(hf, "num_hidden_layers"), d_model=d_model, num_heads=heads,
       num_kv_heads=hf.get("num_key_value_heads") or heads,
       head_dim=hf.get("head_dim") or d_model // heads,
+      # transformers' Llama-style attention puts the bias on q, k, v and o alike
       attention_bias=bool(hf.get("attention_bias", False)),
+      attention_out_bias=bool(hf.get("attention_bias", False)),
       attention_window=_window(hf), dense_d_ff=_get(hf, "intermediate_size"),
       activation="swiglu", norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       vocab_size=_get(hf, "vocab_size"), rope_theta=rope_theta(hf), tie_embeddings=False,
@@ -97,15 +99,19 @@ def _moe(hf: dict, fields: dict, *, num_experts: int, d_ff: int, router: Dict[st
   return ModelConfig(**{**fields, "moe": moe, "moe_every": fields.get("moe_every") or 1})
 
 
+# Mistral and Mixtral attention has no biases, whatever config.json says.
+_NO_BIAS = dict(attention_bias=False, attention_out_bias=False)
+# Qwen2 / Qwen2-MoE: biases on q, k, v only.
+_QKV_BIAS_ONLY = dict(attention_out_bias=False)
+
+
 def _mixtral(hf: dict) -> ModelConfig:
-  return _moe(hf, _backbone(hf), num_experts=_get_first(hf, _EXPERTS),
+  return _moe(hf, _backbone(hf, **_NO_BIAS), num_experts=_get_first(hf, _EXPERTS),
               d_ff=_get(hf, "intermediate_size"), router=dict(normalize_top_k=True))
 
 
 def _phimoe(hf: dict) -> ModelConfig:
-  bias = bool(hf.get("attention_bias", False))
-  fields = _backbone(hf, norm="layer", attention_bias=bias, attention_out_bias=bias,
-                     unembed_bias=bool(hf.get("lm_head_bias", False)))
+  fields = _backbone(hf, norm="layer", unembed_bias=bool(hf.get("lm_head_bias", False)))
   return _moe(hf, fields, num_experts=_get_first(hf, _EXPERTS),
               d_ff=_get(hf, "intermediate_size"),
               router=dict(name="sparsemixer",
@@ -137,7 +143,6 @@ def _deepseek_v3(hf: dict) -> ModelConfig:
                      mla_kv_rank=_get(hf, "kv_lora_rank"),
                      mla_nope_dim=_get(hf, "qk_nope_head_dim"),
                      mla_rope_dim=_get(hf, "qk_rope_head_dim"), mla_v_dim=_get(hf, "v_head_dim"),
-                     attention_out_bias=bool(hf.get("attention_bias", False)),
                      first_dense_layers=int(hf.get("first_k_dense_replace", 0)),
                      num_kv_heads=0, head_dim=0)
   if hf.get("topk_method", "noaux_tc") != "noaux_tc":
@@ -162,10 +167,10 @@ def _dense(**overrides) -> Callable[[dict], ModelConfig]:
 
 _BUILDERS = {
     "mixtral": _mixtral, "phimoe": _phimoe, "qwen2_moe": lambda hf: _qwen_moe(
-        hf, attention_bias=bool(hf.get("qkv_bias", True))),
+        hf, attention_bias=bool(hf.get("qkv_bias", True)), **_QKV_BIAS_ONLY),
     "qwen3_moe": lambda hf: _qwen_moe(hf, qk_norm="head"), "olmoe": _olmoe,
-    "deepseek_v3": _deepseek_v3, "llama": _dense(), "mistral": _dense(),
-    "qwen2": _dense(attention_bias=True), "qwen3": _dense(qk_norm="head"),
+    "deepseek_v3": _deepseek_v3, "llama": _dense(), "mistral": _dense(**_NO_BIAS),
+    "qwen2": _dense(attention_bias=True, **_QKV_BIAS_ONLY), "qwen3": _dense(qk_norm="head"),
 }
 
 

@@ -143,9 +143,9 @@ def export_tensors(cfg: ModelConfig, variables: dict, model_type: str, hf: dict,
   fused_parts: Dict[str, dict] = {}
   for entry in tensor_plan(cfg, model_type, hf):
     value = flat[entry.path]
+    if not isinstance(entry, Experts) and entry.perm is not None:
+      value = value[..., list(np.argsort(entry.perm))]
     if isinstance(entry, Linear):
-      if entry.perm is not None:
-        value = value[..., list(np.argsort(entry.perm))]
       tensors[entry.names[0]] = value.reshape(
           int(np.prod(value.shape[:entry.in_axes])), -1).T
     elif isinstance(entry, Experts):

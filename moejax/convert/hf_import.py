@@ -4,14 +4,23 @@
     logits, _ = TransformerLM(model.config).apply(model.variables, tokens)
 
 Every moejax variable must come from the checkpoint (a missing tensor or a
-shape that config.json does not imply is one clear error); checkpoint tensors
-that nothing reads are reported in `ImportedModel.unused` (a warning: e.g.
-DeepSeek-V3's multi-token-prediction layers).
+shape that config.json does not imply is one clear error), and every
+checkpoint tensor must be used: a tensor the plan does not read would be a
+part of the original model that moejax silently leaves out. The only
+exceptions (`ignored_tensor`, reported in `ImportedModel.unused`) are
+tensors that do not take part in the forward pass: DeepSeek-V3's
+multi-token-prediction layers (past num_hidden_layers) and the RoPE
+`inv_freq` buffers older transformers saved.
+
+The sizes config.json gives (layers, experts, vocabulary, width) are checked
+against the tensors before the model is built, so an absurd config.json
+fails at once instead of tracing a model of a million layers.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import re
 import warnings
 from typing import Dict, List, Mapping, Tuple
 
@@ -31,12 +40,54 @@ class CheckpointMismatchError(ValueError):
   """Checkpoint tensors that do not fit the model config.json describes."""
 
 
+_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
+_EXPERT = re.compile(r"\.experts\.(\d+)\.")
+
+
+def ignored_tensor(name: str, config: ModelConfig) -> bool:
+  """Whether a checkpoint tensor may go unused (see module docstring)."""
+  if name.endswith("rotary_emb.inv_freq"):
+    return True
+  layer = _LAYER.match(name)
+  return bool(layer) and int(layer.group(1)) >= config.num_layers
+
+
+def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> None:
+  """CheckpointMismatchError when config.json's layer count, vocabulary,
+  width or expert count disagrees with the tensors (cheap: names and shapes)."""
+  embed = tensors.get("model.embed_tokens.weight")
+  if embed is None:
+    raise CheckpointMismatchError("checkpoint has no tensor 'model.embed_tokens.weight'")
+  if tuple(embed.shape) != (config.vocab_size, config.d_model):
+    raise CheckpointMismatchError(
+        f"tensor 'model.embed_tokens.weight' has shape {tuple(embed.shape)}; config.json's "
+        f"vocab_size={config.vocab_size}, hidden_size={config.d_model} imply "
+        f"{(config.vocab_size, config.d_model)}")
+  layers = {int(m.group(1)) for m in map(_LAYER.match, tensors) if m}
+  missing = next((i for i in range(config.num_layers) if i not in layers), None)
+  if missing is not None:
+    raise CheckpointMismatchError(
+        f"config.json num_hidden_layers={config.num_layers}, but the checkpoint has no tensors "
+        f"of layer {missing} (it has {len(layers)} layers)")
+  if config.moe is None or not config.moe_layers:
+    return
+  first = f"model.layers.{config.moe_layers[0]}."
+  names = [n for n in tensors if n.startswith(first)]
+  per_expert = {int(m.group(1)) for m in map(_EXPERT.search, names) if m}
+  fused = [tensors[n].shape[0] for n in names if n.endswith("experts.down_proj")]
+  found = max(per_expert) + 1 if per_expert else (fused[0] if fused else 0)
+  if found != config.moe.router.num_experts:
+    raise CheckpointMismatchError(
+        f"config.json gives {config.moe.router.num_experts} experts per MoE layer, but layer "
+        f"{config.moe_layers[0]} of the checkpoint has {found}")
+
+
 @dataclasses.dataclass
 class ImportedModel:
   config: ModelConfig
   variables: dict            # {'params': ..., 'router_state': ...} as TransformerLM wants
   hf_config: dict            # the original config.json
-  unused: List[str]          # checkpoint tensors no variable reads
+  unused: List[str]          # tensors left out by ignored_tensor (MTP layers, inv_freq)
 
 
 def variable_shapes(config: ModelConfig) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
@@ -89,7 +140,9 @@ def _expert_stack(reader: _Reader, entry: Experts, shape: Tuple[int, ...]) -> np
 
 def import_tensors(config: ModelConfig, model_type: str, hf: dict,
                    tensors: Mapping[str, np.ndarray]) -> Tuple[dict, List[str]]:
-  """(variables, unused tensor names) for `config` from HF-named tensors."""
+  """(variables, ignored tensor names) for `config` from HF-named tensors.
+  CheckpointMismatchError for a tensor that is missing, mis-shaped or unused."""
+  check_sizes(config, tensors)
   shapes = variable_shapes(config)
   plan = tensor_plan(config, model_type, hf)
   if hf.get("tie_word_embeddings"):
@@ -110,13 +163,20 @@ def import_tensors(config: ModelConfig, model_type: str, hf: dict,
       flat[entry.path] = kernel
     elif isinstance(entry, Vector):
       hf_shape = (int(np.prod(shape)),) if entry.flat else shape
-      flat[entry.path] = reader.take(entry.names, hf_shape, what).reshape(shape)
+      vector = reader.take(entry.names, hf_shape, what).reshape(shape)
+      flat[entry.path] = vector if entry.perm is None else vector[..., list(entry.perm)]
     else:
       flat[entry.path] = _expert_stack(reader, entry, shape)
   uncovered = sorted(set(shapes) - set(flat))
   if uncovered:
     raise AssertionError(f"no checkpoint tensor maps to {'/'.join(uncovered[0])}")
   unused = sorted(set(tensors) - reader.used)
+  unexpected = [name for name in unused if not ignored_tensor(name, config)]
+  if unexpected:
+    raise CheckpointMismatchError(
+        f"checkpoint tensor {unexpected[0]!r} ({len(unexpected)} in all) is not used by the "
+        f"moejax model that config.json describes: importing without it would compute "
+        f"something else. The config option it belongs to is not supported")
   variables = jax.tree.map(jnp.asarray, unflatten_dict(flat))
   return variables, unused
 
@@ -130,6 +190,6 @@ def load_hf(directory: str) -> ImportedModel:
   config = model_config_from_hf(hf)
   variables, unused = import_tensors(config, hf["model_type"], hf, tensors)
   if unused:
-    warnings.warn(f"{len(unused)} checkpoint tensors are not used by the moejax model, e.g. "
-                  f"{', '.join(unused[:3])}", stacklevel=2)
+    warnings.warn(f"{len(unused)} checkpoint tensors take no part in the forward pass and are "
+                  f"not imported, e.g. {', '.join(unused[:3])}", stacklevel=2)
   return ImportedModel(config, variables, hf, unused)

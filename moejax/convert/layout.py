@@ -42,6 +42,8 @@ class Vector:
   names: Tuple[str, ...]
   path: Path
   flat: bool = True   # HF stores it flattened (biases of [heads, dim] kernels)
+  # Permutes the last axis on import, like the kernel it is the bias of.
+  perm: Optional[Tuple[int, ...]] = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,7 +81,8 @@ def _attention(cfg: ModelConfig, model_type: str, hf: dict, at: str, ours: Path)
                 Vector((f"{at}.kv_a_layernorm.weight",), p("kv_norm", "scale")),
                 Linear((f"{at}.kv_b_proj.weight",), p("kv_up", "kernel"))]
     if cfg.attention_bias:
-      entries.append(Vector((f"{at}.kv_a_proj_with_mqa.bias",), p("kv_down", "bias")))
+      entries.append(Vector((f"{at}.kv_a_proj_with_mqa.bias",), p("kv_down", "bias"),
+                            perm=kv_perm))
   else:
     entries = [Linear((f"{at}.{hf_name}_proj.weight",), p(name, "kernel"))
                for hf_name, name in (("q", "query"), ("k", "key"), ("v", "value"))]

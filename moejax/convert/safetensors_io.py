@@ -1,10 +1,15 @@
 """Reading and writing safetensors files and HuggingFace checkpoint folders.
 
-The format is simple enough to own: 8 bytes (little-endian u64) of header
-length, a JSON header {name: {dtype, shape, data_offsets: [begin, end]}, and
-optional "__metadata__": {str: str}}, then the raw little-endian tensor bytes.
-Tensors are read through a memory map, so a large checkpoint is not loaded
-twice. No pickle is involved anywhere: PyTorch `.bin` / `.pt` checkpoints are
+Every file is validated by the `safetensors` package before a byte of it is
+used: the header is a JSON object of well-formed entries, dtypes are known,
+offsets are non-negative, non-overlapping and cover the data section exactly,
+and each tensor's byte length equals dtype size x shape (without overflow).
+Tensors are then memory-mapped at the offsets that validation accepted, so
+a large checkpoint is not loaded twice and every dtype ml_dtypes knows reads
+as numpy (the package's own numpy loader copies each tensor and has no FP8).
+Files are written by the package too.
+
+No pickle is involved anywhere: PyTorch `.bin` / `.pt` checkpoints are
 refused with instructions to convert them.
 
 A checkpoint folder holds config.json and either model.safetensors or shards
@@ -23,10 +28,13 @@ from typing import Dict, Iterable, Iterator, Mapping, Optional, Tuple
 
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-    "BF16": np.dtype(ml_dtypes.bfloat16), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
+    "BF16": np.dtype(ml_dtypes.bfloat16), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
+    "F8_E5M2": np.dtype(ml_dtypes.float8_e5m2), "I64": np.dtype("<i8"), "I32": np.dtype("<i4"),
     "I16": np.dtype("<i2"), "I8": np.dtype("i1"), "U8": np.dtype("u1"), "BOOL": np.dtype("?"),
 }
 _CODES = {dtype: code for code, dtype in DTYPES.items()}
@@ -43,19 +51,20 @@ class CheckpointFormatError(ValueError):
   """A checkpoint file or folder that cannot be read as safetensors."""
 
 
-def _read_header(path: str) -> Tuple[dict, int]:
+def _validated_header(path: str) -> Tuple[dict, int]:
+  """(header, offset of the data section) of a file the safetensors package
+  accepts; CheckpointFormatError naming the file otherwise."""
+  if not os.path.isfile(path):
+    raise CheckpointFormatError(f"{path}: no such safetensors file")
+  try:
+    with safetensors.safe_open(path, framework="numpy"):
+      pass
+  except safetensors.SafetensorError as err:
+    reason = str(err).replace("Error while deserializing header: ", "")
+    raise CheckpointFormatError(f"{path}: not a valid safetensors file ({reason})") from None
   with open(path, "rb") as f:
-    raw = f.read(8)
-    if len(raw) < 8:
-      raise CheckpointFormatError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-    (length,) = struct.unpack("<Q", raw)
-    if length > os.path.getsize(path) - 8:
-      raise CheckpointFormatError(
-          f"{path}: not a safetensors file (header length {length} exceeds the file)")
-    try:
-      header = json.loads(f.read(length))
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-      raise CheckpointFormatError(f"{path}: not a safetensors file (bad header: {err})") from None
+    (length,) = struct.unpack("<Q", f.read(8))
+    header = json.loads(f.read(length))
   return header, 8 + length
 
 
@@ -63,50 +72,39 @@ def read_safetensors(path: str) -> Dict[str, np.ndarray]:
   """{name: array} of one .safetensors file (read-only memory-mapped arrays)."""
   if path.endswith(PICKLE_SUFFIXES):
     raise CheckpointFormatError(f"{path}: a PyTorch pickle checkpoint. {CONVERT_HINT}")
-  header, data_start = _read_header(path)
+  header, data_start = _validated_header(path)
   header.pop("__metadata__", None)
   tensors = {}
   for name, info in header.items():
-    code = info.get("dtype")
+    code = info["dtype"]
     if code not in DTYPES:
       raise CheckpointFormatError(f"{path}: tensor {name!r} has dtype {code!r}; readable dtypes "
                                   f"are {', '.join(DTYPES)}")
-    begin, end = info["data_offsets"]
     dtype, shape = DTYPES[code], tuple(info["shape"])
-    if end - begin != int(np.prod(shape)) * dtype.itemsize:
-      raise CheckpointFormatError(f"{path}: tensor {name!r} of shape {shape} and dtype {code} "
-                                  f"has {end - begin} bytes")
     if not shape or 0 in shape:
-      tensors[name] = np.zeros(shape, dtype)
+      begin, end = info["data_offsets"]
+      with open(path, "rb") as f:
+        f.seek(data_start + begin)
+        tensors[name] = np.frombuffer(f.read(end - begin), dtype).reshape(shape)
     else:
-      tensors[name] = np.memmap(path, dtype=dtype, mode="r", offset=data_start + begin,
-                                shape=shape)
+      tensors[name] = np.memmap(path, dtype=dtype, mode="r",
+                                offset=data_start + info["data_offsets"][0], shape=shape)
   return tensors
 
 
 def write_safetensors(path: str, tensors: Mapping[str, np.ndarray],
                       metadata: Optional[Mapping[str, str]] = None) -> None:
   """Writes {name: array} (C order, little-endian) as one safetensors file."""
-  header, offset, arrays = {}, 0, []
+  arrays = {}
   for name in sorted(tensors):
     array = np.ascontiguousarray(tensors[name])
     if array.dtype.newbyteorder("<") in _CODES:
       array = array.astype(array.dtype.newbyteorder("<"), copy=False)
     if array.dtype not in _CODES:
-      raise CheckpointFormatError(f"tensor {name!r}: dtype {array.dtype} has no safetensors code")
-    header[name] = {"dtype": _CODES[array.dtype], "shape": list(array.shape),
-                    "data_offsets": [offset, offset + array.nbytes]}
-    offset += array.nbytes
-    arrays.append(array)
-  if metadata:
-    header["__metadata__"] = dict(metadata)
-  blob = json.dumps(header, separators=(",", ":")).encode()
-  blob += b" " * (-len(blob) % 8)  # keeps the tensor data 8-byte aligned
-  with open(path, "wb") as f:
-    f.write(struct.pack("<Q", len(blob)))
-    f.write(blob)
-    for array in arrays:
-      f.write(array.tobytes())
+      raise CheckpointFormatError(f"tensor {name!r}: dtype {array.dtype} has no safetensors code; "
+                                  f"writable dtypes are {', '.join(DTYPES)}")
+    arrays[name] = array
+  safetensors.numpy.save_file(arrays, path, metadata=dict(metadata) if metadata else None)
 
 
 def _refuse_pickles(directory: str, names: Iterable[str]) -> None:
@@ -118,24 +116,46 @@ def _refuse_pickles(directory: str, names: Iterable[str]) -> None:
       f"{directory} has no {SINGLE_FILE} or {INDEX_FILE}: not a safetensors checkpoint folder")
 
 
+def _read_json_object(path: str) -> dict:
+  """A JSON file that must hold an object; CheckpointFormatError otherwise."""
+  try:
+    with open(path) as f:
+      value = json.load(f)
+  except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+    raise CheckpointFormatError(f"{path} cannot be read as JSON: {err}") from None
+  if not isinstance(value, dict):
+    raise CheckpointFormatError(f"{path} holds a JSON {type(value).__name__}; expected an object")
+  return value
+
+
+def _shard_path(directory: str, shard) -> str:
+  """The path of a shard named by the index; refuses names that leave the folder."""
+  if not isinstance(shard, str) or not shard:
+    raise CheckpointFormatError(f"{directory}/{INDEX_FILE} names shard {shard!r}; expected a "
+                                "file name")
+  root = os.path.realpath(directory)
+  path = os.path.realpath(os.path.join(root, shard))
+  if os.path.isabs(shard) or os.path.commonpath([root, path]) != root:
+    raise CheckpointFormatError(f"{directory}/{INDEX_FILE} names shard {shard!r} outside the "
+                                "checkpoint folder; shards must be files inside it")
+  return path
+
+
 def read_checkpoint_dir(directory: str) -> Tuple[dict, Dict[str, np.ndarray]]:
   """(config.json as a dict, {tensor name: array}) of a HuggingFace folder."""
   if not os.path.isdir(directory):
     raise CheckpointFormatError(f"{directory}: no such checkpoint folder")
   names = os.listdir(directory)
-  config_path = os.path.join(directory, "config.json")
   if "config.json" not in names:
     raise CheckpointFormatError(f"{directory} has no config.json")
-  with open(config_path) as f:
-    config = json.load(f)
+  config = _read_json_object(os.path.join(directory, "config.json"))
   if INDEX_FILE in names:
-    with open(os.path.join(directory, INDEX_FILE)) as f:
-      weight_map = json.load(f).get("weight_map")
+    weight_map = _read_json_object(os.path.join(directory, INDEX_FILE)).get("weight_map")
     if not isinstance(weight_map, dict):
-      raise CheckpointFormatError(f"{directory}/{INDEX_FILE} has no 'weight_map'")
+      raise CheckpointFormatError(f"{directory}/{INDEX_FILE} has no 'weight_map' object")
     tensors = {}
-    for shard in sorted(set(weight_map.values())):
-      shard_tensors = read_safetensors(os.path.join(directory, shard))
+    for shard in sorted(set(map(str, weight_map.values()))):
+      shard_tensors = read_safetensors(_shard_path(directory, shard))
       tensors.update({k: v for k, v in shard_tensors.items() if weight_map.get(k) == shard})
     missing = sorted(set(weight_map) - set(tensors))
     if missing:

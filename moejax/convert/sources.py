@@ -33,11 +33,10 @@ def _load_workdir(workdir: str) -> Tuple[ModelConfig, dict, None]:
   from moejax.train.config import experiment_from_config
   checkpointer = Checkpointer(workdir, keep=1, async_save=False)
   try:
-    step = checkpointer.latest_step()
-    if step is None:
+    if checkpointer.latest_step() is None:
       raise FileNotFoundError(f"{workdir}/checkpoints holds no finished checkpoint")
+    step, state = checkpointer.restore_as_saved()
     config = experiment_from_config(checkpointer.saved_config(step)).model
-    state = checkpointer.restore_as_saved(step)
   finally:
     checkpointer.close()
   variables = {"params": state["params"]}

@@ -24,7 +24,8 @@ from moejax.data import make_datasets, unigram_cross_entropy
 from moejax.models import build_model
 from moejax.parallel import (batch_sharding, check_experiment_on_mesh, make_mesh, replicated,
                              tree_shardings)
-from moejax.train.checkpoint import Checkpointer
+from moejax.train.checkpoint import CheckpointError, Checkpointer
+from moejax.train.guarantees import WorkdirLock, atomic_write_text, prepare_workdir
 from moejax.train.config import ExperimentConfig
 from moejax.train.optim import learning_rate_schedule, make_optimizer
 from moejax.train.plots import write_plots
@@ -117,13 +118,19 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str,
   sizes = check_on_devices(exp, devices)
   mesh = make_mesh(exp.mesh, devices)
   with jax.set_mesh(mesh):
-    return _train(exp, workdir, log, mesh, sizes)
+    datasets = make_datasets(exp.data, exp.model)
+    workdir = prepare_workdir(workdir)
+    lock = WorkdirLock(workdir).acquire() if jax.process_index() == 0 else None
+    try:
+      return _train(exp, workdir, datasets, log, mesh, sizes)
+    finally:
+      if lock is not None:
+        lock.release()
 
 
-def _train(exp: ExperimentConfig, workdir: str, log: Callable[[str], None], mesh,
+def _train(exp: ExperimentConfig, workdir: str, datasets, log: Callable[[str], None], mesh,
            sizes: dict) -> RunSummary:
   cfg = exp.train
-  datasets = make_datasets(exp.data, exp.model)
   is_lm = exp.model.kind == "lm"
   items_per_step = exp.data.batch_size * (exp.data.seq_len if is_lm else 1)
   item_name = "tokens" if is_lm else "examples"
@@ -131,14 +138,7 @@ def _train(exp: ExperimentConfig, workdir: str, log: Callable[[str], None], mesh
   model = build_model(exp.model)
   optimizer = make_optimizer(cfg)
   schedule = learning_rate_schedule(cfg)
-  os.makedirs(workdir, exist_ok=True)
   ckpt = Checkpointer(workdir, cfg.keep_checkpoints, cfg.async_checkpointing)
-  latest = ckpt.latest_step()
-  if latest is not None:
-    ckpt.check_compatible(latest, exp.raw)
-  if jax.process_index() == 0:
-    with open(os.path.join(workdir, "config.json"), "w") as f:
-      json.dump(exp.raw, f, indent=2, sort_keys=True)
 
   # Params and optimizer state are created already placed by the sharding
   # rules; batches are split over the batch axes; metrics come back replicated.
@@ -152,12 +152,17 @@ def _train(exp: ExperimentConfig, workdir: str, log: Callable[[str], None], mesh
     return jax.tree.map(lambda a: jax.make_array_from_process_local_data(data_sharding, a),
                         batch)
   train_iter = datasets.make_train_iterator()
-  if latest is not None:
-    state, data_state = ckpt.restore(latest, state)
+  restored = ckpt.restore_latest(state, exp.raw, log)
+  latest = None
+  if restored is not None:
+    latest, state, data_state = restored
     train_iter.set_state(data_state)
     log(f"resumed from {ckpt.directory} at step {latest}")
+  if jax.process_index() == 0:
+    atomic_write_text(os.path.join(workdir, "config.json"),
+                      json.dumps(exp.raw, indent=2, sort_keys=True))
   start_step = int(state["step"])
-  writer = MetricsWriter(workdir, start_step, enabled=jax.process_index() == 0)
+  writer = MetricsWriter(workdir, start_step, enabled=jax.process_index() == 0, log=log)
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   mesh_text = " x ".join(f"{k}={v}" for k, v in sizes.items() if v > 1) or "none"
   log(f"model: {exp.model.kind}, {num_params / 1e6:.2f}M params, MoE blocks "
@@ -206,7 +211,8 @@ def _train(exp: ExperimentConfig, workdir: str, log: Callable[[str], None], mesh
 
   pending: List = []         # (step, device metrics) since the last flush
   window: List[Dict] = []    # host metrics since the last progress line
-  history: List[Dict[str, float]] = []
+  history = writer.train_history()  # rows of earlier processes, so a resumed run's
+  # final train loss averages the same steps as an uninterrupted run's
 
   def flush() -> None:
     """Fetch pending metrics; stop at the first non-finite loss."""
@@ -228,6 +234,7 @@ def _train(exp: ExperimentConfig, workdir: str, log: Callable[[str], None], mesh
         step += 1
         steps_in_window += 1
         pending.append((step, metrics))
+        ckpt.check_for_errors()  # an async save that failed stops the run here
         if t_compiled is None:  # the first step includes compilation
           jax.block_until_ready(metrics["loss"])
           t_compiled = time.perf_counter()
@@ -267,7 +274,7 @@ def _train(exp: ExperimentConfig, workdir: str, log: Callable[[str], None], mesh
         if stopping is not None:
           stopped = stopping
           break
-    except TrainingError:
+    except (TrainingError, CheckpointError):
       ckpt.close()
       writer.close()
       raise

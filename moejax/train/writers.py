@@ -9,29 +9,35 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Dict, List
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
+from tensorboardX import SummaryWriter
+
+from moejax.train.guarantees import atomic_write_text
 
 
 class MetricsWriter:
   """Writes rows; on resume, drops rows logged after the restored step (they
-  belonged to the lost part of an interrupted run and will be logged again)."""
+  belonged to the lost part of an interrupted run and will be logged again),
+  and a torn last row (a crash or full disk mid-append), with a notice. The
+  kept rows are rewritten atomically."""
 
-  def __init__(self, workdir: str, resume_step: int, enabled: bool = True):
+  def __init__(self, workdir: str, resume_step: int, enabled: bool = True,
+               log: Callable[[str], None] = print):
     self.path = os.path.join(workdir, "metrics.jsonl")
     self.enabled = enabled
     self._tb = None
+    self._rows = [r for r in read_metrics(self.path, log if enabled else None)
+                  if r["step"] <= resume_step]
     if not enabled:
       return
-    rows = [r for r in read_metrics(self.path) if r["step"] <= resume_step]
-    with open(self.path, "w") as f:
-      f.writelines(json.dumps(r) + "\n" for r in rows)
-    try:
-      from tensorboardX import SummaryWriter
-      self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
-    except ImportError:  # TensorBoard output is optional
-      self._tb = None
+    atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self._rows))
+    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
+
+  def train_history(self) -> List[Dict[str, float]]:
+    """[{'step', 'loss'}] of the train rows kept from earlier processes."""
+    return [{"step": r["step"], "loss": r["loss"]} for r in self._rows if r["split"] == "train"]
 
   def write(self, step: int, split: str, values: Dict[str, Any]) -> None:
     if not self.enabled:
@@ -53,9 +59,21 @@ class MetricsWriter:
       self._tb.close()
 
 
-def read_metrics(path: str) -> List[Dict[str, Any]]:
-  """The rows of a metrics.jsonl file ([] if it does not exist)."""
+def read_metrics(path: str, log: Optional[Callable[[str], None]] = None
+                 ) -> List[Dict[str, Any]]:
+  """The rows of a metrics.jsonl file ([] if it does not exist). A torn last
+  line is dropped (reported through `log`); a bad line elsewhere is an error."""
   if not os.path.exists(path):
     return []
   with open(path) as f:
-    return [json.loads(line) for line in f if line.strip()]
+    lines = [line for line in f.read().split("\n") if line.strip()]
+  rows = []
+  for i, line in enumerate(lines):
+    try:
+      rows.append(json.loads(line))
+    except json.JSONDecodeError:
+      if i != len(lines) - 1:
+        raise ValueError(f"{path} line {i + 1} is not JSON; the file is damaged") from None
+      if log is not None:
+        log(f"{path}: dropped a torn last row (an interrupted write): {line[:60]!r}")
+  return rows
