@@ -149,12 +149,13 @@ def config_value(config_flag):
   is one line (exit 2)."""
   try:
     value = config_flag.value
-    value.keys()  # a file that failed to load is a proxy that raises on first use
-  except (OSError, ImportError, SyntaxError, AttributeError, TypeError) as err:
+    # A file that failed to load is a proxy that raises on first use.
+    has_keys = hasattr(value, "keys")
+  except (OSError, ImportError, SyntaxError, TypeError) as err:
     lines = [l.strip() for l in str(err).splitlines() if l.strip()]
     detail = lines[-1] if lines else type(err).__name__
     fail(2, f"--config could not be loaded: {detail}")
-  if not hasattr(value, "to_dict"):
+  if not has_keys or not hasattr(value, "to_dict"):
     fail(2, f"--config: get_config() returned a {type(value).__name__}; it must return an "
             "ml_collections.ConfigDict")
   for path in _none_overrides:

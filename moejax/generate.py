@@ -67,6 +67,9 @@ def _memory_budget() -> int:
 
 def check_cache_fits(model: TransformerLM, batch: int, max_len: int) -> None:
   """ValueError (one line) when a cache for `batch` x `max_len` tokens cannot fit."""
+  if max_len >= 2**31:
+    raise ValueError(f"prompt + max_new_tokens = {max_len} tokens; positions are int32, so "
+                     f"at most {2**31 - 1}")
   shapes = jax.eval_shape(lambda: init_cache(model, batch, max_len))
   need = sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(shapes))
   budget = _memory_budget()

@@ -4,6 +4,7 @@ errors for checkpoints that cannot be converted."""
 
 import json
 import os
+import re
 import shutil
 
 import jax
@@ -172,3 +173,107 @@ def test_safetensors_writer_is_read_by_the_reference_library(tmp_path):
     np.testing.assert_array_equal(np.asarray(ours[key]), value)
     if key != "b":  # safetensors.numpy has no bfloat16
       np.testing.assert_array_equal(theirs[key], value)
+
+
+@pytest.mark.parametrize("family", ["llama", "qwen3_moe", "olmoe", "deepseek_v3"])
+def test_attention_biases_import_with_parity(family, tmp_path):
+  """attention_bias=True puts biases on q/k/v *and* o_proj (and DeepSeek's
+  kv_a projection, whose bias needs the same RoPE channel order as its weight);
+  each used to be dropped or mis-ordered with exit 0."""
+  torch_model = tiny_hf_model(family, attention_bias=True)
+  torch_model.save_pretrained(tmp_path)
+  names = {k for k in torch_model.state_dict() if k.endswith("_proj.bias")}
+  assert any("o_proj" in n for n in names)
+  ref = hf_logits(torch_model, IDS)
+  np.testing.assert_allclose(_our_logits(load_hf(str(tmp_path))), ref, atol=1e-4, rtol=0)
+
+
+def _with_extra_tensor(folder, dst, name):
+  shutil.copytree(folder, dst)
+  tensors = {k: np.asarray(v) for k, v in read_safetensors(f"{folder}/model.safetensors").items()}
+  tensors[name] = np.ones(3, np.float32)
+  os.remove(f"{dst}/model.safetensors")
+  write_safetensors(f"{dst}/model.safetensors", tensors)
+  return str(dst)
+
+
+def test_unused_checkpoint_tensor_is_an_error_except_the_allow_list(saved, tmp_path):
+  extra = "model.layers.0.self_attn.o_proj.bias"
+  with pytest.raises(CheckpointMismatchError,
+                     match=rf"tensor '{extra}' \(1 in all\) is not used by the moejax model"):
+    load_hf(_with_extra_tensor(saved["mixtral"][1], tmp_path / "a", extra))
+  # DeepSeek-V3's multi-token-prediction layer (index num_hidden_layers) is left out.
+  folder = _with_extra_tensor(saved["deepseek_v3"][1], tmp_path / "b",
+                              "model.layers.3.eh_proj.weight")
+  with pytest.warns(UserWarning, match="take no part in the forward pass"):
+    assert load_hf(folder).unused == ["model.layers.3.eh_proj.weight"]
+
+
+@pytest.mark.parametrize("update,expected", [
+    ({"num_hidden_layers": 1_000_000}, "num_hidden_layers=1000000, but the checkpoint has no "
+                                       "tensors of layer 2"),
+    ({"num_local_experts": 1_000_000_000}, "gives 1000000000 experts per MoE layer, but layer 0"),
+    ({"vocab_size": 10**12}, "vocab_size=1000000000000, hidden_size=32 imply"),
+])
+def test_absurd_config_sizes_are_refused_before_building(saved, tmp_path, update, expected):
+  folder = _copy_without(saved["mixtral"][1], tmp_path / "absurd", config_update=update)
+  with pytest.raises(CheckpointMismatchError, match=re.escape(expected)):
+    load_hf(folder)
+
+
+def _raw_safetensors(path, header, data=b""):
+  blob = json.dumps(header).encode()
+  with open(path, "wb") as f:
+    f.write(len(blob).to_bytes(8, "little") + blob + data)
+  return str(path)
+
+
+@pytest.mark.parametrize("header,data,expected", [
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [-8, 0]}}, b"\0" * 8, "expected usize"),
+    ({"a": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]},
+      "b": {"dtype": "F32", "shape": [2], "data_offsets": [0, 8]}}, b"\0" * 8, "invalid offset"),
+    ({"a": {"dtype": "F32", "shape": [1], "data_offsets": [0, 4]}}, b"\0" * 8, "not fully covered"),
+    ({"a": {"dtype": "F32", "shape": [2**62, 8], "data_offsets": [0, 8]}}, b"\0" * 8, "overflow"),
+    ([1, 2], b"", "invalid type: sequence"),
+    ({"a": "x"}, b"", "invalid type: string"),
+    ({"a": {"dtype": "F32", "shape": [2]}}, b"\0" * 8, "missing field `data_offsets`"),
+])
+def test_malformed_safetensors_are_refused(tmp_path, header, data, expected):
+  """Negative and overlapping offsets used to import with exit 0, reading
+  header bytes as weights."""
+  path = _raw_safetensors(tmp_path / "bad.safetensors", header, data)
+  with pytest.raises(CheckpointFormatError, match=r"not a valid safetensors file \(.*"
+                                                  + re.escape(expected)):
+    read_safetensors(path)
+
+
+def test_malformed_checkpoint_folders_are_refused(saved, tmp_path):
+  folder = saved["mixtral"][1]
+  bad_config = _copy_without(folder, tmp_path / "config")
+  (tmp_path / "config" / "config.json").write_text("[1, 2]")
+  with pytest.raises(CheckpointFormatError, match="config.json holds a JSON list; expected an "
+                                                  "object"):
+    load_hf(bad_config)
+  for name, weight_map, expected in [
+      ("list", None, "holds a JSON list"),
+      ("outside", {"x": "/etc/passwd"}, "names shard '/etc/passwd' outside the checkpoint"),
+      ("parent", {"x": "../model.safetensors"}, "outside the checkpoint folder"),
+      ("folder", {"x": "sub"}, "no such safetensors file")]:
+    dst = tmp_path / name
+    shutil.copytree(folder, dst)
+    (dst / "sub").mkdir()
+    index = [1, 2] if weight_map is None else {"weight_map": weight_map}
+    (dst / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(CheckpointFormatError, match=re.escape(expected)):
+      load_hf(str(dst))
+
+
+def test_fp8_tensors_round_trip(tmp_path):
+  import ml_dtypes
+  tensors = {"e4m3": np.array([0.5, -2, 448], ml_dtypes.float8_e4m3fn),
+             "e5m2": np.array([1, -0.25], ml_dtypes.float8_e5m2)}
+  write_safetensors(str(tmp_path / "f8.safetensors"), tensors)
+  back = read_safetensors(str(tmp_path / "f8.safetensors"))
+  for name, value in tensors.items():
+    assert back[name].dtype == value.dtype
+    np.testing.assert_array_equal(np.asarray(back[name]), value)

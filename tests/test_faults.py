@@ -233,3 +233,56 @@ def test_kill_9_at_any_moment_then_rerun_gives_identical_losses(tmp_path, data_d
   assert final.returncode == 0 and "finished 12 steps" in out, err
   assert _read_losses(workdir) == _read_losses(tmp_path / "reference")
   assert len(_read_losses(workdir)) == 12
+
+
+def _binary_error(binary, *args):
+  """(exit code, stderr lines) of experiments/<binary>.py *args."""
+  proc = subprocess.run([sys.executable, f"experiments/{binary}.py", *args], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  return proc.returncode, proc.stderr.strip().splitlines()
+
+
+@pytest.mark.parametrize("binary,args,code,expected", [
+    ("generate", ["--model=x", "--prompt=a", "--temperature=nan"], 2,
+     "--temperature=nan is invalid: must be a finite number"),
+    ("benchmark", ["--tokens=0"], 2, "--tokens=0"),
+    ("benchmark", ["--repeats=0"], 2, "--repeats=0"),
+    ("train", ["--workdir=/nonexistent/never", "--config.train.learning_rate=inf"], 2,
+     "--config.train.learning_rate=inf is invalid: must be a finite number"),
+    ("train", ["--workdir=/nonexistent/never", "--config=tests/not_a_config.py"], 2,
+     "--config: get_config() returned a list"),
+])
+def test_bad_flags_are_one_line(binary, args, code, expected):
+  returncode, lines = _binary_error(binary, *args)
+  assert returncode == code and len(lines) == 1 and expected in lines[0], lines
+  assert not os.path.exists("/nonexistent/never")
+
+
+@pytest.mark.parametrize("args,code,expected", [
+    (["--prompt=def ", "--max_new_tokens=1000000000"], 1, "GiB, more than the"),
+    (["--prompt=def ", "--max_new_tokens=1000000000000"], 1, "positions are int32"),
+    (["--prompt_ids=99999999999"], 2, "--prompt_ids holds 99999999999: token ids must be in "
+                                      "[0, 256)"),
+])
+def test_generate_refuses_what_it_cannot_do(trained, args, code, expected):
+  returncode, lines = _binary_error("generate", f"--model={trained[0]}", *args)
+  assert returncode == code and len(lines) == 1 and expected in lines[0], lines
+
+
+_RAISES = ("import sys; from moejax.cli import run\n"
+           "def main(argv):\n  raise KeyError('boom')\n"
+           "run(main)")
+
+
+@pytest.mark.parametrize("verbosity,lines_expected", [(None, 1), ("--verbosity=1", None)])
+def test_unexpected_errors_are_one_line_unless_verbose(verbosity, lines_expected):
+  """run()'s top-level handler: any exception a binary lets through."""
+  proc = subprocess.run([sys.executable, "-c", _RAISES] + ([verbosity] if verbosity else []),
+                        cwd=ROOT, capture_output=True, text=True, timeout=120)
+  lines = proc.stderr.strip().splitlines()
+  assert proc.returncode == 1, proc.stderr
+  if lines_expected:
+    assert lines == ["error: KeyError: 'boom' (rerun with --verbosity=1 for the traceback)"]
+  else:
+    assert "Traceback" in proc.stderr and len(lines) > 3
