@@ -13,6 +13,9 @@ host with the same flags plus either --multihost (TPU pod slices, SLURM, MPI:
 JAX finds the coordinator itself) or --coordinator_address=host:port
 --num_processes=N --process_id=i. All processes must see the same --workdir
 (a shared filesystem) for checkpoints.
+One run at a time per workdir (a second one refuses, naming the holder).
+Checkpoints are verified on resume: a damaged step is renamed to
+<step>.corrupt and the newest step that verifies is used.
 Exit codes: 0 done or stopped cleanly; 1 data/checkpoint/training error;
 2 bad flag or config. Errors are one line on stderr.
 """

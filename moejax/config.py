@@ -17,6 +17,7 @@ from pallas_kernels.tiling import MIN_TILE, is_power_of_two
 ROUTERS = ("top_k", "expert_choice", "soft_moe", "sinkhorn", "hash", "threshold",
            "sparsemixer")
 SCORE_FNS = ("softmax", "sigmoid")
+SOFT_MOE_GROUPINGS = ("example", "call")
 DROP_POLICIES = ("position", "probability")
 DISPATCHES = ("einsum", "gather", "dropless")
 ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
@@ -97,7 +98,17 @@ class RouterConfig:
       'position' (earlier tokens first; GShard/Switch) or 'probability'
       (higher router confidence first; V-MoE batch-prioritised routing).
       First choices always come before second choices.
-    num_slots: Soft MoE slots per expert.
+    num_slots: Soft MoE slots per expert (per example, with
+      soft_moe_grouping='example').
+    soft_moe_grouping: which tokens share a set of Soft MoE slots.
+      'example' (the paper's and vmoe's definition; the default): each
+      sequence / image of the batch (the leading axis of the layer's input)
+      has its own slots, so its output does not depend on its batch
+      neighbours. 'call': all tokens of the call share one set of slots.
+    soft_moe_normalize: vmoe's normalised Soft MoE: tokens and the slot
+      parameters are L2-normalised over d_model and the logits multiplied by
+      a learned scalar scale (initialised to 1), which keeps the softmaxes
+      from saturating as d_model grows.
     sinkhorn_iterations: Sinkhorn iterations for the balanced router.
     sparsemixer_eps: relative logit gap (x2) inside which experts share a
       'sparsemixer' pick's weight (Phi-3.5-MoE's router_jitter_noise, 0.01).
@@ -129,6 +140,8 @@ class RouterConfig:
   min_capacity: int = 1
   drop_policy: str = "position"
   num_slots: int = 1
+  soft_moe_grouping: str = "example"
+  soft_moe_normalize: bool = False
   sinkhorn_iterations: int = 8
   sparsemixer_eps: float = 0.01
   hash_seed: int = 0
@@ -179,9 +192,10 @@ class RouterConfig:
     _check_int("router.sinkhorn_iterations", self.sinkhorn_iterations, 1)
     _check_float("router.sparsemixer_eps", self.sparsemixer_eps, 0.0, True)
     _check_int("router.routing_groups", self.routing_groups, 1)
+    _check_choice("router.soft_moe_grouping", self.soft_moe_grouping, SOFT_MOE_GROUPINGS)
     if self.name == "soft_moe" and self.routing_groups > 1:
       _fail("router.routing_groups", self.routing_groups,
-            "router.name='soft_moe' mixes all tokens of a call; leave it 1")
+            "router.name='soft_moe' groups tokens by router.soft_moe_grouping; leave it 1")
     self._check_family_options()
 
   def _check_family_options(self):
@@ -207,6 +221,9 @@ class RouterConfig:
             "router.name='expert_choice' needs a number > 0 (average experts per token)")
     if self.name in ("hash", "sinkhorn") and self.top_k != 1:
       _fail("router.top_k", self.top_k, f"router.name={self.name!r} routes each token to 1 expert")
+    if self.name != "soft_moe" and self.soft_moe_normalize:
+      _fail("router.soft_moe_normalize", True, f"only used by router.name='soft_moe' "
+            f"(name={self.name!r}); leave it False")
     if self.name == "soft_moe" and self.capacity_factor is not None:
       _fail("router.capacity_factor", self.capacity_factor,
             "router.name='soft_moe' never drops; leave it None (slots via num_slots)")

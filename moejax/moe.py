@@ -5,6 +5,7 @@ Flax linen shells over the pure routing / dispatch / expert functions.
 Variables:
   params/router/kernel        [d_model, router outputs]
   params/router/noise_kernel  [d_model, router outputs]  (noisy_top_k)
+  params/router/scale         []  (soft_moe_normalize)
   router_state/router/expert_bias [E]  (use_expert_bias; not trained by
       gradients: on a training call (deterministic=False) with 'router_state'
       mutable, the layer applies moejax.routing.update_expert_bias with the
@@ -37,6 +38,10 @@ from moejax.routing import (RouterOutput, aux_losses, route_in_groups, routing_m
 from moejax.routing.types import Routing, at_least_f32
 
 
+def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
+  return x * jax.lax.rsqrt(jnp.sum(x * x, axis=axis, keepdims=True) + 1e-6)
+
+
 @struct.dataclass
 class MoEAux:
   """Aux losses (unweighted scalars) and routing metrics of one layer call."""
@@ -52,8 +57,9 @@ class Router(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, token_ids: Optional[jax.Array] = None,
-               deterministic: bool = True) -> RouterOutput:
-    """x: [T, d_model]; token_ids: [T] (hash routing only)."""
+               deterministic: bool = True, groups: Optional[int] = None) -> RouterOutput:
+    """x: [T, d_model]; token_ids: [T] (hash routing only); groups: routed
+    groups of consecutive tokens (default config.routing_groups)."""
     cfg = self.config
     x = at_least_f32(x)
     stochastic = cfg.jitter_noise > 0 or cfg.noisy_top_k or cfg.second_expert_sampling
@@ -67,7 +73,11 @@ class Router(nn.Module):
     if cfg.name != "hash":
       init = nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal")
       kernel = self.param("kernel", init, (x.shape[-1], cfg.num_router_outputs))
-      logits = x @ kernel
+      if cfg.soft_moe_normalize:
+        scale = self.param("scale", nn.initializers.ones, ())
+        logits = scale * (_l2_normalize(x, axis=-1) @ _l2_normalize(kernel, axis=0))
+      else:
+        logits = x @ kernel
     if cfg.noisy_top_k:
       noise_kernel = self.param("noise_kernel", nn.initializers.zeros,
                                 (x.shape[-1], cfg.num_router_outputs))
@@ -78,7 +88,7 @@ class Router(nn.Module):
                                (cfg.num_experts,), jnp.float32)
       expert_bias = bias_var.value
     out = route_in_groups(cfg, logits, token_ids=token_ids, expert_bias=expert_bias,
-                          noise_std=noise_std, rng=rng)
+                          noise_std=noise_std, rng=rng, groups=groups)
     if (bias_var is not None and not deterministic and cfg.expert_bias_update_rate > 0
         and self.is_mutable_collection("router_state") and not self.is_initializing()):
       load = jax.lax.stop_gradient(out.routing.tokens_per_expert())
@@ -109,7 +119,8 @@ class MoELayer(nn.Module):
     dtype = jnp.dtype(cfg.dtype)
     tokens = x.reshape(-1, cfg.d_model)
     ids = None if token_ids is None else token_ids.reshape(-1)
-    out = Router(cfg.router, name="router")(tokens, token_ids=ids, deterministic=deterministic)
+    out = Router(cfg.router, name="router")(tokens, token_ids=ids, deterministic=deterministic,
+                                            groups=self._routing_groups(x))
     experts = ExpertBank(cfg.router.num_experts, cfg.d_model, cfg.d_ff, cfg.activation,
                          cfg.use_bias, gmm_backend=cfg.gmm_backend,
                          gmm_block_size=cfg.gmm_block_size, dtype=dtype, name="experts")
@@ -134,6 +145,13 @@ class MoELayer(nn.Module):
       y = y + shared
     aux = MoEAux(losses=aux_losses(out), metrics=routing_metrics(out))
     return y.reshape(x.shape).astype(x.dtype), aux
+
+  def _routing_groups(self, x: jax.Array) -> int:
+    """Soft MoE per example: one group per row of the leading axis."""
+    r = self.config.router
+    if r.name == "soft_moe" and r.soft_moe_grouping == "example" and x.ndim > 2:
+      return x.shape[0]
+    return r.routing_groups
 
   def _expert_parallel_ok(self, mesh, routing) -> bool:
     """Whether this call can run expert-parallel on `mesh`."""

@@ -67,6 +67,22 @@ def test_steps_reduce_loss_on_a_fixed_batch(family):
     assert bias and any(np.abs(np.asarray(b)).max() > 0 for b in bias)
 
 
+def test_soft_moe_vit_logits_do_not_depend_on_batch_neighbours():
+  """Soft MoE slots are per image (the default grouping): an image's eval
+  logits are the same whatever the other images of its batch are."""
+  exp = experiment_from_config(tiny_config(**FAMILIES["vit_soft_moe"]))
+  model = build_model(exp.model)
+  images = np.random.default_rng(0).random((4, 8, 8, 1), np.float32)
+  variables = model.init(jax.random.key(0), jnp.asarray(images))
+  logits, _ = model.apply(variables, jnp.asarray(images))
+  neighbours = images.copy()
+  neighbours[1:] = np.random.default_rng(1).random((3, 8, 8, 1), np.float32)
+  other, _ = model.apply(variables, jnp.asarray(neighbours))
+  np.testing.assert_allclose(np.asarray(logits[0]), np.asarray(other[0]), atol=1e-6)
+  alone, _ = model.apply(variables, jnp.asarray(images[:1]))
+  np.testing.assert_allclose(np.asarray(logits[0]), np.asarray(alone[0]), atol=1e-6)
+
+
 def test_lm_is_causal():
   exp = experiment_from_config(tiny_config(model__moe__router__capacity_factor=None))
   model = build_model(exp.model)

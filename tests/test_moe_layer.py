@@ -152,3 +152,64 @@ def test_wrong_input_width_is_a_clear_error():
   layer = _layer(ROUTER_CASES["top_k_dropless"])
   with pytest.raises(ValueError, match="input last dim 5 != d_model=6"):
     layer.init(jax.random.key(0), jnp.ones((3, 5)))
+
+
+def _soft_moe_layer(**router):
+  cfg = MoEConfig(router=RouterConfig(name="soft_moe", num_experts=3, top_k=1, num_slots=2,
+                                      **router),
+                  d_model=8, d_ff=16, activation="relu", dispatch="einsum")
+  return MoELayer(cfg)
+
+
+def test_soft_moe_routes_each_example_alone():
+  """Per-example slots (the default): an example's output is the output of
+  the layer on that example alone, whatever its batch neighbours are."""
+  layer = _soft_moe_layer()
+  x = jax.random.normal(jax.random.key(0), (4, 5, 8))
+  variables = layer.init(jax.random.key(1), x)
+  y, _ = layer.apply(variables, x)
+  for i in range(4):
+    alone, _ = layer.apply(variables, x[i:i + 1])
+    np.testing.assert_allclose(y[i], alone[0], atol=1e-6)
+  call = _soft_moe_layer(soft_moe_grouping="call")
+  mixed, _ = call.apply(variables, x)
+  assert np.abs(mixed[0] - y[0]).max() > 1e-3   # 'call' shares slots across the batch
+
+
+def _soft_moe_numpy(x, params, scale=None):
+  """Soft MoE from the paper's equations, one example x [m, d], in NumPy:
+  D = softmax_columns(X Phi), X~ = D^T X, Y~_i = f_i(X~_i), C =
+  softmax_rows(X Phi), Y = C Y~ (vmoe normalisation: X, Phi L2-normalised,
+  logits times scale)."""
+  phi = np.asarray(params["router"]["kernel"], np.float64)
+  x = np.asarray(x, np.float64)
+  if scale is not None:
+    x_n = x / np.sqrt((x * x).sum(-1, keepdims=True) + 1e-6)
+    phi_n = phi / np.sqrt((phi * phi).sum(0, keepdims=True) + 1e-6)
+    logits = scale * x_n @ phi_n
+  else:
+    logits = x @ phi
+  softmax = lambda a, axis: np.exp(a - a.max(axis, keepdims=True)) / np.exp(
+      a - a.max(axis, keepdims=True)).sum(axis, keepdims=True)
+  dispatch, combine = softmax(logits, 0), softmax(logits, 1)
+  slots_in = dispatch.T @ x                                       # [E * n, d]
+  w_in = np.asarray(params["experts"]["w_in"], np.float64)        # [E, d, f]
+  w_out = np.asarray(params["experts"]["w_out"], np.float64)      # [E, f, d]
+  experts, slots = w_in.shape[0], slots_in.shape[0] // w_in.shape[0]
+  outs = [np.maximum(slots_in[e * slots:(e + 1) * slots] @ w_in[e], 0) @ w_out[e]
+          for e in range(experts)]
+  return combine @ np.concatenate(outs)
+
+
+@pytest.mark.parametrize("normalize", [False, True])
+def test_soft_moe_matches_the_paper_equations(normalize):
+  layer = _soft_moe_layer(soft_moe_normalize=normalize)
+  x = jax.random.normal(jax.random.key(2), (2, 5, 8)) * 3.0
+  variables = layer.init(jax.random.key(3), x)
+  params = variables["params"]
+  if normalize:
+    params = {**params, "router": {**params["router"], "scale": jnp.float32(2.5)}}
+  y, _ = layer.apply({"params": params}, x)
+  for i in range(2):
+    expected = _soft_moe_numpy(x[i], params, 2.5 if normalize else None)
+    np.testing.assert_allclose(y[i], expected, atol=1e-5, rtol=1e-5)

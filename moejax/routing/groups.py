@@ -7,6 +7,10 @@ are offset by group: group g owns slots [g*C, (g+1)*C) of every expert, so
 the merged Routing has capacity G*C and any dispatch strategy handles it
 unchanged. Expert-parallel dispatch relies on that layout: a device holding
 groups [a, b) owns exactly the slots [a*C, b*C).
+
+Dense routing (Soft MoE per example) merges the same way: group g's tokens
+dispatch to and combine from slots [g*n, (g+1)*n) of every expert only, so
+the merged dispatch / combine weights are block-diagonal over groups.
 """
 
 from __future__ import annotations
@@ -18,19 +22,21 @@ import jax.numpy as jnp
 
 from moejax.config import RouterConfig
 from moejax.routing.router import route
-from moejax.routing.types import Routing, RouterOutput
+from moejax.routing.types import DenseRouting, Routing, RouterOutput
 
 
 def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
                     token_ids: Optional[jax.Array] = None,
                     expert_bias: Optional[jax.Array] = None,
                     noise_std: Optional[jax.Array] = None,
-                    rng: Optional[jax.Array] = None) -> RouterOutput:
-  """`route` applied to config.routing_groups groups (arguments as for route).
+                    rng: Optional[jax.Array] = None,
+                    groups: Optional[int] = None) -> RouterOutput:
+  """`route` applied to `groups` (default config.routing_groups) groups of
+  consecutive tokens (other arguments as for route).
 
   Group g uses rng fold_in(rng, g). With one group this is exactly `route`.
   """
-  groups = config.routing_groups
+  groups = config.routing_groups if groups is None else groups
   if groups == 1:
     return route(config, logits, token_ids=token_ids, expert_bias=expert_bias,
                  noise_std=noise_std, rng=rng)
@@ -50,13 +56,13 @@ def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
 
   out = jax.vmap(one_group)(split, keys)
   r = out.routing
-  if not isinstance(r, Routing):
-    raise ValueError(f"router.name={config.name!r} gives dense routing; "
-                     "router.routing_groups must be 1")
+  flat = lambda a: a.reshape(num_tokens, *a.shape[2:])
+  if isinstance(r, DenseRouting):
+    return RouterOutput(routing=_block_diagonal(r), probs=flat(out.probs),
+                        choice_counts=out.choice_counts.sum(0), logits=flat(out.logits))
   # Slots per expert and group: the capacity, or (dropless) the group's tokens.
   slots = r.capacity if r.capacity is not None else num_tokens // groups
   offset = (jnp.arange(groups, dtype=r.position.dtype) * slots)[:, None, None]
-  flat = lambda a: a.reshape(num_tokens, *a.shape[2:])
   routing = Routing(expert_index=flat(r.expert_index), weight=flat(r.weight),
                     position=flat(r.position + offset), valid=flat(r.valid),
                     num_experts=r.num_experts,
@@ -64,3 +70,14 @@ def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
   return RouterOutput(routing=routing, probs=flat(out.probs),
                       choice_counts=out.choice_counts.sum(0),
                       logits=None if out.logits is None else flat(out.logits))
+
+
+def _block_diagonal(r: DenseRouting) -> DenseRouting:
+  """[G, S, E, n] per-group weights -> [G*S, E, G*n], zero across groups."""
+  groups, per_group, experts, slots = r.dispatch.shape
+  eye = jnp.eye(groups, dtype=r.dispatch.dtype)
+
+  def merge(w):
+    return jnp.einsum("gsen,gh->gsehn", w, eye).reshape(groups * per_group, experts,
+                                                        groups * slots)
+  return DenseRouting(dispatch=merge(r.dispatch), combine=merge(r.combine))

@@ -62,4 +62,5 @@ def test_checkpoint_resumes_on_another_mesh_shape(tmp_path, tmp_path_factory, da
   second = _run(_exp(data_dir, "dropless", mesh__data=2, mesh__expert=4), tmp_path / "split")
   assert second.step == 6
   np.testing.assert_allclose(_losses(first), _losses(whole)[:3], rtol=RTOL)
-  np.testing.assert_allclose(_losses(second), _losses(whole)[3:], rtol=RTOL)
+  # the resumed run's history is the whole run's: steps 1-3 read back from metrics.jsonl
+  np.testing.assert_allclose(_losses(second), _losses(whole), rtol=RTOL)
