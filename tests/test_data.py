@@ -1,11 +1,13 @@
 """Embedded TFDS datasets through grain: coverage, determinism, resumable
 iterator state, and one-line errors for datasets that cannot be used."""
 
+import pathlib
+
 import numpy as np
 import pytest
 
 from moejax.data import DataConfig, DataError, make_datasets, unigram_cross_entropy
-from moejax.data.builders import PYDOC_RECORD_BYTES, pydoc_corpus
+from moejax.data.builders import PYDOC_RECORD_BYTES, pydoc_corpus, stdlib_corpus
 from moejax.data.sources import ByteWindows, lm_example
 from moejax.models import ModelConfig
 
@@ -85,3 +87,20 @@ def test_unusable_dataset_is_one_clear_error(data_dir, config, model, expected):
   assert expected in message and "\n" not in message, message
   if "not prepared" in message:
     assert "tfds build mnist" in message and "--file_format=array_record" in message
+
+
+def test_stdlib_corpus_is_split_by_file_with_enough_held_out_text(data_dir):
+  import sysconfig
+  splits, digest = stdlib_corpus()
+  assert stdlib_corpus()[1] == digest                                    # deterministic
+  assert len(splits["validation"]) >= 500_000 and len(splits["test"]) >= 500_000
+  assert len(splits["train"]) > 8 * len(splits["validation"])
+  # By file: a file's whole text lands in exactly one split.
+  source = (pathlib.Path(sysconfig.get_paths()["stdlib"]) / "json" / "decoder.py").read_bytes()
+  assert sum(source in data for data in splits.values()) == 1
+  data = make_datasets(DataConfig(name="stdlib_bytes", data_dir=data_dir, seq_len=128,
+                                  batch_size=4, eval_batches=0), LM)
+  assert data.content_sha256 == digest
+  held_out = sum(b["mask"].sum() for b in data.eval_batches())
+  # eval_batches=0 evaluates the whole split: 7 windows of 128 targets per 1024-byte record
+  assert held_out >= 0.85 * len(splits["validation"])

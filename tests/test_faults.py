@@ -286,3 +286,18 @@ def test_unexpected_errors_are_one_line_unless_verbose(verbosity, lines_expected
     assert lines == ["error: KeyError: 'boom' (rerun with --verbosity=1 for the traceback)"]
   else:
     assert "Traceback" in proc.stderr and len(lines) > 3
+
+
+def test_resume_on_a_corpus_with_another_digest_is_refused(tmp_path, data_dir):
+  """stdlib_bytes differs between Python versions: a checkpoint trained on one
+  copy does not silently continue on another."""
+  workdir = tmp_path / "run"
+  _run(workdir, data_dir, data__name="stdlib_bytes", train__num_steps=3)
+  other = tmp_path / "other_tfds"
+  shutil.copytree(pathlib.Path(data_dir) / "stdlib_bytes", other / "stdlib_bytes")
+  metadata = next(other.rglob("metadata.json"))
+  metadata.write_text(json.dumps({**json.loads(metadata.read_text()), "content_sha256": "0" * 64}))
+  with pytest.raises(CheckpointError, match=r"trained on stdlib_bytes with content sha256 "
+                                            r"[0-9a-f]{64}, but the copy in data.data_dir has "
+                                            r"0{64}"):
+    _run(workdir, str(other), data__name="stdlib_bytes", train__num_steps=6)

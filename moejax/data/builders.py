@@ -4,6 +4,17 @@ Both write array_record files, which grain reads by random access:
   pydoc_bytes:    Python's own documentation (pydoc_data.topics, ~465 KB of
                   English) as a byte stream cut into fixed 1024-byte records.
                   Splits: train (first 95% of records), validation (the rest).
+  stdlib_bytes:   the source of Python's standard library (*.py under the
+                  stdlib folder, without site-packages and the test suites;
+                  ~12 MB on CPython 3.11), split by file: a file goes to test
+                  if sha256(its relative path) % 20 == 0, to validation if it
+                  is 1, else to train (~5% / 5% / 90%, stable when files come
+                  and go). Each split is its files' bytes in sorted path order,
+                  separated by a blank line, cut into 1024-byte records. The
+                  stdlib differs between Python versions: the SHA-256 of the
+                  whole corpus is stored in the dataset info (metadata
+                  'content_sha256') and in every checkpoint, and a run resumed
+                  on a copy with another digest is refused.
   sklearn_digits: scikit-learn's bundled 8x8 handwritten digits (1797 images,
                   intensities 0..16), shuffled once with a fixed seed.
                   Splits: train (1500), test (297).
@@ -11,10 +22,19 @@ Both write array_record files, which grain reads by random access:
 
 from __future__ import annotations
 
+import hashlib
+import pathlib
+import platform
+import sysconfig
+from typing import Dict, Tuple
+
 import numpy as np
 import tensorflow_datasets as tfds
 
 PYDOC_RECORD_BYTES = 1024
+RECORD_BYTES = PYDOC_RECORD_BYTES
+# Folders of the stdlib that are not the library itself.
+_STDLIB_SKIP = {"site-packages", "dist-packages", "test", "tests", "idle_test", "__pycache__"}
 
 
 def pydoc_corpus() -> bytes:
@@ -50,6 +70,58 @@ class PydocBytes(tfds.core.GeneratorBasedBuilder):
       yield i, {"bytes": record}
 
 
+def stdlib_corpus() -> Tuple[Dict[str, bytes], str]:
+  """({split: bytes}, sha256 hex of every (path, content) in order): see the
+  module docstring for the file selection and split rule."""
+  root = pathlib.Path(sysconfig.get_paths()["stdlib"])
+  files = sorted(p for p in root.rglob("*.py")
+                 if not set(p.relative_to(root).parts[:-1]) & _STDLIB_SKIP)
+  parts: Dict[str, list] = {"train": [], "validation": [], "test": []}
+  digest = hashlib.sha256()
+  for path in files:
+    name = path.relative_to(root).as_posix()
+    content = path.read_bytes()
+    digest.update(name.encode() + b"\0" + content + b"\0")
+    bucket = int(hashlib.sha256(name.encode()).hexdigest(), 16) % 20
+    split = "test" if bucket == 0 else "validation" if bucket == 1 else "train"
+    parts[split].append(content)
+  return {split: b"\n\n".join(chunks) for split, chunks in parts.items()}, digest.hexdigest()
+
+
+def _records(data: bytes) -> np.ndarray:
+  """[n, RECORD_BYTES] uint8 records of a byte stream (the tail is dropped)."""
+  array = np.frombuffer(data, np.uint8)
+  return array[: len(array) // RECORD_BYTES * RECORD_BYTES].reshape(-1, RECORD_BYTES)
+
+
+class StdlibBytes(tfds.core.GeneratorBasedBuilder):
+  """Byte-level LM corpus from the Python standard library's source."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  RELEASE_NOTES = {"1.0.0": "First release."}
+
+  def _info(self):
+    # The metadata is filled in while the splits are generated and read back
+    # from the prepared folder afterwards (reading the stdlib takes seconds).
+    return tfds.core.DatasetInfo(
+        builder=self,
+        description=(f"Python {platform.python_version()} standard library source (*.py) as "
+                     f"{RECORD_BYTES}-byte records of bytes; split by file."),
+        features=tfds.features.FeaturesDict({
+            "bytes": tfds.features.Tensor(shape=(RECORD_BYTES,), dtype=np.uint8)}),
+        metadata=tfds.core.MetadataDict())
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    splits, digest = stdlib_corpus()
+    self.info.metadata.update(content_sha256=digest, python_version=platform.python_version())
+    return {name: self._generate_examples(_records(data)) for name, data in splits.items()}
+
+  def _generate_examples(self, records):
+    for i, record in enumerate(records):
+      yield i, {"bytes": record}
+
+
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's bundled 8x8 digits as uint8 images [8, 8, 1] + labels."""
 
@@ -79,4 +151,9 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": image, "label": int(label)}
 
 
-EMBEDDED = {"pydoc_bytes": PydocBytes, "sklearn_digits": SklearnDigits}
+EMBEDDED = {"pydoc_bytes": PydocBytes, "stdlib_bytes": StdlibBytes,
+            "sklearn_digits": SklearnDigits}
+# Embedded corpora of fixed-length byte records, read as byte windows (kind='lm').
+BYTE_CORPORA = ("pydoc_bytes", "stdlib_bytes")
+# Embedded image datasets (kind='vit').
+IMAGE_DATASETS = ("sklearn_digits",)

@@ -18,7 +18,7 @@ import grain.python as grain
 import jax
 import numpy as np
 
-from moejax.data.builders import EMBEDDED
+from moejax.data.builders import BYTE_CORPORA, EMBEDDED, IMAGE_DATASETS
 from moejax.data.config import DataConfig
 from moejax.data.sources import ByteWindows, ImageLabel, TextBytes
 
@@ -40,6 +40,7 @@ class Datasets:
   make_train_iterator: Callable
   eval_batches: Callable[[], List[dict]]
   num_train_examples: int
+  content_sha256: Optional[str] = None  # embedded corpora whose content varies (stdlib_bytes)
 
 
 def default_data_dir(config: DataConfig) -> str:
@@ -104,7 +105,7 @@ def _source(builder, split: str, field: str):
 def _examples(builder, source, config: DataConfig, model_config) -> grain.MapDataset:
   """A MapDataset of training examples for model_config.kind."""
   features = builder.info.features
-  if model_config.kind == "lm" and builder.name == "pydoc_bytes":
+  if model_config.kind == "lm" and builder.name in BYTE_CORPORA:
     return grain.MapDataset.source(ByteWindows(source, config.seq_len))
   ds = grain.MapDataset.source(source)
   if model_config.kind == "lm":
@@ -138,12 +139,12 @@ def make_datasets(config: DataConfig, model_config, *, process_index: Optional[i
   if config.batch_size % process_count:
     raise DataError(f"data.batch_size={config.batch_size} is invalid: must divide by the "
                     f"{process_count} processes")
-  if model_config.kind == "lm" and config.name == "sklearn_digits":
-    raise DataError("data.name='sklearn_digits' is invalid for model.kind='lm': it holds "
-                    "images; use 'pydoc_bytes' or a text dataset")
-  if model_config.kind == "vit" and config.name == "pydoc_bytes":
-    raise DataError("data.name='pydoc_bytes' is invalid for model.kind='vit': it holds text; "
-                    "use 'sklearn_digits' or an image dataset")
+  if model_config.kind == "lm" and config.name in IMAGE_DATASETS:
+    raise DataError(f"data.name={config.name!r} is invalid for model.kind='lm': it holds "
+                    f"images; use one of {', '.join(BYTE_CORPORA)} or a text dataset")
+  if model_config.kind == "vit" and config.name in BYTE_CORPORA:
+    raise DataError(f"data.name={config.name!r} is invalid for model.kind='vit': it holds text; "
+                    f"use one of {', '.join(IMAGE_DATASETS)} or an image dataset")
   builder = _builder(config)
   host_batch = config.batch_size // process_count
   train = _examples(builder, _source(builder, config.train_split, "train_split"), config,
@@ -170,7 +171,8 @@ def make_datasets(config: DataConfig, model_config, *, process_index: Optional[i
     count = min(config.eval_batches or full_eval_batches, full_eval_batches)
     return [batched[i] for i in range(count)]
 
-  return Datasets(make_train_iterator, eval_batches, len(train))
+  return Datasets(make_train_iterator, eval_batches, len(train),
+                  builder.info.metadata.get("content_sha256") if builder.info.metadata else None)
 
 
 def unigram_cross_entropy(datasets: Datasets, vocab_size: int,

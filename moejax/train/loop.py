@@ -156,7 +156,13 @@ def _train(exp: ExperimentConfig, workdir: str, datasets, log: Callable[[str], N
   latest = None
   if restored is not None:
     latest, state, data_state = restored
-    train_iter.set_state(data_state)
+    if data_state.get("content_sha256") != datasets.content_sha256:
+      raise CheckpointError(
+          f"the checkpoint (step {latest}, {ckpt.directory}) was trained on {exp.data.name} with "
+          f"content sha256 {data_state.get('content_sha256')}, but the copy in data.data_dir "
+          f"has {datasets.content_sha256} (built from another Python version?); resume with the "
+          "data_dir it was trained on, or use a new --workdir")
+    train_iter.set_state(data_state["iterator"])
     log(f"resumed from {ckpt.directory} at step {latest}")
   if jax.process_index() == 0:
     atomic_write_text(os.path.join(workdir, "config.json"),
@@ -166,7 +172,8 @@ def _train(exp: ExperimentConfig, workdir: str, datasets, log: Callable[[str], N
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   mesh_text = " x ".join(f"{k}={v}" for k, v in sizes.items() if v > 1) or "none"
   log(f"model: {exp.model.kind}, {num_params / 1e6:.2f}M params, MoE blocks "
-      f"{list(exp.model.moe_layers) or 'none'}; data: {exp.data.name}, batch "
+      f"{list(exp.model.moe_layers) or 'none'}; data: {exp.data.name}"
+      f"{f' (sha256 {datasets.content_sha256[:12]})' if datasets.content_sha256 else ''}, batch "
       f"{exp.data.batch_size}; {cfg.num_steps} steps on {mesh.devices.size} "
       f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es), "
       f"mesh {mesh_text}")
@@ -206,7 +213,8 @@ def _train(exp: ExperimentConfig, workdir: str, datasets, log: Callable[[str], N
       return
     if not bool(finite(state["params"])):
       raise stop_error(f"parameters are not finite at step {step}")
-    ckpt.save(step, state, train_iter.get_state(), exp.raw)
+    ckpt.save(step, state, {"iterator": train_iter.get_state(),
+                            "content_sha256": datasets.content_sha256}, exp.raw)
     last_saved = step
 
   pending: List = []         # (step, device metrics) since the last flush
