@@ -85,8 +85,8 @@ for name in ("gather", "dropless"):
         ("md", """# Train the tiny MoE LM
 
 The default experiment (`configs/lm_tiny.py`): a 4-block byte-level LM with 8 experts (top-2) in every
-block, trained on the embedded `pydoc_bytes` corpus. A few hundred steps take a couple of minutes on
-a CPU; then we plot the loss and the per-block expert load over training."""),
+block, trained on the embedded `stdlib_bytes` corpus (the Python standard library's source). A few
+hundred steps take a couple of minutes on a CPU; then we plot the loss and the per-block expert load over training."""),
         ("code", INSTALL),
         ("code", STEPS.format(default=300)),
         ("code", '''import json, os, tempfile

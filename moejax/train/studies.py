@@ -1,0 +1,194 @@
+"""Seeded studies: the MoE literature's headline claims, reproduced at small
+scale with error bars and a verdict per claim (experiments/study.py).
+
+A study is a base config (a preset), rows (name -> overrides of the base)
+and claims. Every row trains once per seed in <workdir>/<row>/seed_<s>; a
+row's metric is the mean and (sample) standard deviation over seeds. A claim
+"`better` has a lower `metric` than `worse`" is judged on the intervals
+mean ± std: it *holds* when better's interval lies wholly below worse's, *does
+not hold* when it lies wholly above, and is *inconclusive* when they overlap.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Callable, Dict, List, Sequence, Tuple
+
+import numpy as np
+
+from moejax.train.comparison import apply_override, train_row
+from moejax.train.presets import lm_tiny, vit_tiny
+
+HOLDS, FAILS, INCONCLUSIVE = "holds", "does not hold", "inconclusive"
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  text: str           # the claim, with its source
+  metric: str         # a row field: 'eval_loss', 'balance', ...
+  better: str         # row expected to have the lower metric
+  worse: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Study:
+  description: str
+  base: Callable                                 # () -> ConfigDict
+  rows: Dict[str, Tuple[str, ...]]               # row -> 'field=value' overrides
+  claims: Tuple[Claim, ...]
+
+
+_DENSE = ("model.moe_every=0",)
+_DROPLESS = ("model.moe.dispatch=dropless", "model.moe.router.capacity_factor=None")
+
+STUDIES: Dict[str, Study] = {
+    "moe_vs_dense": Study(
+        "lm_tiny (8 experts, top-2, capacity 1.25) vs its dense twin (d_ff 512 = 2 x 256) at "
+        "equal active parameters, stdlib_bytes", lm_tiny,
+        {"dense": _DENSE, "moe_8x_top2": ()},
+        (Claim("MoE reaches a lower eval loss than dense at equal active parameters and steps "
+               "(Switch Transformer, GShard)", "eval_loss", "moe_8x_top2", "dense"),)),
+    "num_experts": Study(
+        "dense vs 4 / 8 / 16 experts, top-2, d_ff 256 each (equal active parameters)", lm_tiny,
+        {"dense": _DENSE, "experts_4": ("model.moe.router.num_experts=4",),
+         "experts_8": ("model.moe.router.num_experts=8",),
+         "experts_16": ("model.moe.router.num_experts=16",)},
+        (Claim("more experts, lower loss at fixed active compute (Switch Transformer): 16 < 8",
+               "eval_loss", "experts_16", "experts_8"),
+         Claim("... and 8 < 4", "eval_loss", "experts_8", "experts_4"))),
+    "granularity": Study(
+        "8 experts x 256 top-2 vs 32 experts x 64 top-8 vs 31 x 64 top-7 + 1 shared expert "
+        "(equal total and active parameters), dropless", lm_tiny,
+        {"coarse_8x256_top2": _DROPLESS,
+         "fine_32x64_top8": _DROPLESS + ("model.moe.router.num_experts=32",
+                                         "model.moe.router.top_k=8", "model.moe.d_ff=64"),
+         "fine_shared_31x64_top7": _DROPLESS + (
+             "model.moe.router.num_experts=31", "model.moe.router.top_k=7", "model.moe.d_ff=64",
+             "model.moe.num_shared_experts=1")},
+        (Claim("fine-grained + shared experts beat coarse experts (DeepSeekMoE)", "eval_loss",
+               "fine_shared_31x64_top7", "coarse_8x256_top2"),)),
+    "balancing": Study(
+        "load-balance aux loss (1e-2, 1e-3) vs aux-loss-free bias vs none, dropless", lm_tiny,
+        {"aux_1e-2": _DROPLESS, "aux_1e-3": _DROPLESS + ("train.load_balance_weight=0.001",),
+         "bias": _DROPLESS + ("train.load_balance_weight=0.0",
+                              "model.moe.router.use_expert_bias=True"),
+         "none": _DROPLESS + ("train.load_balance_weight=0.0",)},
+        (Claim("the aux-loss-free bias balances better than no balancing (DeepSeek-V3)",
+               "balance", "bias", "none"),
+         Claim("the bias reaches an eval loss at least as good as the aux loss (loss-free "
+               "balancing, Wang et al. 2024): bias < aux 1e-2", "eval_loss", "bias",
+               "aux_1e-2"))),
+    "capacity": Study(
+        "capacity factor 1.0 / 1.25 / 2.0 vs dropless, top-2", lm_tiny,
+        {"capacity_1.0": ("model.moe.router.capacity_factor=1.0",),
+         "capacity_1.25": (), "capacity_2.0": ("model.moe.router.capacity_factor=2.0",),
+         "dropless": _DROPLESS},
+        (Claim("dropless beats capacity 1.0 at equal steps (tokens are not dropped)",
+               "eval_loss", "dropless", "capacity_1.0"),)),
+    "vit_routers": Study(
+        "ViT on the digits: dense vs top-2 (batch-prioritised) vs expert choice vs Soft MoE",
+        vit_tiny,
+        {"dense": _DENSE, "top2_bpr": (),
+         "expert_choice": ("model.moe.router.name=expert_choice", "model.moe.router.top_k=1",
+                           "model.moe.router.capacity_factor=2.0",
+                           "model.moe.router.drop_policy=position"),
+         "soft_moe": ("model.moe.router.name=soft_moe", "model.moe.router.top_k=1",
+                      "model.moe.router.capacity_factor=None", "model.moe.router.num_slots=2",
+                      "model.moe.router.drop_policy=position", "model.moe.dispatch=einsum")},
+        (Claim("Soft MoE beats sparse top-k routing (Puigcerver et al.)", "eval_loss",
+               "soft_moe", "top2_bpr"),)),
+}
+
+
+def verdict(better: Sequence[float], worse: Sequence[float]) -> str:
+  """Judges 'better < worse' on mean ± std intervals (see module docstring)."""
+  (mb, sb), (mw, sw) = _mean_std(better), _mean_std(worse)
+  if mb + sb < mw - sw:
+    return HOLDS
+  if mw + sw < mb - sb:
+    return FAILS
+  return INCONCLUSIVE
+
+
+def _mean_std(values: Sequence[float]) -> Tuple[float, float]:
+  values = np.asarray(values, np.float64)
+  return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else 0.0
+
+
+def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = (),
+              verbose: bool = True) -> Dict:
+  """Trains every row of STUDIES[name] for seeds 0..seeds-1 and writes
+  results.json, results.md and results.png to workdir; returns the results."""
+  study = STUDIES[name]
+  runs: Dict[str, List[Dict]] = {}
+  for row, row_overrides in study.rows.items():
+    for seed in range(seeds):
+      config = study.base()
+      for assignment in (*row_overrides, *overrides, f"seed={seed}"):
+        apply_override(config, assignment)
+      out = os.path.join(workdir, row, f"seed_{seed}")
+      if verbose:
+        print(f"\n=== {name}: {row}, seed {seed} -> {out}", flush=True)
+      runs.setdefault(row, []).append(train_row(row, config, out, verbose=verbose))
+  results = {"study": name, "description": study.description, "seeds": seeds,
+             "overrides": list(overrides), "rows": {}, "claims": []}
+  for row, rows in runs.items():
+    summary = {"params": rows[0]["params"], "active_params": rows[0]["active_params"],
+               "steps": rows[0]["steps"]}
+    for metric in ("eval_loss", "train_loss", "balance", "fraction_dropped"):
+      values = [r[metric] for r in rows]
+      if all(v is not None for v in values):
+        summary[metric] = dict(zip(("mean", "std"), _mean_std(values)), values=values)
+    results["rows"][row] = summary
+  for claim in study.claims:
+    better = results["rows"][claim.better][claim.metric]
+    worse = results["rows"][claim.worse][claim.metric]
+    results["claims"].append({**dataclasses.asdict(claim), "better_mean": better["mean"],
+                              "better_std": better["std"], "worse_mean": worse["mean"],
+                              "worse_std": worse["std"],
+                              "verdict": verdict(better["values"], worse["values"])})
+  _write(results, workdir)
+  return results
+
+
+def markdown(results: Dict) -> str:
+  """The rows (mean ± std over seeds) and one claim -> measured -> verdict line each."""
+  n = results["seeds"]
+  lines = [f"{results['description']}; {n} seed(s), mean ± std.", "",
+           "| row | params | active | steps | eval loss | train loss | balance | dropped |",
+           "|---" * 8 + "|"]
+  fmt = lambda s, key, f: f"{s[key]['mean']:{f}} ± {s[key]['std']:{f}}" if key in s else "–"
+  for row, s in results["rows"].items():
+    lines.append(f"| {row} | {s['params'] / 1e6:.2f}M | {s['active_params'] / 1e6:.2f}M | "
+                 f"{s['steps']} | {fmt(s, 'eval_loss', '.4f')} | {fmt(s, 'train_loss', '.4f')} "
+                 f"| {fmt(s, 'balance', '.2f')} | {fmt(s, 'fraction_dropped', '.1%')} |")
+  lines.append("")
+  for c in results["claims"]:
+    lines.append(f"- **Claim**: {c['text']}. **Measured** ({c['metric']}): {c['better']} "
+                 f"{c['better_mean']:.4f} ± {c['better_std']:.4f} vs {c['worse']} "
+                 f"{c['worse_mean']:.4f} ± {c['worse_std']:.4f}. **Verdict: {c['verdict']}**.")
+  return "\n".join(lines)
+
+
+def _write(results: Dict, workdir: str) -> None:
+  os.makedirs(workdir, exist_ok=True)
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  with open(os.path.join(workdir, "results.md"), "w") as f:
+    f.write(markdown(results) + "\n")
+  import matplotlib
+  matplotlib.use("Agg")
+  import matplotlib.pyplot as plt
+  rows = list(results["rows"])
+  means = [results["rows"][r]["eval_loss"]["mean"] for r in rows]
+  stds = [results["rows"][r]["eval_loss"]["std"] for r in rows]
+  fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.5))
+  ax.bar(rows, means, yerr=stds, capsize=4, color="tab:blue")
+  ax.set_ylim(min(means) - 3 * max(max(stds), 1e-3), max(means) + 3 * max(max(stds), 1e-3))
+  ax.set_ylabel(f"eval loss (mean ± std, {results['seeds']} seeds)")
+  ax.set_title(results["study"])
+  fig.tight_layout()
+  fig.savefig(os.path.join(workdir, "results.png"), dpi=120)
+  plt.close(fig)

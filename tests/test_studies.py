@@ -1,0 +1,46 @@
+"""Seeded studies: the verdict rule, every study's rows validate, and one
+study end to end at a tiny budget (outputs and verdict lines written; the
+numbers mean nothing here)."""
+
+import json
+
+import pytest
+
+from moejax.train import experiment_from_config
+from moejax.train.comparison import apply_override
+from moejax.train.studies import FAILS, HOLDS, INCONCLUSIVE, STUDIES, run_study, verdict
+
+TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "data.seq_len=32",
+        "data.batch_size=8", "data.eval_batches=1"]
+
+
+def test_verdict_is_judged_on_disjoint_intervals():
+  assert verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == HOLDS
+  assert verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == FAILS
+  assert verdict([1.0, 1.5, 0.5], [1.2, 1.3, 1.1]) == INCONCLUSIVE
+
+
+@pytest.mark.parametrize("name", sorted(STUDIES))
+def test_every_study_row_is_a_valid_experiment(name):
+  """Each row's overrides apply to its base and validate (nothing trains)."""
+  study = STUDIES[name]
+  for row, overrides in study.rows.items():
+    config = study.base()
+    for assignment in overrides:
+      apply_override(config, assignment)
+    experiment_from_config(config)
+  assert {c.better for c in study.claims} | {c.worse for c in study.claims} <= set(study.rows)
+
+
+def test_study_writes_its_table_plot_and_verdicts(tmp_path, data_dir):
+  """moe_vs_dense end to end at a tiny budget, 2 seeds per row."""
+  results = run_study("moe_vs_dense", 2, str(tmp_path), TINY + [
+      f"data.data_dir={data_dir}", "train.num_steps=2", "train.log_every=1",
+      "train.plots=False"], verbose=False)
+  assert set(results["rows"]) == {"dense", "moe_8x_top2"}
+  assert all(len(r["eval_loss"]["values"]) == 2 for r in results["rows"].values())
+  text = (tmp_path / "results.md").read_text()
+  assert text.count("**Verdict: ") == 1 and "mean ± std" in text
+  assert results["claims"][0]["verdict"] in (HOLDS, FAILS, INCONCLUSIVE)
+  assert json.loads((tmp_path / "results.json").read_text())["study"] == "moe_vs_dense"
+  assert (tmp_path / "results.png").stat().st_size > 0
