@@ -3,6 +3,7 @@
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from moejax import RouterConfig
 from moejax.routing import (importance_loss, load_balance_loss, route, router_z_loss,
@@ -55,3 +56,25 @@ def test_aux_loss_free_bias_moves_load_toward_uniform():
   assert balance(start) > 2.0, start
   assert balance(end) < 1.25, end
   assert float(bias[0]) < 0 < float(bias[7])  # overloaded experts pushed down
+
+
+def test_load_balance_loss_relates_to_transformers_by_top_k():
+  """transformers' Mixtral-style load_balancing_loss_func counts top-k
+  assignments per token (fractions sum to top_k, not 1) and pools counts and
+  probabilities over all layers before the product. One layer: theirs = top_k
+  x ours; several layers: theirs = top_k x ours computed on the layer-pooled
+  fractions and probabilities (ours averages the per-layer losses instead)."""
+  torch = pytest.importorskip("torch")
+  from transformers.models.mixtral.modeling_mixtral import load_balancing_loss_func
+  num_experts, top_k = 6, 2
+  cfg = RouterConfig(num_experts=num_experts, top_k=top_k)
+  layers = [jax.random.normal(jax.random.key(i), (40, num_experts)) * 2 for i in range(3)]
+  outs = [route(cfg, logits) for logits in layers]
+  theirs = lambda ls: float(load_balancing_loss_func(
+      tuple(torch.tensor(np.asarray(l)) for l in ls), num_experts, top_k))
+  ours = [float(load_balance_loss(o.probs, o.choice_counts)) for o in outs]
+  assert theirs(layers[:1]) == pytest.approx(top_k * ours[0], rel=1e-5)
+  pooled = load_balance_loss(jnp.concatenate([o.probs for o in outs]),
+                             sum(o.choice_counts for o in outs))
+  assert theirs(layers) == pytest.approx(top_k * float(pooled), rel=1e-5)
+  assert theirs(layers) != pytest.approx(top_k * np.mean(ours), rel=1e-3)   # pooling differs

@@ -16,7 +16,15 @@ def load_balance_loss(probs: jax.Array, choice_counts: jax.Array) -> jax.Array:
 
   f_i is the fraction of choices that went to output i (before capacity
   dropping), P_i the mean router probability of output i. Equals 1 under
-  uniform routing, N when everything goes to one output.
+  uniform routing, N when everything goes to one output, whatever top_k is.
+
+  Porting a coefficient: transformers' Mixtral-style load_balancing_loss_func
+  counts assignments per token (its fractions sum to top_k) and pools counts
+  and probabilities over all layers before the product, while the trainer
+  averages this loss over MoE layers. For one layer theirs = top_k x this, so
+  their router_aux_loss_coef c is train.load_balance_weight = top_k * c here
+  (exact per layer; across layers the pooling differs slightly). Switch
+  Transformer (top-1) is this loss; GShard's is this over top-1 choices only.
 
   Args:
     probs: [T, N] per-token probabilities over the N router outputs.
