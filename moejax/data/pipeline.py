@@ -65,10 +65,12 @@ def _builder(config: DataConfig):
   data_dir = default_data_dir(config)
   base = config.name.split("/")[0].split(":")[0]
   if base in EMBEDDED:
-    builder = EMBEDDED[base](data_dir=data_dir, file_format="array_record")
-    if not builder.is_prepared():
-      print(f"preparing embedded dataset {base!r} in {data_dir} (once)", flush=True)
-      builder.download_and_prepare()
+    # TFDS warns about the version folder it is about to fill (no dataset_info.json yet).
+    with _quiet_absl():
+      builder = EMBEDDED[base](data_dir=data_dir, file_format="array_record")
+      if not builder.is_prepared():
+        print(f"preparing embedded dataset {base!r} in {data_dir} (once)", flush=True)
+        builder.download_and_prepare()
     return builder
   try:
     with _quiet_absl():  # TFDS warns about every version folder it looks at
