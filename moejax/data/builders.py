@@ -43,31 +43,42 @@ def pydoc_corpus() -> bytes:
   return "\n\n".join(topics[name] for name in sorted(topics)).encode("utf-8")
 
 
-class PydocBytes(tfds.core.GeneratorBasedBuilder):
-  """Byte-level LM corpus from pydoc_data.topics (records of 1024 bytes)."""
+def _records(data: bytes) -> np.ndarray:
+  """[n, RECORD_BYTES] uint8 records of a byte stream (the tail is dropped)."""
+  array = np.frombuffer(data, np.uint8)
+  return array[: len(array) // RECORD_BYTES * RECORD_BYTES].reshape(-1, RECORD_BYTES)
+
+
+class _ByteRecords:
+  """What the byte-corpus builders share: the feature and the examples (a
+  mixin, so TFDS does not register it as a dataset)."""
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
 
-  def _info(self):
+  def _byte_info(self, description: str, **info) -> tfds.core.DatasetInfo:
     return tfds.core.DatasetInfo(
-        builder=self,
-        description="Python's pydoc topics as 1024-byte records of UTF-8 bytes.",
+        builder=self, description=description,
         features=tfds.features.FeaturesDict({
-            "bytes": tfds.features.Tensor(shape=(PYDOC_RECORD_BYTES,), dtype=np.uint8)}))
-
-  def _split_generators(self, dl_manager):
-    del dl_manager
-    data = np.frombuffer(pydoc_corpus(), np.uint8)
-    records = data[: len(data) // PYDOC_RECORD_BYTES * PYDOC_RECORD_BYTES]
-    records = records.reshape(-1, PYDOC_RECORD_BYTES)
-    num_train = int(round(0.95 * len(records)))
-    return {"train": self._generate_examples(records[:num_train]),
-            "validation": self._generate_examples(records[num_train:])}
+            "bytes": tfds.features.Tensor(shape=(RECORD_BYTES,), dtype=np.uint8)}), **info)
 
   def _generate_examples(self, records):
     for i, record in enumerate(records):
       yield i, {"bytes": record}
+
+
+class PydocBytes(_ByteRecords, tfds.core.GeneratorBasedBuilder):
+  """Byte-level LM corpus from pydoc_data.topics (records of 1024 bytes)."""
+
+  def _info(self):
+    return self._byte_info("Python's pydoc topics as 1024-byte records of UTF-8 bytes.")
+
+  def _split_generators(self, dl_manager):
+    del dl_manager
+    records = _records(pydoc_corpus())
+    num_train = int(round(0.95 * len(records)))
+    return {"train": self._generate_examples(records[:num_train]),
+            "validation": self._generate_examples(records[num_train:])}
 
 
 def stdlib_corpus() -> Tuple[Dict[str, bytes], str]:
@@ -88,38 +99,21 @@ def stdlib_corpus() -> Tuple[Dict[str, bytes], str]:
   return {split: b"\n\n".join(chunks) for split, chunks in parts.items()}, digest.hexdigest()
 
 
-def _records(data: bytes) -> np.ndarray:
-  """[n, RECORD_BYTES] uint8 records of a byte stream (the tail is dropped)."""
-  array = np.frombuffer(data, np.uint8)
-  return array[: len(array) // RECORD_BYTES * RECORD_BYTES].reshape(-1, RECORD_BYTES)
-
-
-class StdlibBytes(tfds.core.GeneratorBasedBuilder):
+class StdlibBytes(_ByteRecords, tfds.core.GeneratorBasedBuilder):
   """Byte-level LM corpus from the Python standard library's source."""
-
-  VERSION = tfds.core.Version("1.0.0")
-  RELEASE_NOTES = {"1.0.0": "First release."}
 
   def _info(self):
     # The metadata is filled in while the splits are generated and read back
     # from the prepared folder afterwards (reading the stdlib takes seconds).
-    return tfds.core.DatasetInfo(
-        builder=self,
-        description=(f"Python {platform.python_version()} standard library source (*.py) as "
-                     f"{RECORD_BYTES}-byte records of bytes; split by file."),
-        features=tfds.features.FeaturesDict({
-            "bytes": tfds.features.Tensor(shape=(RECORD_BYTES,), dtype=np.uint8)}),
-        metadata=tfds.core.MetadataDict())
+    return self._byte_info(
+        f"Python {platform.python_version()} standard library source (*.py) as "
+        f"{RECORD_BYTES}-byte records of bytes; split by file.", metadata=tfds.core.MetadataDict())
 
   def _split_generators(self, dl_manager):
     del dl_manager
     splits, digest = stdlib_corpus()
     self.info.metadata.update(content_sha256=digest, python_version=platform.python_version())
     return {name: self._generate_examples(_records(data)) for name, data in splits.items()}
-
-  def _generate_examples(self, records):
-    for i, record in enumerate(records):
-      yield i, {"bytes": record}
 
 
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
