@@ -12,6 +12,8 @@ from moejax.train.studies import FAILS, HOLDS, INCONCLUSIVE, STUDIES, run_study,
 
 TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "data.seq_len=32",
         "data.batch_size=8", "data.eval_batches=1"]
+TINY_VIT = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "data.batch_size=16",
+            "data.eval_batches=1"]
 
 
 def test_verdict_is_judged_on_disjoint_intervals():
@@ -32,15 +34,34 @@ def test_every_study_row_is_a_valid_experiment(name):
   assert {c.better for c in study.claims} | {c.worse for c in study.claims} <= set(study.rows)
 
 
+def _tiny(study: str, data_dir) -> list:
+  shrink = TINY if STUDIES[study].base().model.kind == "lm" else TINY_VIT
+  return shrink + [f"data.data_dir={data_dir}", "train.num_steps=2", "train.log_every=1",
+                   "train.plots=False", "train.checkpoint_every=2"]
+
+
 def test_study_writes_its_table_plot_and_verdicts(tmp_path, data_dir):
   """moe_vs_dense end to end at a tiny budget, 2 seeds per row."""
-  results = run_study("moe_vs_dense", 2, str(tmp_path), TINY + [
-      f"data.data_dir={data_dir}", "train.num_steps=2", "train.log_every=1",
-      "train.plots=False"], verbose=False)
+  results = run_study("moe_vs_dense", 2, str(tmp_path), _tiny("moe_vs_dense", data_dir),
+                      verbose=False)
   assert set(results["rows"]) == {"dense", "moe_8x_top2"}
   assert all(len(r["eval_loss"]["values"]) == 2 for r in results["rows"].values())
   text = (tmp_path / "results.md").read_text()
   assert text.count("**Verdict: ") == 1 and "mean ± std" in text
   assert results["claims"][0]["verdict"] in (HOLDS, FAILS, INCONCLUSIVE)
   assert json.loads((tmp_path / "results.json").read_text())["study"] == "moe_vs_dense"
+  assert (tmp_path / "results.png").stat().st_size > 0
+  curve = results["rows"]["moe_8x_top2"]["balance_curve"]
+  assert curve["steps"] == [1, 2] and all(b >= 1.0 for b in curve["mean"])
+  assert "balance_curve" not in results["rows"]["dense"]
+
+
+@pytest.mark.parametrize("name", sorted(set(STUDIES) - {"moe_vs_dense"}))
+def test_every_study_runs_at_a_tiny_budget(tmp_path, data_dir, name):
+  """CI's smoke run of each study: every row trains (1 seed, 2 steps) and
+  results.md has one verdict line per claim."""
+  results = run_study(name, 1, str(tmp_path), _tiny(name, data_dir), verbose=False)
+  assert set(results["rows"]) == set(STUDIES[name].rows)
+  text = (tmp_path / "results.md").read_text()
+  assert text.count("**Verdict: ") == len(STUDIES[name].claims)
   assert (tmp_path / "results.png").stat().st_size > 0

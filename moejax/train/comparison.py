@@ -101,8 +101,9 @@ def train_row(name: str, config, workdir: str, verbose: bool = True) -> Dict:
   if verbose:
     print_summary(summary, workdir)
   shapes = _param_shapes(exp)
-  last = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
-          if r["split"] == "train"][-1]
+  train_rows = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
+                if r["split"] == "train"]
+  last = train_rows[-1]
   router = exp.model.moe.router.name if exp.model.moe_layers else None
   return {
       "config": name, "router": router, "causal": router not in NON_CAUSAL_ROUTERS,
@@ -115,6 +116,9 @@ def train_row(name: str, config, workdir: str, verbose: bool = True) -> Dict:
       "balance": float(np.mean(last["balance"])) if "balance" in last else None,
       "fraction_dropped": (float(np.mean(last["fraction_dropped"]))
                            if "fraction_dropped" in last else None),
+      # max/mean expert load (mean over MoE layers) at every logged step
+      "balance_curve": [[r["step"], float(np.mean(r["balance"]))] for r in train_rows
+                        if "balance" in r],
       "workdir": workdir}
 
 

@@ -40,6 +40,16 @@ class Study:
   claims: Tuple[Claim, ...]
 
 
+def lm_study():
+  """lm_tiny cut to 2 blocks, so that a 3-seed study of 4 rows fits ~20 minutes
+  on 2 cores: 500 steps (1M training bytes, no byte seen twice), eval on
+  262K held-out bytes."""
+  c = lm_tiny()
+  c.model.num_layers = 2
+  c.train.checkpoint_every = c.train.num_steps
+  return c
+
+
 _DENSE = ("model.moe_every=0",)
 _DROPLESS = ("model.moe.dispatch=dropless", "model.moe.router.capacity_factor=None")
 
@@ -51,16 +61,19 @@ STUDIES: Dict[str, Study] = {
         (Claim("MoE reaches a lower eval loss than dense at equal active parameters and steps "
                "(Switch Transformer, GShard)", "eval_loss", "moe_8x_top2", "dense"),)),
     "num_experts": Study(
-        "dense vs 4 / 8 / 16 experts, top-2, d_ff 256 each (equal active parameters)", lm_tiny,
-        {"dense": _DENSE, "experts_4": ("model.moe.router.num_experts=4",),
-         "experts_8": ("model.moe.router.num_experts=8",),
-         "experts_16": ("model.moe.router.num_experts=16",)},
-        (Claim("more experts, lower loss at fixed active compute (Switch Transformer): 16 < 8",
-               "eval_loss", "experts_16", "experts_8"),
-         Claim("... and 8 < 4", "eval_loss", "experts_8", "experts_4"))),
+        "dense vs 4 / 8 / 16 / 32 experts, top-2, d_ff 256 each (equal active parameters), "
+        "dropless, 2 blocks", lm_study,
+        {"dense": _DENSE, **{f"experts_{n}": _DROPLESS + (f"model.moe.router.num_experts={n}",)
+                             for n in (4, 8, 16, 32)}},
+        (Claim("8 experts beat dense at equal active parameters (Switch Transformer)",
+               "eval_loss", "experts_8", "dense"),
+         Claim("more experts, lower loss at fixed active compute (Switch Transformer): 8 < 4",
+               "eval_loss", "experts_8", "experts_4"),
+         Claim("... 16 < 8", "eval_loss", "experts_16", "experts_8"),
+         Claim("... 32 < 16", "eval_loss", "experts_32", "experts_16"))),
     "granularity": Study(
         "8 experts x 256 top-2 vs 32 experts x 64 top-8 vs 31 x 64 top-7 + 1 shared expert "
-        "(equal total and active parameters), dropless", lm_tiny,
+        "(equal total and active parameters), dropless, 2 blocks", lm_study,
         {"coarse_8x256_top2": _DROPLESS,
          "fine_32x64_top8": _DROPLESS + ("model.moe.router.num_experts=32",
                                          "model.moe.router.top_k=8", "model.moe.d_ff=64"),
@@ -70,7 +83,8 @@ STUDIES: Dict[str, Study] = {
         (Claim("fine-grained + shared experts beat coarse experts (DeepSeekMoE)", "eval_loss",
                "fine_shared_31x64_top7", "coarse_8x256_top2"),)),
     "balancing": Study(
-        "load-balance aux loss (1e-2, 1e-3) vs aux-loss-free bias vs none, dropless", lm_tiny,
+        "load-balance aux loss (1e-2, 1e-3) vs aux-loss-free bias vs none, dropless, 2 blocks",
+        lm_study,
         {"aux_1e-2": _DROPLESS, "aux_1e-3": _DROPLESS + ("train.load_balance_weight=0.001",),
          "bias": _DROPLESS + ("train.load_balance_weight=0.0",
                               "model.moe.router.use_expert_bias=True"),
@@ -81,7 +95,7 @@ STUDIES: Dict[str, Study] = {
                "balancing, Wang et al. 2024): bias < aux 1e-2", "eval_loss", "bias",
                "aux_1e-2"))),
     "capacity": Study(
-        "capacity factor 1.0 / 1.25 / 2.0 vs dropless, top-2", lm_tiny,
+        "capacity factor 1.0 / 1.25 / 2.0 vs dropless, top-2, 2 blocks", lm_study,
         {"capacity_1.0": ("model.moe.router.capacity_factor=1.0",),
          "capacity_1.25": (), "capacity_2.0": ("model.moe.router.capacity_factor=2.0",),
          "dropless": _DROPLESS},
@@ -141,6 +155,11 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
       values = [r[metric] for r in rows]
       if all(v is not None for v in values):
         summary[metric] = dict(zip(("mean", "std"), _mean_std(values)), values=values)
+    curves = [r["balance_curve"] for r in rows]
+    if curves[0]:  # MoE rows: max/mean load over training, mean over seeds
+      steps = [step for step, _ in curves[0]]
+      summary["balance_curve"] = {"steps": steps, "mean": np.mean(
+          [[b for _, b in c[:len(steps)]] for c in curves], axis=0).tolist()}
     results["rows"][row] = summary
   for claim in study.claims:
     better = results["rows"][claim.better][claim.metric]
@@ -184,11 +203,24 @@ def _write(results: Dict, workdir: str) -> None:
   rows = list(results["rows"])
   means = [results["rows"][r]["eval_loss"]["mean"] for r in rows]
   stds = [results["rows"][r]["eval_loss"]["std"] for r in rows]
-  fig, ax = plt.subplots(figsize=(1.6 * len(rows) + 2, 3.5))
+  curves = {r: results["rows"][r]["balance_curve"] for r in rows
+            if "balance_curve" in results["rows"][r]}
+  width = 1.6 * len(rows) + 2
+  fig, axes = plt.subplots(1, 2 if curves else 1, figsize=(width + (5 if curves else 0), 3.5),
+                           squeeze=False)
+  ax = axes[0, 0]
   ax.bar(rows, means, yerr=stds, capsize=4, color="tab:blue")
   ax.set_ylim(min(means) - 3 * max(max(stds), 1e-3), max(means) + 3 * max(max(stds), 1e-3))
   ax.set_ylabel(f"eval loss (mean ± std, {results['seeds']} seeds)")
   ax.set_title(results["study"])
+  if curves:
+    ax = axes[0, 1]
+    for row, curve in curves.items():
+      ax.plot(curve["steps"], curve["mean"], label=row)
+    ax.set_xlabel("step")
+    ax.set_ylabel("max / mean expert load (1 = balanced)")
+    ax.set_title("load balance during training, mean over seeds")
+    ax.legend(fontsize=7)
   fig.tight_layout()
   fig.savefig(os.path.join(workdir, "results.png"), dpi=120)
   plt.close(fig)
