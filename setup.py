@@ -12,6 +12,7 @@ setup(
     long_description=(here / "README.md").read_text(encoding="utf-8"),
     long_description_content_type="text/markdown",
     packages=find_packages(include=["moejax", "moejax.*", "pallas_kernels", "pallas_kernels.*"]),
+    package_data={"moejax.data": ["digits.npz", "DIGITS_LICENSE.md"]},
     python_requires=">=3.10",
     install_requires=[
         "jax>=0.6",
@@ -26,13 +27,15 @@ setup(
         "importlib_resources",  # imported by TFDS when it builds a dataset
         "grain>=0.2.6",
         "array_record>=0.5",
-        "scikit-learn>=1.2",    # ships the embedded digits images
         # training: checkpoints, TensorBoard scalars, plots
         "orbax-checkpoint>=0.11",
         "tensorboardX>=2.6",
         "matplotlib>=3.7",
     ],
     extras_require={
+        # The jax wheels for accelerators (the default install runs on CPU).
+        "gpu": ["jax[cuda12]"],
+        "tpu": ["jax[tpu]"],
         # nbclient + ipykernel execute colabs/ in the test suite; pytest-xdist runs it on
         # both cores. transformers + a CPU torch build the reference models of the
         # HuggingFace conversion tests (torch==2.13.0 is the CPU wheel here; an unpinned

@@ -1,6 +1,19 @@
-"""Shared test helpers. Tests run on CPU; keep shapes small."""
+"""Shared test helpers. Tests run on CPU; keep shapes small.
 
+Most of the suite's time is XLA compilation, and many tests compile the same
+programs (the train binary's subprocesses, the tiny configs, the 8-device
+suite's processes). One test run therefore shares two folders between its
+xdist workers and every subprocess they start, through environment variables
+set before any of them starts: JAX's persistent compilation cache, and a TFDS
+data dir where the embedded datasets are built once. Both are removed when
+the run ends, so no run reuses another's cache.
+"""
+
+import contextlib
+import fcntl
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
@@ -11,8 +24,47 @@ import pytest
 if os.environ.get("MOEJAX_MULTIDEVICE") != "1":
   collect_ignore = ["multidevice"]
 
+_SHARED = "MOEJAX_TEST_SHARED_DIR"
+
+
+def pytest_configure(config):
+  if _SHARED in os.environ:   # an xdist worker or a subprocess of this run
+    return
+  shared = tempfile.mkdtemp(prefix="moejax-tests-")
+  config._moejax_shared_dir = shared
+  os.environ[_SHARED] = shared
+  os.environ["JAX_COMPILATION_CACHE_DIR"] = os.path.join(shared, "jax_cache")
+  # Cache every program that takes more than 0.1 s to compile (default: 1 s).
+  os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
+  os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
+
+
+def pytest_unconfigure(config):
+  shared = getattr(config, "_moejax_shared_dir", None)
+  if shared:
+    shutil.rmtree(shared, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _file_lock(path):
+  with open(path, "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
+
 
 @pytest.fixture(scope="session")
-def data_dir(tmp_path_factory):
-  """One TFDS data dir per test session; the embedded datasets build into it once."""
-  return str(tmp_path_factory.mktemp("tfds"))
+def data_dir():
+  """The run's TFDS data dir: the embedded datasets are built into it once,
+  by whichever worker gets there first (the others wait on a file lock)."""
+  path = os.path.join(os.environ[_SHARED], "tfds")
+  os.makedirs(path, exist_ok=True)
+  from moejax.data import builders
+  with _file_lock(path + ".lock"):
+    for builder_class in builders.EMBEDDED.values():
+      builder = builder_class(data_dir=path, file_format="array_record")
+      if not builder.is_prepared():
+        builder.download_and_prepare()
+  return path

@@ -1,6 +1,7 @@
 """Embedded TFDS datasets through grain: coverage, determinism, resumable
 iterator state, and one-line errors for datasets that cannot be used."""
 
+import dataclasses
 import pathlib
 
 import numpy as np
@@ -104,3 +105,46 @@ def test_stdlib_corpus_is_split_by_file_with_enough_held_out_text(data_dir):
   held_out = sum(b["mask"].sum() for b in data.eval_batches())
   # eval_batches=0 evaluates the whole split: 7 windows of 128 targets per 1024-byte record
   assert held_out >= 0.85 * len(splits["validation"])
+
+
+def test_shipped_digits_are_the_uci_set_and_a_damaged_copy_is_refused(tmp_path, monkeypatch):
+  from moejax.data import builders
+  images, labels = builders.digits_arrays()
+  # The UCI test set's class counts, as scikit-learn's load_digits() reports them.
+  assert np.bincount(labels).tolist() == [178, 182, 177, 183, 181, 182, 181, 179, 174, 180]
+  assert images.dtype == np.uint8 and images.max() == 16
+  damaged = images.copy()
+  damaged[0, 0, 0] ^= 1
+  np.savez_compressed(tmp_path / "digits.npz", images=damaged, labels=labels)
+  monkeypatch.setattr(builders, "DIGITS_FILE", tmp_path / "digits.npz")
+  config = DataConfig(name="sklearn_digits", eval_split="test", data_dir=str(tmp_path / "tfds"),
+                      batch_size=8, eval_batches=0)
+  with pytest.raises(DataError, match="digits.npz is damaged"):
+    make_datasets(config, VIT)
+  assert not list((tmp_path / "tfds").glob("sklearn_digits/*/*.array_record*"))
+
+
+def test_shift_augmentation_moves_training_images_and_resumes(data_dir):
+  config = DataConfig(name="sklearn_digits", eval_split="test", data_dir=data_dir, batch_size=8,
+                      eval_batches=0)
+  plain = make_datasets(config, VIT)
+  shifted = make_datasets(dataclasses.replace(config, augment_shift=1), VIT)
+  a, b = next(plain.make_train_iterator()), next(shifted.make_train_iterator())
+  np.testing.assert_array_equal(a["targets"], b["targets"])      # same images, same order
+  assert not np.array_equal(a["inputs"], b["inputs"])
+  # Every augmented image is its original moved by at most one pixel per axis.
+  for original, moved in zip(a["inputs"][..., 0], b["inputs"][..., 0]):
+    padded = np.pad(original, 1)
+    assert any(np.array_equal(padded[1 + dy:9 + dy, 1 + dx:9 + dx], moved)
+               for dy in (-1, 0, 1) for dx in (-1, 0, 1))
+  # The draws are a function of the position in the stream: a restored iterator repeats them.
+  it = shifted.make_train_iterator()
+  next(it)
+  state = it.get_state()
+  expected = next(it)
+  again = shifted.make_train_iterator()
+  again.set_state(state)
+  np.testing.assert_array_equal(next(again)["inputs"], expected["inputs"])
+  np.testing.assert_array_equal(next(shifted.make_train_iterator())["inputs"], b["inputs"])
+  with pytest.raises(DataError, match="data.augment_shift=1 is invalid for model.kind='lm'"):
+    make_datasets(DataConfig(name="pydoc_bytes", data_dir=data_dir, augment_shift=1), LM)

@@ -15,8 +15,10 @@ Both write array_record files, which grain reads by random access:
                   whole corpus is stored in the dataset info (metadata
                   'content_sha256') and in every checkpoint, and a run resumed
                   on a copy with another digest is refused.
-  sklearn_digits: scikit-learn's bundled 8x8 handwritten digits (1797 images,
-                  intensities 0..16), shuffled once with a fixed seed.
+  sklearn_digits: the UCI 8x8 handwritten digits that scikit-learn bundles
+                  (1797 images, intensities 0..16), shipped here as digits.npz
+                  (CC BY 4.0, see DIGITS_LICENSE.md) so that scikit-learn is not
+                  a dependency; shuffled once with a fixed seed.
                   Splits: train (1500), test (297).
 """
 
@@ -116,6 +118,22 @@ class StdlibBytes(_ByteRecords, tfds.core.GeneratorBasedBuilder):
     return {name: self._generate_examples(_records(data)) for name, data in splits.items()}
 
 
+DIGITS_FILE = pathlib.Path(__file__).with_name("digits.npz")
+DIGITS_SHA256 = "87ff0c9e40dc7e2c0e34e7257799c2e3f3aec1a016363bb11cad869ec428a826"
+
+
+def digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
+  """The shipped digits: images uint8 [1797, 8, 8], labels uint8 [1797],
+  checked against their SHA-256 (a damaged file is refused, not trained on)."""
+  with np.load(DIGITS_FILE) as z:
+    images, labels = z["images"], z["labels"]
+  digest = hashlib.sha256(images.tobytes() + labels.tobytes()).hexdigest()
+  if digest != DIGITS_SHA256 or images.shape != (1797, 8, 8) or labels.shape != (1797,):
+    raise ValueError(f"{DIGITS_FILE} is damaged (sha256 {digest[:12]}…, expected "
+                     f"{DIGITS_SHA256[:12]}…): reinstall moejax")
+  return images, labels
+
+
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   """scikit-learn's bundled 8x8 digits as uint8 images [8, 8, 1] + labels."""
 
@@ -125,18 +143,16 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   def _info(self):
     return tfds.core.DatasetInfo(
         builder=self,
-        description="UCI optical digits bundled with scikit-learn; pixel values 0..16.",
+        description="UCI optical digits (as bundled with scikit-learn); pixel values 0..16.",
         features=tfds.features.FeaturesDict({
             "image": tfds.features.Tensor(shape=(8, 8, 1), dtype=np.uint8),
             "label": tfds.features.ClassLabel(num_classes=10)}))
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    from sklearn.datasets import load_digits  # data file ships inside scikit-learn
-    digits = load_digits()
-    order = np.random.default_rng(0).permutation(len(digits.target))
-    images = digits.images[order].astype(np.uint8)[..., None]
-    labels = digits.target[order]
+    images, labels = digits_arrays()
+    order = np.random.default_rng(0).permutation(len(labels))
+    images, labels = images[order][..., None], labels[order]
     return {"train": self._generate_examples(images[:1500], labels[:1500]),
             "test": self._generate_examples(images[1500:], labels[1500:])}
 

@@ -28,6 +28,9 @@ class DataConfig:
     text_key: (lm, datasets other than pydoc_bytes) feature holding the text.
     image_key, label_key: (vit) features holding the image and the label.
     shuffle_seed: seed of the training order (reshuffled every epoch).
+    augment_shift: (vit) translate each training image by a random number of
+      pixels in [-augment_shift, augment_shift] along each axis, zero-filled;
+      a new draw each time an image is read. 0 = no augmentation.
   """
 
   name: str = "pydoc_bytes"
@@ -41,6 +44,7 @@ class DataConfig:
   image_key: str = "image"
   label_key: str = "label"
   shuffle_seed: int = 0
+  augment_shift: int = 0
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -51,6 +55,7 @@ class DataConfig:
     _check_int("data.seq_len", self.seq_len, 1)
     _check_int("data.eval_batches", self.eval_batches, 0)
     _check_int("data.shuffle_seed", self.shuffle_seed, 0)
+    _check_int("data.augment_shift", self.augment_shift, 0)
 
 
 def data_config_from_mapping(values) -> DataConfig:

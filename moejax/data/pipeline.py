@@ -20,7 +20,7 @@ import numpy as np
 
 from moejax.data.builders import BYTE_CORPORA, EMBEDDED, IMAGE_DATASETS
 from moejax.data.config import DataConfig
-from moejax.data.sources import ByteWindows, ImageLabel, TextBytes
+from moejax.data.sources import ByteWindows, ImageLabel, RandomShift, TextBytes
 
 
 class DataError(ValueError):
@@ -70,7 +70,10 @@ def _builder(config: DataConfig):
       builder = EMBEDDED[base](data_dir=data_dir, file_format="array_record")
       if not builder.is_prepared():
         print(f"preparing embedded dataset {base!r} in {data_dir} (once)", flush=True)
-        builder.download_and_prepare()
+        try:
+          builder.download_and_prepare()
+        except ValueError as err:  # a damaged shipped file (digits.npz)
+          raise DataError(str(err)) from None
     return builder
   try:
     with _quiet_absl():  # TFDS warns about every version folder it looks at
@@ -141,6 +144,9 @@ def make_datasets(config: DataConfig, model_config, *, process_index: Optional[i
   if config.batch_size % process_count:
     raise DataError(f"data.batch_size={config.batch_size} is invalid: must divide by the "
                     f"{process_count} processes")
+  if model_config.kind == "lm" and config.augment_shift:
+    raise DataError(f"data.augment_shift={config.augment_shift} is invalid for model.kind='lm': "
+                    f"it shifts images; use 0")
   if model_config.kind == "lm" and config.name in IMAGE_DATASETS:
     raise DataError(f"data.name={config.name!r} is invalid for model.kind='lm': it holds "
                     f"images; use one of {', '.join(BYTE_CORPORA)} or a text dataset")
@@ -163,6 +169,8 @@ def make_datasets(config: DataConfig, model_config, *, process_index: Optional[i
   # any number of processes: a checkpoint resumes on a different host count.
   def make_train_iterator():
     ds = train.shuffle(seed=config.shuffle_seed).repeat()
+    if config.augment_shift:  # after repeat: each epoch draws new shifts
+      ds = ds.random_map(RandomShift(config.augment_shift), seed=config.shuffle_seed)
     ds = ds.batch(host_batch, drop_remainder=True)[process_index::process_count]
     return iter(ds.to_iter_dataset())
 

@@ -97,3 +97,23 @@ def _resize_center_crop(image: np.ndarray, size: int) -> np.ndarray:
   top, left = (out.shape[0] - size) // 2, (out.shape[1] - size) // 2
   out = out[top:top + size, left:left + size]
   return out[..., None] if squeeze else out
+
+
+class RandomShift:
+  """Training augmentation for images: translate by a random whole number of
+  pixels in [-max_shift, max_shift] along each axis, filling with zeros (the
+  background of the digits). Used with grain's random_map, whose generator is
+  seeded by the seed and the element's index, so the shifts are the same on
+  every run and after a resume."""
+
+  def __init__(self, max_shift: int):
+    self.max_shift = max_shift
+
+  def __call__(self, example: dict, rng: np.random.Generator) -> dict:
+    dy, dx = rng.integers(-self.max_shift, self.max_shift + 1, size=2)
+    image = example["inputs"]
+    h, w = image.shape[:2]
+    shifted = np.zeros_like(image)
+    shifted[max(dy, 0):h + min(dy, 0), max(dx, 0):w + min(dx, 0)] = \
+        image[max(-dy, 0):h + min(-dy, 0), max(-dx, 0):w + min(-dx, 0)]
+    return {**example, "inputs": shifted}

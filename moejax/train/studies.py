@@ -102,7 +102,8 @@ STUDIES: Dict[str, Study] = {
         (Claim("dropless beats capacity 1.0 at equal steps (tokens are not dropped)",
                "eval_loss", "dropless", "capacity_1.0"),)),
     "vit_routers": Study(
-        "ViT on the digits: dense vs top-2 (batch-prioritised) vs expert choice vs Soft MoE",
+        "ViT on the digits (1-pixel shift augmentation): dense vs top-2 (batch-prioritised) vs "
+        "expert choice vs Soft MoE",
         vit_tiny,
         {"dense": _DENSE, "top2_bpr": (),
          "expert_choice": ("model.moe.router.name=expert_choice", "model.moe.router.top_k=1",
