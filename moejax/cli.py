@@ -12,6 +12,7 @@ import math
 import os
 import re
 import sys
+import warnings
 from typing import Callable, NoReturn
 
 from absl import app, flags
@@ -37,7 +38,10 @@ def fail(code: int, message: str) -> NoReturn:
 
 def _die(err: Exception) -> NoReturn:
   text = str(err).strip().strip('"')
-  message = text.splitlines()[0] if text else type(err).__name__
+  # absl puts the cause of a config file's failure on the lines after the
+  # first ("Error whilst parsing config file:\n  <cause>"): keep them, on one line.
+  message = " ".join(line.strip() for line in text.splitlines() if line.strip()) or \
+      type(err).__name__
   fail(2, f"bad flag or config override: {message}")
 
 
@@ -125,6 +129,9 @@ def run(main: Callable) -> None:
     logging.getLogger().addFilter(quiet)
     sys.excepthook = _quiet_excepthook
     _ignore_calls_into_closed_loops()
+    # A persistent compilation cache (JAX_COMPILATION_CACHE_DIR) that cannot be
+    # written (disk full) slows the next start, nothing else: not the run's error.
+    warnings.filterwarnings("ignore", message="Error writing persistent compilation cache")
   # Parse once: a second parse (app.run's own) re-registers the --config.x
   # override flags of a non-default --config file and fails.
   app.run(lambda argv: _guarded(main, argv), flags_parser=lambda argv: remaining)

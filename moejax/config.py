@@ -9,46 +9,50 @@ so they can be attributes of Flax modules and static arguments of `jax.jit`.
 from __future__ import annotations
 
 import dataclasses
-import math
-from typing import Any, Optional, Sequence
+from typing import Callable, Dict, Optional
 
-from pallas_kernels.tiling import MIN_TILE, is_power_of_two
+from moejax.grouped_matmul import BACKENDS as GMM_BACKENDS, block_size_problem
+from moejax.validation import check_choice, check_float, check_int, fail, from_mapping
 
-ROUTERS = ("top_k", "expert_choice", "soft_moe", "sinkhorn", "hash", "threshold",
-           "sparsemixer")
+
+
+@dataclasses.dataclass(frozen=True)
+class RouterFamily:
+  """What the rest of moejax needs to know about a router family; its route
+  function is registered under the same name in moejax/routing/router.py.
+
+  sparse: gives a sparse Routing of (token, expert) assignments, which every
+    dispatch takes; otherwise dense dispatch/combine weights (Soft MoE), which
+    only 'einsum' dispatch takes.
+  causal: a token's experts depend on that token alone, so the router can
+    generate token by token and an LM's loss with it is honest; expert choice,
+    Soft MoE and Sinkhorn look at the other tokens of the call, later ones too.
+  experts_per_token: how many experts' parameters a token uses on average
+    (for active-parameter counts): top_k, capacity_factor for expert choice,
+    1 for Soft MoE (a slot mixes many tokens).
+  """
+
+  name: str
+  sparse: bool = True
+  causal: bool = True
+  experts_per_token: Callable[["RouterConfig"], float] = lambda r: r.top_k
+
+
+ROUTER_FAMILIES: Dict[str, RouterFamily] = {f.name: f for f in (
+    RouterFamily("top_k"),
+    RouterFamily("threshold"),
+    RouterFamily("sparsemixer"),
+    RouterFamily("hash"),
+    RouterFamily("expert_choice", causal=False, experts_per_token=lambda r: r.capacity_factor),
+    RouterFamily("sinkhorn", causal=False),
+    RouterFamily("soft_moe", sparse=False, causal=False, experts_per_token=lambda r: 1),
+)}
+ROUTERS = tuple(ROUTER_FAMILIES)
 SCORE_FNS = ("softmax", "sigmoid")
 SOFT_MOE_GROUPINGS = ("example", "call")
 DROP_POLICIES = ("position", "probability")
 DISPATCHES = ("einsum", "gather", "dropless")
 ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
-GMM_BACKENDS = ("auto", "blocked", "ragged_dot", "einsum", "pallas")
-# Routers whose Routing is a sparse list of (token, expert) assignments; the
-# others (Soft MoE) produce dense dispatch/combine weights.
-# Routers whose choice for a token depends on other tokens of the call (later
-# ones included): not causal, so they cannot generate token by token.
-NON_CAUSAL_ROUTERS = ("expert_choice", "soft_moe", "sinkhorn")
-SPARSE_ROUTERS = ("top_k", "expert_choice", "sinkhorn", "hash", "threshold", "sparsemixer")
-
-
-def _fail(field: str, value: Any, valid: str) -> None:
-  raise ValueError(f"{field}={value!r} is invalid: {valid}")
-
-
-def _check_choice(field: str, value: Any, choices: Sequence[str]) -> None:
-  if value not in choices:
-    _fail(field, value, "valid values are " + ", ".join(repr(c) for c in choices))
-
-
-def _check_int(field: str, value: Any, minimum: int) -> None:
-  if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-    _fail(field, value, f"must be an integer >= {minimum}")
-
-
-def _check_float(field: str, value: Any, minimum: float, inclusive: bool) -> None:
-  ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-  ok = ok and (value >= minimum if inclusive else value > minimum)
-  if not ok:
-    _fail(field, value, f"must be a finite number {'>=' if inclusive else '>'} {minimum}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -148,53 +152,53 @@ class RouterConfig:
   routing_groups: int = 1
 
   def __post_init__(self):
-    _check_choice("router.name", self.name, ROUTERS)
-    _check_int("router.num_experts", self.num_experts, 1)
-    _check_int("router.top_k", self.top_k, 1)
+    check_choice("router.name", self.name, ROUTERS)
+    check_int("router.num_experts", self.num_experts, 1)
+    check_int("router.top_k", self.top_k, 1)
     if self.top_k > self.num_experts + self.num_null_experts:
-      _fail("router.top_k", self.top_k,
+      fail("router.top_k", self.top_k,
             f"must be <= num_experts + num_null_experts = "
             f"{self.num_experts + self.num_null_experts}")
-    _check_choice("router.score_fn", self.score_fn, SCORE_FNS)
-    _check_float("router.routed_scaling_factor", self.routed_scaling_factor, 0.0, False)
-    _check_int("router.num_expert_groups", self.num_expert_groups, 1)
+    check_choice("router.score_fn", self.score_fn, SCORE_FNS)
+    check_float("router.routed_scaling_factor", self.routed_scaling_factor, 0.0, False)
+    check_int("router.num_expert_groups", self.num_expert_groups, 1)
     if self.num_experts % self.num_expert_groups:
-      _fail("router.num_expert_groups", self.num_expert_groups,
+      fail("router.num_expert_groups", self.num_expert_groups,
             f"must divide num_experts={self.num_experts}")
-    _check_int("router.top_k_groups", self.top_k_groups, 1)
+    check_int("router.top_k_groups", self.top_k_groups, 1)
     if self.num_expert_groups > 1:
       if self.top_k_groups > self.num_expert_groups:
-        _fail("router.top_k_groups", self.top_k_groups,
+        fail("router.top_k_groups", self.top_k_groups,
               f"must be <= num_expert_groups={self.num_expert_groups}")
       per_group = self.num_experts // self.num_expert_groups
       if self.top_k > self.top_k_groups * per_group:
-        _fail("router.top_k", self.top_k,
+        fail("router.top_k", self.top_k,
               f"must be <= top_k_groups * experts per group = "
               f"{self.top_k_groups * per_group} when group-limited")
       if self.num_null_experts:
-        _fail("router.num_null_experts", self.num_null_experts,
+        fail("router.num_null_experts", self.num_null_experts,
               "must be 0 when num_expert_groups > 1")
-    _check_float("router.expert_bias_update_rate", self.expert_bias_update_rate, 0.0, True)
-    _check_float("router.jitter_noise", self.jitter_noise, 0.0, True)
+    check_float("router.expert_bias_update_rate", self.expert_bias_update_rate, 0.0, True)
+    check_float("router.jitter_noise", self.jitter_noise, 0.0, True)
     if self.jitter_noise >= 1:
-      _fail("router.jitter_noise", self.jitter_noise, "must be in [0, 1)")
+      fail("router.jitter_noise", self.jitter_noise, "must be in [0, 1)")
     if self.second_expert_sampling and self.top_k != 2:
-      _fail("router.second_expert_sampling", True, f"needs top_k=2, got top_k={self.top_k}")
-    _check_int("router.num_null_experts", self.num_null_experts, 0)
-    _check_float("router.threshold", self.threshold, 0.0, False)
+      fail("router.second_expert_sampling", True, f"needs top_k=2, got top_k={self.top_k}")
+    check_int("router.num_null_experts", self.num_null_experts, 0)
+    check_float("router.threshold", self.threshold, 0.0, False)
     if self.threshold > 1:
-      _fail("router.threshold", self.threshold, "must be in (0, 1]")
+      fail("router.threshold", self.threshold, "must be in (0, 1]")
     if self.capacity_factor is not None:
-      _check_float("router.capacity_factor", self.capacity_factor, 0.0, False)
-    _check_int("router.min_capacity", self.min_capacity, 1)
-    _check_choice("router.drop_policy", self.drop_policy, DROP_POLICIES)
-    _check_int("router.num_slots", self.num_slots, 1)
-    _check_int("router.sinkhorn_iterations", self.sinkhorn_iterations, 1)
-    _check_float("router.sparsemixer_eps", self.sparsemixer_eps, 0.0, True)
-    _check_int("router.routing_groups", self.routing_groups, 1)
-    _check_choice("router.soft_moe_grouping", self.soft_moe_grouping, SOFT_MOE_GROUPINGS)
+      check_float("router.capacity_factor", self.capacity_factor, 0.0, False)
+    check_int("router.min_capacity", self.min_capacity, 1)
+    check_choice("router.drop_policy", self.drop_policy, DROP_POLICIES)
+    check_int("router.num_slots", self.num_slots, 1)
+    check_int("router.sinkhorn_iterations", self.sinkhorn_iterations, 1)
+    check_float("router.sparsemixer_eps", self.sparsemixer_eps, 0.0, True)
+    check_int("router.routing_groups", self.routing_groups, 1)
+    check_choice("router.soft_moe_grouping", self.soft_moe_grouping, SOFT_MOE_GROUPINGS)
     if self.name == "soft_moe" and self.routing_groups > 1:
-      _fail("router.routing_groups", self.routing_groups,
+      fail("router.routing_groups", self.routing_groups,
             "router.name='soft_moe' groups tokens by router.soft_moe_grouping; leave it 1")
     self._check_family_options()
 
@@ -211,26 +215,30 @@ class RouterConfig:
     if self.name not in ("top_k", "threshold"):
       for field, (value, default) in token_choice_only.items():
         if value != default:
-          _fail(f"router.{field}", value,
+          fail(f"router.{field}", value,
                 f"only used by router.name='top_k' or 'threshold' (name={self.name!r}); "
                 f"leave it at {default!r}")
     if self.name == "threshold" and self.score_fn != "softmax":
-      _fail("router.score_fn", self.score_fn, "router.name='threshold' needs 'softmax'")
+      fail("router.score_fn", self.score_fn, "router.name='threshold' needs 'softmax'")
     if self.name == "expert_choice" and self.capacity_factor is None:
-      _fail("router.capacity_factor", None,
+      fail("router.capacity_factor", None,
             "router.name='expert_choice' needs a number > 0 (average experts per token)")
     if self.name in ("hash", "sinkhorn") and self.top_k != 1:
-      _fail("router.top_k", self.top_k, f"router.name={self.name!r} routes each token to 1 expert")
+      fail("router.top_k", self.top_k, f"router.name={self.name!r} routes each token to 1 expert")
     if self.name != "soft_moe" and self.soft_moe_normalize:
-      _fail("router.soft_moe_normalize", True, f"only used by router.name='soft_moe' "
+      fail("router.soft_moe_normalize", True, f"only used by router.name='soft_moe' "
             f"(name={self.name!r}); leave it False")
     if self.name == "soft_moe" and self.capacity_factor is not None:
-      _fail("router.capacity_factor", self.capacity_factor,
+      fail("router.capacity_factor", self.capacity_factor,
             "router.name='soft_moe' never drops; leave it None (slots via num_slots)")
 
   @property
+  def family(self) -> RouterFamily:
+    return ROUTER_FAMILIES[self.name]
+
+  @property
   def is_sparse(self) -> bool:
-    return self.name in SPARSE_ROUTERS
+    return self.family.sparse
 
   @property
   def num_router_outputs(self) -> int:
@@ -299,41 +307,32 @@ class MoEConfig:
 
   def __post_init__(self):
     if not isinstance(self.router, RouterConfig):
-      _fail("router", type(self.router).__name__, "must be a moejax.config.RouterConfig")
-    _check_int("d_model", self.d_model, 1)
-    _check_int("d_ff", self.d_ff, 1)
-    _check_choice("activation", self.activation, ACTIVATIONS)
-    _check_choice("dispatch", self.dispatch, DISPATCHES)
-    _check_choice("gmm_backend", self.gmm_backend, GMM_BACKENDS)
-    _check_int("gmm_block_size", self.gmm_block_size, 1)
+      fail("router", type(self.router).__name__, "must be a moejax.config.RouterConfig")
+    check_int("d_model", self.d_model, 1)
+    check_int("d_ff", self.d_ff, 1)
+    check_choice("activation", self.activation, ACTIVATIONS)
+    check_choice("dispatch", self.dispatch, DISPATCHES)
+    check_choice("gmm_backend", self.gmm_backend, GMM_BACKENDS)
+    check_int("gmm_block_size", self.gmm_block_size, 1)
+    problem = block_size_problem(self.gmm_backend, self.gmm_block_size)
+    if problem:
+      fail("gmm_block_size", self.gmm_block_size, problem)
     if self.gmm_backend == "pallas":
-      b = self.gmm_block_size
-      if b < MIN_TILE or not is_power_of_two(b):
-        _fail("gmm_block_size", b, f"gmm_backend='pallas' needs a power of two >= {MIN_TILE}")
       if self.dtype == "float64":
-        _fail("dtype", "float64", "gmm_backend='pallas' computes in float32, bfloat16 or "
+        fail("dtype", "float64", "gmm_backend='pallas' computes in float32, bfloat16 or "
               "float16")
-    _check_int("num_shared_experts", self.num_shared_experts, 0)
+    check_int("num_shared_experts", self.num_shared_experts, 0)
     if self.shared_d_ff is not None:
-      _check_int("shared_d_ff", self.shared_d_ff, 1)
+      check_int("shared_d_ff", self.shared_d_ff, 1)
     if self.shared_expert_gate and not self.num_shared_experts:
-      _fail("shared_expert_gate", True, "needs num_shared_experts >= 1")
-    _check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16", "float64"))
+      fail("shared_expert_gate", True, "needs num_shared_experts >= 1")
+    check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16", "float64"))
     if not self.router.is_sparse and self.dispatch != "einsum":
-      _fail("dispatch", self.dispatch,
+      fail("dispatch", self.dispatch,
             f"router.name={self.router.name!r} gives dense weights; use dispatch='einsum'")
     if self.dispatch == "gather" and self.router.capacity(1) is None:
-      _fail("dispatch", "gather",
+      fail("dispatch", "gather",
             "needs router.capacity_factor (a number > 0); for dropless use dispatch='dropless'")
-
-
-def _from_mapping(cls, values, prefix: str):
-  known = {f.name for f in dataclasses.fields(cls)}
-  unknown = sorted(set(values) - known)
-  if unknown:
-    _fail(f"{prefix}{unknown[0]}", values[unknown[0]],
-          f"unknown field; valid fields are {', '.join(sorted(known))}")
-  return cls(**values)
 
 
 def moe_config_from_mapping(values) -> MoEConfig:
@@ -343,5 +342,5 @@ def moe_config_from_mapping(values) -> MoEConfig:
   fields fail with the same one-line ValueError as bad values.
   """
   values = dict(values)
-  router = _from_mapping(RouterConfig, dict(values.pop("router", {})), "router.")
-  return _from_mapping(MoEConfig, {**values, "router": router}, "")
+  router = from_mapping(RouterConfig, dict(values.pop("router", {})), "router.")
+  return from_mapping(MoEConfig, {**values, "router": router}, "")

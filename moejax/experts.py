@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.dispatch.base import ExpertBatch
-from moejax.grouped_matmul import DEFAULT_BLOCK_SIZE, gmm, group_ids
+from moejax.grouped_matmul import DEFAULT_BLOCK_SIZE, RowLayout, gmm, group_ids, row_layout
 
 GLU_ACTIVATIONS = {"swiglu": jax.nn.silu, "geglu": jax.nn.gelu}
 MLP_ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
@@ -110,6 +110,11 @@ class ExpertBank(nn.Module):
     if self.use_bias:
       params.update(b_in=self.b_in, b_out=self.b_out)
     return params
+
+  def row_layout(self) -> RowLayout:
+    """How a dispatch must group the rows it hands to these experts (block
+    alignment and the Pallas permute follow the grouped-matmul backend)."""
+    return row_layout(self.gmm_backend, self.gmm_block_size)
 
   def pure_fn(self):
     """(params, ExpertBatch) -> ExpertBatch, free of the module."""

@@ -25,7 +25,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from moejax.config import NON_CAUSAL_ROUTERS
+from moejax.config import ROUTER_FAMILIES
 from moejax.models import TransformerLM
 from moejax.models.config import ModelConfig
 
@@ -38,10 +38,11 @@ def for_generation(config: ModelConfig) -> ModelConfig:
   moe = config.moe
   if moe is None or not config.moe_layers:
     return config
-  if moe.router.name in NON_CAUSAL_ROUTERS:
+  if not moe.router.family.causal:
+    causal = [f.name for f in ROUTER_FAMILIES.values() if f.causal]
     raise ValueError(f"model.moe.router.name={moe.router.name!r} cannot generate: it routes "
                      "by looking at all tokens of a call, including later ones; causal "
-                     f"routers are {', '.join(('top_k', 'threshold', 'hash', 'sparsemixer'))}")
+                     f"routers are {', '.join(causal)}")
   router = dataclasses.replace(moe.router, capacity_factor=None, routing_groups=1)
   dispatch = "dropless" if moe.dispatch == "gather" else moe.dispatch
   return dataclasses.replace(config, moe=dataclasses.replace(moe, router=router,

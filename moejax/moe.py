@@ -29,10 +29,10 @@ from flax import struct
 
 from moejax.config import MoEConfig, RouterConfig
 from moejax.dispatch import get_strategy
-from moejax.dispatch.expert_parallel import EP_DISPATCHES, expert_parallel, token_shards
+from moejax.dispatch.expert_parallel import (EP_DISPATCHES, EXPERT_AXIS, expert_parallel,
+                                             token_shards)
 from moejax.experts import ExpertBank, FeedForward
-from moejax.grouped_matmul import resolve_backend
-from moejax.parallel.mesh import current_mesh
+from moejax.parallel.mesh import axis_size, current_mesh
 from moejax.routing import (RouterOutput, aux_losses, route_in_groups, routing_metrics,
                             update_expert_bias, zero_losses)
 from moejax.routing.types import Routing, at_least_f32
@@ -125,16 +125,13 @@ class MoELayer(nn.Module):
                          cfg.use_bias, gmm_backend=cfg.gmm_backend,
                          gmm_block_size=cfg.gmm_block_size, dtype=dtype, name="experts")
     compute_tokens = tokens.astype(dtype)
-    # The blocked and Pallas grouped matmuls want each expert's rows block-aligned.
-    backend = resolve_backend(cfg.gmm_backend)
-    block_size = cfg.gmm_block_size if backend in ("blocked", "pallas") else 1
+    layout = experts.row_layout()
     mesh = None if self.is_initializing() else current_mesh()
-    if mesh is not None and self._expert_parallel_ok(mesh, out.routing):
+    if mesh is not None and self._expert_parallel_ok(mesh, out.routing, layout):
       y = expert_parallel(compute_tokens, out.routing, experts.weights(), experts.pure_fn(),
-                          dispatch=cfg.dispatch, block_size=block_size, mesh=mesh)
+                          dispatch=cfg.dispatch, layout=layout, mesh=mesh)
     else:
-      y = get_strategy(cfg.dispatch, block_size, pallas=backend == "pallas")(
-          compute_tokens, out.routing, experts)
+      y = get_strategy(cfg.dispatch, layout)(compute_tokens, out.routing, experts)
     if cfg.num_shared_experts:
       shared_ff = cfg.num_shared_experts * (cfg.shared_d_ff or cfg.d_ff)
       shared = FeedForward(cfg.d_model, shared_ff, cfg.activation, cfg.use_bias, dtype,
@@ -153,12 +150,19 @@ class MoELayer(nn.Module):
       return x.shape[0]
     return r.routing_groups
 
-  def _expert_parallel_ok(self, mesh, routing) -> bool:
-    """Whether this call can run expert-parallel on `mesh`."""
+  def _expert_parallel_ok(self, mesh, routing, layout) -> bool:
+    """Whether this call can run expert-parallel on `mesh` (warns where the
+    mesh changes how it runs, never what it computes)."""
     cfg = self.config
     if cfg.dispatch not in EP_DISPATCHES or not isinstance(routing, Routing):
       return False
     shards = token_shards(mesh)
+    if layout.fused_permute and axis_size(mesh, EXPERT_AXIS) > 1:
+      warnings.warn(
+          "MoE gmm_backend='pallas' on an expert mesh axis of size "
+          f"{axis_size(mesh, EXPERT_AXIS)}: the grouped matmul runs on the Pallas kernels, but "
+          "rows are moved by the expert-parallel exchange (XLA gathers), not the fused Pallas "
+          "permute", stacklevel=2)
     if cfg.dispatch == "gather" and cfg.router.routing_groups % shards:
       warnings.warn(
           f"MoE dispatch='gather' with router.routing_groups={cfg.router.routing_groups} on "

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 from moejax import RouterConfig
 from moejax.dispatch import get_strategy
 from moejax.experts import expert_ffn
+from moejax.grouped_matmul import RowLayout
 from moejax.routing import route
 
 # One config per router family (plus the interesting token-choice variants).
@@ -48,4 +49,4 @@ def moe_forward(params, x, token_ids, router_cfg, dispatch, backend="ragged_dot"
   logits = x @ params["router"] + params.get("router_bias", 0.0)
   out = route(router_cfg, logits, token_ids=token_ids)
   expert_fn = lambda b: expert_ffn(params["experts"], b, activation, backend, block_size)
-  return get_strategy(dispatch, align)(x, out.routing, expert_fn)
+  return get_strategy(dispatch, RowLayout(align))(x, out.routing, expert_fn)

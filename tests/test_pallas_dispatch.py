@@ -15,6 +15,7 @@ import pallas_kernels
 from moejax import MoEConfig, MoELayer, RouterConfig
 from moejax.dispatch import get_strategy
 from moejax.experts import expert_ffn
+from moejax.grouped_matmul import RowLayout
 from moejax.routing import route
 from tests.helpers import ROUTER_CASES, make_params
 
@@ -29,7 +30,7 @@ def _loss_and_out(params, x, router_cfg, dispatch, pallas):
   out = route(router_cfg, x @ params["router"])
   backend = "pallas" if pallas else "einsum"
   expert_fn = lambda b: expert_ffn(params["experts"], b, "swiglu", backend, BLOCK)
-  strategy = get_strategy(dispatch, BLOCK if pallas else 1, pallas=pallas)
+  strategy = get_strategy(dispatch, RowLayout(BLOCK, True) if pallas else RowLayout())
   y = strategy(x, out.routing, expert_fn)
   return jnp.sum(y * jnp.cos(jnp.arange(y.size).reshape(y.shape))), y
 

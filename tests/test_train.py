@@ -100,11 +100,11 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
   assert not [p for p in os.listdir(tmp_path / "checkpoints") if "tmp" in p]
 
 
-def test_binary_trains_and_prints_summary_with_plots(tmp_path, data_dir):
+def test_binary_trains_and_prints_summary_with_plots_and_a_profile(tmp_path, data_dir):
   workdir = tmp_path / "run"
   proc = _binary(f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *TINY_FLAGS,
                  "--config.train.num_steps=20", "--config.train.log_every=10",
-                 "--config.train.eval_every=10")
+                 "--config.train.eval_every=10", "--config.train.profile_steps=(3, 4)")
   out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err
   assert "step    20/20" in out and "finished 20 steps" in out
@@ -113,6 +113,8 @@ def test_binary_trains_and_prints_summary_with_plots(tmp_path, data_dir):
     assert (workdir / name).exists(), name
   assert os.listdir(workdir / "tensorboard")
   assert os.listdir(workdir / "checkpoints") == ["20"]
+  assert "profile of steps 3..4 written to" in out
+  assert list((workdir / "profile").rglob("*.xplane.pb")), "no profiler trace written"
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
@@ -140,6 +142,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
     # The mesh is checked against the devices before anything is compiled.
     (["--config.mesh.expert=2"], 2, "config.mesh.data=-1 is invalid: cannot fill"),
     (["--num_processes=2"], 2, "give all three"),
+    (["--config.train.profile_steps=(5, 2)"], 2, "train.profile_steps=(5, 2) is invalid"),
 ])
 def test_binary_bad_input_is_one_line_and_writes_nothing(tmp_path, data_dir, args, code,
                                                          expected):

@@ -27,27 +27,24 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from moejax.config import MoEConfig
 from moejax.convert.hf_import import variable_shapes
 from moejax.models.config import ModelConfig
-
-
-def _fail(field: str, value, valid: str):
-  raise ValueError(f"{field}={value!r} is invalid: {valid}")
+from moejax.validation import fail
 
 
 def upcycled_config(dense: ModelConfig, moe: MoEConfig, moe_every: int = 1,
                     first_dense_layers: int = 0, granularity: int = 1) -> ModelConfig:
   """The MoE ModelConfig; checks that `dense` can seed it."""
   if dense.kind != "lm" or dense.moe_layers:
-    _fail("dense model", f"kind={dense.kind}, moe_every={dense.moe_every}",
+    fail("dense model", f"kind={dense.kind}, moe_every={dense.moe_every}",
           "upcycling starts from a dense LM (kind='lm', moe_every=0)")
   if moe.activation != dense.activation:
-    _fail("moe.activation", moe.activation, f"must equal the dense FFN's {dense.activation!r}")
+    fail("moe.activation", moe.activation, f"must equal the dense FFN's {dense.activation!r}")
   if isinstance(granularity, bool) or not isinstance(granularity, int) or granularity < 1:
-    _fail("granularity", granularity, "must be an integer >= 1")
+    fail("granularity", granularity, "must be an integer >= 1")
   if dense.dense_d_ff % granularity or moe.d_ff != dense.dense_d_ff // granularity:
-    _fail("moe.d_ff", moe.d_ff, f"must be dense d_ff / granularity = {dense.dense_d_ff} / "
+    fail("moe.d_ff", moe.d_ff, f"must be dense d_ff / granularity = {dense.dense_d_ff} / "
           f"{granularity}")
   if moe.num_shared_experts:
-    _fail("moe.num_shared_experts", moe.num_shared_experts, "upcycling makes routed experts "
+    fail("moe.num_shared_experts", moe.num_shared_experts, "upcycling makes routed experts "
           "only; use 0")
   moe = dataclasses.replace(moe, d_model=dense.d_model)
   return dataclasses.replace(dense, moe=moe, moe_every=moe_every,
@@ -60,7 +57,7 @@ def upcycle(dense: ModelConfig, variables: dict, moe: MoEConfig, *, rng: jax.Arr
   """(MoE ModelConfig, its variables) seeded from a dense LM's variables."""
   config = upcycled_config(dense, moe, moe_every, first_dense_layers, granularity)
   if noise_std < 0 or router_init_std < 0:
-    _fail("noise_std" if noise_std < 0 else "router_init_std",
+    fail("noise_std" if noise_std < 0 else "router_init_std",
           min(noise_std, router_init_std), "must be >= 0")
   source = {path: np.asarray(v) for path, v in flatten_dict(variables).items()}
   shapes = variable_shapes(config)
@@ -69,7 +66,7 @@ def upcycle(dense: ModelConfig, variables: dict, moe: MoEConfig, *, rng: jax.Arr
   for path, shape in shapes.items():
     if path in source:
       if source[path].shape != shape:
-        _fail("/".join(path), source[path].shape, f"the MoE model wants shape {shape}")
+        fail("/".join(path), source[path].shape, f"the MoE model wants shape {shape}")
       out[path] = source[path]
   for i in config.moe_layers:
     ffn = lambda name, leaf: source[("params", f"block_{i}", "ffn", "ffn", name, leaf)]
@@ -100,6 +97,6 @@ def upcycle(dense: ModelConfig, variables: dict, moe: MoEConfig, *, rng: jax.Arr
       out[path] = np.zeros(shape, np.float32)
   missing = sorted(set(shapes) - set(out))
   if missing:
-    _fail("dense model", "/".join(missing[0]), "has nothing to seed this MoE variable from "
+    fail("dense model", "/".join(missing[0]), "has nothing to seed this MoE variable from "
           "(expert biases need a dense FFN with biases)")
   return config, jax.tree.map(jnp.asarray, unflatten_dict(out))

@@ -55,6 +55,8 @@ class _ByteRecords:
   """What the byte-corpus builders share: the feature and the examples (a
   mixin, so TFDS does not register it as a dataset)."""
 
+  MODALITY = "bytes"
+
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
 
@@ -135,7 +137,10 @@ def digits_arrays() -> Tuple[np.ndarray, np.ndarray]:
 
 
 class SklearnDigits(tfds.core.GeneratorBasedBuilder):
-  """scikit-learn's bundled 8x8 digits as uint8 images [8, 8, 1] + labels."""
+  """The 8x8 digits (digits.npz) as uint8 images [8, 8, 1] + labels."""
+
+  MODALITY = "images"
+  PIXEL_MAX = 16
 
   VERSION = tfds.core.Version("1.0.0")
   RELEASE_NOTES = {"1.0.0": "First release."}
@@ -161,9 +166,10 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
       yield i, {"image": image, "label": int(label)}
 
 
-EMBEDDED = {"pydoc_bytes": PydocBytes, "stdlib_bytes": StdlibBytes,
-            "sklearn_digits": SklearnDigits}
-# Embedded corpora of fixed-length byte records, read as byte windows (kind='lm').
-BYTE_CORPORA = ("pydoc_bytes", "stdlib_bytes")
-# Embedded image datasets (kind='vit').
-IMAGE_DATASETS = ("sklearn_digits",)
+# The registry of embedded datasets: name -> builder. A builder's MODALITY says
+# how the pipeline reads it: 'bytes' (fixed-length byte records, read as byte
+# windows by kind='lm') or 'images' (image + label, kind='vit'; pixel values
+# 0..PIXEL_MAX).
+EMBEDDED = {builder.name: builder for builder in (PydocBytes, StdlibBytes, SklearnDigits)}
+BYTE_CORPORA = tuple(name for name, b in EMBEDDED.items() if b.MODALITY == "bytes")
+IMAGE_DATASETS = tuple(name for name, b in EMBEDDED.items() if b.MODALITY == "images")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional
 
-from moejax.config import _check_int, _fail, _from_mapping
+from moejax.validation import check_int, fail, from_mapping
 
 
 @dataclasses.dataclass(frozen=True)
@@ -13,9 +13,10 @@ class DataConfig:
   """Which TFDS dataset to read and how to batch it.
 
   Attributes:
-    name: a TFDS dataset name. Embedded (built on first use, no download):
-      'pydoc_bytes' (byte-level text, for kind='lm') and 'sklearn_digits'
-      (8x8 digit images, for kind='vit'). Any other TFDS name (e.g. 'lm1b',
+    name: a TFDS dataset name. Embedded (built on first use, no download;
+      moejax/data/builders.py): 'stdlib_bytes' and 'pydoc_bytes' (byte-level
+      text, for kind='lm') and 'sklearn_digits' (8x8 digit images, for
+      kind='vit'). Any other TFDS name (e.g. 'lm1b',
       'c4/en', 'cifar10', 'imagenet2012') must already be prepared in data_dir
       as array_record files.
     data_dir: TFDS data directory; None = $TFDS_DATA_DIR or ~/tensorflow_datasets.
@@ -48,16 +49,16 @@ class DataConfig:
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
-      _fail("data.name", self.name, "must be a TFDS dataset name, e.g. 'pydoc_bytes'")
+      fail("data.name", self.name, "must be a TFDS dataset name, e.g. 'pydoc_bytes'")
     if self.data_dir is not None and not isinstance(self.data_dir, str):
-      _fail("data.data_dir", self.data_dir, "must be a directory path or None")
-    _check_int("data.batch_size", self.batch_size, 1)
-    _check_int("data.seq_len", self.seq_len, 1)
-    _check_int("data.eval_batches", self.eval_batches, 0)
-    _check_int("data.shuffle_seed", self.shuffle_seed, 0)
-    _check_int("data.augment_shift", self.augment_shift, 0)
+      fail("data.data_dir", self.data_dir, "must be a directory path or None")
+    check_int("data.batch_size", self.batch_size, 1)
+    check_int("data.seq_len", self.seq_len, 1)
+    check_int("data.eval_batches", self.eval_batches, 0)
+    check_int("data.shuffle_seed", self.shuffle_seed, 0)
+    check_int("data.augment_shift", self.augment_shift, 0)
 
 
 def data_config_from_mapping(values) -> DataConfig:
   """DataConfig from a mapping; unknown fields fail with one line."""
-  return _from_mapping(DataConfig, dict(values), "data.")
+  return from_mapping(DataConfig, dict(values), "data.")

@@ -126,7 +126,7 @@ def _examples(builder, source, config: DataConfig, model_config) -> grain.MapDat
   if num_classes is not None and num_classes > model_config.num_classes:
     raise DataError(f"model.num_classes={model_config.num_classes} is invalid: "
                     f"{builder.name} has {num_classes} classes")
-  max_value = 16.0 if builder.name == "sklearn_digits" else 255.0
+  max_value = float(getattr(EMBEDDED.get(builder.name), "PIXEL_MAX", 255))
   return ds.map(ImageLabel(config.image_key, config.label_key, model_config.image_size,
                            model_config.num_channels, max_value))
 

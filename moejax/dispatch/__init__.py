@@ -4,23 +4,24 @@ from moejax.dispatch.base import DispatchStrategy, ExpertBatch, ExpertFn
 from moejax.dispatch.dropless import DroplessDispatch
 from moejax.dispatch.einsum import EinsumDispatch
 from moejax.dispatch.gather import GatherDispatch
+from moejax.grouped_matmul import RowLayout
 
 STRATEGIES = {s.name: s for s in (EinsumDispatch, GatherDispatch, DroplessDispatch)}
 
 
-def get_strategy(name: str, block_size: int = 1, pallas: bool = False) -> DispatchStrategy:
+def get_strategy(name: str, layout: RowLayout = RowLayout()) -> DispatchStrategy:
   """A dispatch strategy by its config name ('einsum', 'gather', 'dropless').
 
-  block_size: 'dropless' pads each expert's rows to a multiple of this (the
-  'blocked' grouped matmul's block); ignored by the others.
-  pallas: 'dropless' moves rows with the fused Pallas permute / unpermute
-  kernels; ignored by the others.
+  layout: the row layout the experts' grouped matmul wants (ExpertBank.
+  row_layout()); 'dropless' pads each expert's rows to layout.block_size and
+  moves them with the Pallas permute kernels when layout.fused_permute. The
+  others ignore it.
   """
   if name not in STRATEGIES:
     raise ValueError(f"dispatch={name!r} is invalid: valid values are "
                      + ", ".join(repr(n) for n in STRATEGIES))
   if name == "dropless":
-    return DroplessDispatch(block_size, pallas)
+    return DroplessDispatch(layout.block_size, layout.fused_permute)
   return STRATEGIES[name]()
 
 

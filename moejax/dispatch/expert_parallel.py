@@ -38,6 +38,7 @@ from moejax.dispatch.base import ExpertBatch
 from moejax.dispatch.dropless import DroplessDispatch, inverse_slots, round_up
 from moejax.dispatch.gather import GatherDispatch
 from moejax.dispatch.permute import gather_rows
+from moejax.grouped_matmul import RowLayout
 from moejax.parallel.mesh import BATCH_AXES, axis_size
 from moejax.routing.types import Routing
 
@@ -106,7 +107,7 @@ def _exchange_rows(rows: jax.Array, counts: jax.Array, params, expert_fn: Callab
   return gather_rows(back, send_dest, send_src[:, None])
 
 
-def _local_moe(x, routing: Routing, params, expert_fn, dispatch: str, block_size: int,
+def _local_moe(x, routing: Routing, params, expert_fn, dispatch: str, layout: RowLayout,
                num_shards: int, num_token_shards: int) -> jax.Array:
   """One device's part: x [T_loc, d], routing over the same T_loc tokens."""
   apply = lambda batch: expert_fn(params, batch)
@@ -122,10 +123,14 @@ def _local_moe(x, routing: Routing, params, expert_fn, dispatch: str, block_size
     out = _exchange_buckets(batch.x, params, expert_fn, num_shards)
     return strategy.combine(ExpertBatch(x=out), routing, residual)
   if num_shards == 1:
-    return get_strategy("dropless", block_size)(x, routing, apply)
+    return get_strategy("dropless", layout)(x, routing, apply)
+  # Rows are sorted by expert without padding here (the exchange pads them to
+  # the receiving device's blocks), so the fused Pallas permute does not apply:
+  # the layer says so once when it is asked for (MoELayer._expert_parallel_ok).
   strategy = DroplessDispatch(1)
   batch, residual = strategy.dispatch(x, routing)
-  out = _exchange_rows(batch.x, batch.group_sizes, params, expert_fn, num_shards, block_size)
+  out = _exchange_rows(batch.x, batch.group_sizes, params, expert_fn, num_shards,
+                       layout.block_size)
   return strategy.combine(ExpertBatch(x=out, group_sizes=batch.group_sizes), routing, residual)
 
 
@@ -135,7 +140,7 @@ def token_shards(mesh) -> int:
 
 
 def expert_parallel(x: jax.Array, routing: Routing, params, expert_fn: Callable, *,
-                    dispatch: str, block_size: int, mesh) -> jax.Array:
+                    dispatch: str, layout: RowLayout, mesh) -> jax.Array:
   """Dispatch -> experts -> combine with tokens and experts spread over `mesh`.
 
   Args:
@@ -146,7 +151,8 @@ def expert_parallel(x: jax.Array, routing: Routing, params, expert_fn: Callable,
     params: expert weights stacked over E (E divisible by the expert axis).
     expert_fn: (params, ExpertBatch) -> ExpertBatch, free of Flax.
     dispatch: 'gather' (capacity all_to_all) or 'dropless' (padded exchange).
-    block_size: row alignment of each expert's group for the grouped matmul.
+    layout: the row layout the experts' grouped matmul wants (block alignment
+      of each expert's rows; the fused Pallas permute on a single expert shard).
     mesh: the (abstract) mesh from jax.set_mesh; axes it lacks count as 1.
   Returns:
     [T, d] combined outputs, sharded like x.
@@ -172,7 +178,7 @@ def expert_parallel(x: jax.Array, routing: Routing, params, expert_fn: Callable,
   def body(x, expert_index, weight, position, valid, params):
     local = Routing(expert_index=expert_index, weight=weight, position=position, valid=valid,
                     num_experts=routing.num_experts, capacity=routing.capacity)
-    return _local_moe(x, local, params, expert_fn, dispatch, block_size, num_shards, shards)
+    return _local_moe(x, local, params, expert_fn, dispatch, layout, num_shards, shards)
 
   # check_vma=False: the grouped matmul's loops start from replicated zeros
   # and accumulate per-device values, which the varying-axes check rejects.

@@ -20,6 +20,8 @@ come out as zeros in every backend:
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 
@@ -28,6 +30,37 @@ from moejax.grouped_matmul.blocked import DEFAULT_BLOCK_SIZE, blocked_gmm
 from moejax.grouped_matmul.ragged import ragged_gmm
 
 BACKENDS = ("auto", "blocked", "ragged_dot", "einsum", "pallas")
+
+
+@dataclasses.dataclass(frozen=True)
+class RowLayout:
+  """How a dispatch must lay out the expert rows it hands to a grouped-matmul
+  backend: each expert's rows padded to a multiple of block_size, and moved
+  with the fused Pallas permute / unpermute kernels when fused_permute."""
+
+  block_size: int = 1
+  fused_permute: bool = False
+
+
+def row_layout(backend: str, block_size: int, platform: str | None = None) -> RowLayout:
+  """The RowLayout backend (after 'auto' is resolved on platform) wants: the
+  blocked loop and the Pallas kernels take block-aligned groups; ragged_dot and
+  the einsum reference take any row layout."""
+  backend = resolve_backend(backend, platform)
+  if backend in ("blocked", "pallas"):
+    return RowLayout(block_size, fused_permute=backend == "pallas")
+  return RowLayout()
+
+
+def block_size_problem(backend: str, block_size: int) -> str | None:
+  """What is wrong with block_size for backend (None when it is fine): the
+  Pallas kernels need a power-of-two row block of at least their minimum tile;
+  the XLA backends take any positive size."""
+  if backend == "pallas":
+    from pallas_kernels.tiling import MIN_TILE, is_power_of_two
+    if block_size < MIN_TILE or not is_power_of_two(block_size):
+      return f"gmm_backend='pallas' needs a power of two >= {MIN_TILE}"
+  return None
 
 
 def resolve_backend(backend: str, platform: str | None = None) -> str:

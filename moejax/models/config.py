@@ -11,8 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Optional, Tuple
 
-from moejax.config import (ACTIVATIONS, MoEConfig, _check_choice, _check_float, _check_int,
-                           _fail, _from_mapping, moe_config_from_mapping)
+from moejax.config import ACTIVATIONS, MoEConfig, moe_config_from_mapping
+from moejax.validation import check_choice, check_float, check_int, fail, from_mapping
 
 MODEL_KINDS = ("lm", "vit")
 POOLS = ("mean", "cls")
@@ -115,71 +115,71 @@ class ModelConfig:
   pool: str = "mean"
 
   def __post_init__(self):
-    _check_choice("model.kind", self.kind, MODEL_KINDS)
-    _check_int("model.num_layers", self.num_layers, 1)
-    _check_int("model.d_model", self.d_model, 1)
+    check_choice("model.kind", self.kind, MODEL_KINDS)
+    check_int("model.num_layers", self.num_layers, 1)
+    check_int("model.d_model", self.d_model, 1)
     self._check_attention()
-    _check_int("model.dense_d_ff", self.dense_d_ff, 1)
-    _check_choice("model.activation", self.activation, ACTIVATIONS)
-    _check_int("model.moe_every", self.moe_every, 0)
-    _check_int("model.first_dense_layers", self.first_dense_layers, 0)
+    check_int("model.dense_d_ff", self.dense_d_ff, 1)
+    check_choice("model.activation", self.activation, ACTIVATIONS)
+    check_int("model.moe_every", self.moe_every, 0)
+    check_int("model.first_dense_layers", self.first_dense_layers, 0)
     object.__setattr__(self, "dense_layers", tuple(self.dense_layers))  # lists from configs
     for index in self.dense_layers:
       if isinstance(index, bool) or not isinstance(index, int) or not (
           0 <= index < self.num_layers):
-        _fail("model.dense_layers", self.dense_layers,
+        fail("model.dense_layers", self.dense_layers,
               f"must hold block indices in [0, {self.num_layers})")
     if self.moe_every:
       if not isinstance(self.moe, MoEConfig):
-        _fail("model.moe", self.moe, "needs an MoE layer config when moe_every >= 1")
+        fail("model.moe", self.moe, "needs an MoE layer config when moe_every >= 1")
       if self.moe.d_model != self.d_model:
-        _fail("model.moe.d_model", self.moe.d_model, f"must equal model.d_model={self.d_model}")
+        fail("model.moe.d_model", self.moe.d_model, f"must equal model.d_model={self.d_model}")
       if not any(self.is_moe_layer(i) for i in range(self.num_layers)):
-        _fail("model.moe_every", self.moe_every,
+        fail("model.moe_every", self.moe_every,
               f"gives no MoE block among {self.num_layers} layers with "
               f"first_dense_layers={self.first_dense_layers}; use moe_every=0 for a dense model")
-    _check_choice("model.norm", self.norm, NORMS)
-    _check_float("model.norm_eps", self.norm_eps, 0.0, False)
-    _check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
-    _check_int("model.vocab_size", self.vocab_size, 2)
-    _check_float("model.rope_theta", self.rope_theta, 0.0, False)
-    _check_int("model.image_size", self.image_size, 1)
-    _check_int("model.patch_size", self.patch_size, 1)
+    check_choice("model.norm", self.norm, NORMS)
+    check_float("model.norm_eps", self.norm_eps, 0.0, False)
+    check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
+    check_int("model.vocab_size", self.vocab_size, 2)
+    check_float("model.rope_theta", self.rope_theta, 0.0, False)
+    check_int("model.image_size", self.image_size, 1)
+    check_int("model.patch_size", self.patch_size, 1)
     if self.image_size % self.patch_size:
-      _fail("model.patch_size", self.patch_size, f"must divide image_size={self.image_size}")
-    _check_int("model.num_channels", self.num_channels, 1)
-    _check_int("model.num_classes", self.num_classes, 2)
-    _check_choice("model.pool", self.pool, POOLS)
+      fail("model.patch_size", self.patch_size, f"must divide image_size={self.image_size}")
+    check_int("model.num_channels", self.num_channels, 1)
+    check_int("model.num_classes", self.num_classes, 2)
+    check_choice("model.pool", self.pool, POOLS)
     if self.kind == "vit" and self.moe is not None and self.moe.router.name == "hash":
-      _fail("model.moe.router.name", "hash", "hash routing needs token ids; use it with kind='lm'")
+      fail("model.moe.router.name", "hash", "hash routing needs token ids; use it with kind='lm'")
 
   def _check_attention(self):
-    _check_int("model.num_heads", self.num_heads, 1)
-    _check_choice("model.attention", self.attention, ATTENTIONS)
-    _check_choice("model.qk_norm", self.qk_norm, QK_NORMS)
-    _check_int("model.attention_window", self.attention_window, 0)
+    check_int("model.num_heads", self.num_heads, 1)
+    check_choice("model.attention", self.attention, ATTENTIONS)
+    check_choice("model.qk_norm", self.qk_norm, QK_NORMS)
+    check_int("model.attention_window", self.attention_window, 0)
     if self.attention == "mla":
       if self.kind != "lm":
-        _fail("model.attention", "mla", "is for kind='lm'")
+        fail("model.attention", "mla", "is for kind='lm'")
       if self.qk_norm != "none":
-        _fail("model.qk_norm", self.qk_norm, "attention='mla' normalises its latents; "
+        fail("model.qk_norm", self.qk_norm, "attention='mla' normalises its latents; "
               "leave it 'none'")
-      _check_int("model.mla_q_rank", self.mla_q_rank, 0)
+      check_int("model.mla_q_rank", self.mla_q_rank, 0)
       for name in ("mla_kv_rank", "mla_nope_dim", "mla_v_dim"):
-        _check_int(f"model.{name}", getattr(self, name), 1)
-      _check_int("model.mla_rope_dim", self.mla_rope_dim, 2)
+        check_int(f"model.{name}", getattr(self, name), 1)
+      check_int("model.mla_rope_dim", self.mla_rope_dim, 2)
       if self.mla_rope_dim % 2:
-        _fail("model.mla_rope_dim", self.mla_rope_dim, "must be even for RoPE")
+        fail("model.mla_rope_dim", self.mla_rope_dim, "must be even for RoPE")
       return
-    _check_int("model.num_kv_heads", self.num_kv_heads, 0)
+    check_int("model.num_kv_heads", self.num_kv_heads, 0)
     if self.num_kv_heads and self.num_heads % self.num_kv_heads:
-      _fail("model.num_kv_heads", self.num_kv_heads, f"must divide num_heads={self.num_heads}")
-    _check_int("model.head_dim", self.head_dim, 0)
+      fail("model.num_kv_heads", self.num_kv_heads, f"must divide num_heads={self.num_heads}")
+    check_int("model.head_dim", self.head_dim, 0)
     if not self.head_dim and self.d_model % self.num_heads:
-      _fail("model.num_heads", self.num_heads,
+      fail("model.num_heads", self.num_heads,
             f"must divide d_model={self.d_model} (or set model.head_dim)")
     if self.kind == "lm" and self.head_size % 2:
-      _fail("model.head_dim" if self.head_dim else "model.num_heads",
+      fail("model.head_dim" if self.head_dim else "model.num_heads",
             self.head_dim or self.num_heads,
             f"gives head_dim {self.head_size}; it must be even for RoPE")
 
@@ -219,7 +219,7 @@ def model_config_from_mapping(values) -> ModelConfig:
   if values.get("moe_every", ModelConfig.moe_every) and moe is not None:
     moe = dict(moe)
     d_model = values.get("d_model", ModelConfig.d_model)
-    _check_int("model.d_model", d_model, 1)  # before the MoE config inherits it
+    check_int("model.d_model", d_model, 1)  # before the MoE config inherits it
     moe.setdefault("d_model", d_model)
     try:
       moe = moe_config_from_mapping(moe)
@@ -227,4 +227,4 @@ def model_config_from_mapping(values) -> ModelConfig:
       raise ValueError(f"model.moe.{err}") from None
   else:
     moe = None
-  return _from_mapping(ModelConfig, {**values, "moe": moe}, "model.")
+  return from_mapping(ModelConfig, {**values, "moe": moe}, "model.")

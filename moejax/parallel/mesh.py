@@ -22,7 +22,7 @@ from typing import Optional, Sequence
 import jax
 import numpy as np
 
-from moejax.config import _fail
+from moejax.validation import fail
 
 MESH_AXES = ("data", "fsdp", "expert", "tensor")
 BATCH_AXES = ("data", "fsdp", "expert")
@@ -48,10 +48,10 @@ class MeshConfig:
     for name in MESH_AXES:
       value = getattr(self, name)
       if isinstance(value, bool) or not isinstance(value, int) or (value < 1 and value != -1):
-        _fail(f"mesh.{name}", value, "must be a positive integer, or -1 (fill)")
+        fail(f"mesh.{name}", value, "must be a positive integer, or -1 (fill)")
     fills = [name for name in MESH_AXES if getattr(self, name) == -1]
     if len(fills) > 1:
-      _fail(f"mesh.{fills[1]}", -1, f"only one axis may be -1 (mesh.{fills[0]} already is)")
+      fail(f"mesh.{fills[1]}", -1, f"only one axis may be -1 (mesh.{fills[0]} already is)")
 
   def shape(self, num_devices: int) -> dict:
     """{axis: size} for num_devices, with the -1 axis filled.
@@ -64,18 +64,18 @@ class MeshConfig:
     for name, value in sizes.items():
       if value == -1:
         if num_devices % fixed:
-          _fail(f"mesh.{name}", -1, f"cannot fill: the other axes ({given}) use {fixed} devices, "
+          fail(f"mesh.{name}", -1, f"cannot fill: the other axes ({given}) use {fixed} devices, "
                 f"which does not divide the {num_devices} devices")
         sizes[name] = num_devices // fixed
     if math.prod(sizes.values()) != num_devices:
-      _fail("mesh", given, f"axis sizes multiply to {math.prod(sizes.values())}, but there are "
+      fail("mesh", given, f"axis sizes multiply to {math.prod(sizes.values())}, but there are "
             f"{num_devices} devices; make them multiply to {num_devices} (or set one axis to -1)")
     return sizes
 
 
 def mesh_config_from_mapping(values) -> MeshConfig:
-  from moejax.config import _from_mapping
-  return _from_mapping(MeshConfig, dict(values), "mesh.")
+  from moejax.validation import from_mapping
+  return from_mapping(MeshConfig, dict(values), "mesh.")
 
 
 def make_mesh(config: MeshConfig,

@@ -1,12 +1,13 @@
-"""One entry point from a RouterConfig to the right router family."""
+"""One entry point from a RouterConfig to the right router family's route
+function (the registry of what a family is lives in moejax.config.ROUTER_FAMILIES)."""
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Dict, Optional
 
 import jax
 
-from moejax.config import RouterConfig
+from moejax.config import ROUTER_FAMILIES, RouterConfig
 from moejax.routing.balanced import sinkhorn_route
 from moejax.routing.expert_choice import expert_choice_route
 from moejax.routing.hashing import hash_route
@@ -14,6 +15,27 @@ from moejax.routing.soft_moe import soft_moe_route
 from moejax.routing.sparsemixer import sparsemixer_route
 from moejax.routing.token_choice import threshold_route, top_k_route
 from moejax.routing.types import RouterOutput
+
+
+def _hash(logits, config, token_ids, **_):
+  if token_ids is None:
+    raise ValueError("router.name='hash' needs token_ids=[tokens] ints; none were given")
+  return hash_route(token_ids, config)
+
+
+# name -> (logits, config, *, token_ids, expert_bias, noise_std, rng) -> RouterOutput;
+# one entry per moejax.config.ROUTER_FAMILIES entry.
+ROUTE_FNS: Dict[str, Callable[..., RouterOutput]] = {
+    "top_k": lambda logits, config, expert_bias, noise_std, rng, **_: top_k_route(
+        logits, config, expert_bias=expert_bias, noise_std=noise_std, rng=rng),
+    "threshold": lambda logits, config, **_: threshold_route(logits, config),
+    "sparsemixer": lambda logits, config, **_: sparsemixer_route(logits, config),
+    "hash": _hash,
+    "expert_choice": lambda logits, config, **_: expert_choice_route(logits, config),
+    "sinkhorn": lambda logits, config, **_: sinkhorn_route(logits, config),
+    "soft_moe": lambda logits, config, **_: soft_moe_route(logits, config),
+}
+assert set(ROUTE_FNS) == set(ROUTER_FAMILIES), "every router family needs a route function"
 
 
 def route(config: RouterConfig, logits: Optional[jax.Array], *,
@@ -31,20 +53,7 @@ def route(config: RouterConfig, logits: Optional[jax.Array], *,
     noise_std: [T, outputs] logit-noise std (noisy top-k), used with `rng`.
     rng: PRNG key for stochastic routing (training); None = deterministic.
   """
-  if config.name == "hash":
-    if token_ids is None:
-      raise ValueError("router.name='hash' needs token_ids=[tokens] ints; none were given")
-    return hash_route(token_ids, config)
-  if logits is None:
+  if logits is None and config.name != "hash":
     raise ValueError(f"router.name={config.name!r} needs logits; none were given")
-  if config.name == "top_k":
-    return top_k_route(logits, config, expert_bias=expert_bias, noise_std=noise_std, rng=rng)
-  if config.name == "threshold":
-    return threshold_route(logits, config)
-  if config.name == "expert_choice":
-    return expert_choice_route(logits, config)
-  if config.name == "soft_moe":
-    return soft_moe_route(logits, config)
-  if config.name == "sparsemixer":
-    return sparsemixer_route(logits, config)
-  return sinkhorn_route(logits, config)
+  return ROUTE_FNS[config.name](logits, config, token_ids=token_ids, expert_bias=expert_bias,
+                                noise_std=noise_std, rng=rng)

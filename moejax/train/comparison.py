@@ -16,7 +16,6 @@ from typing import Dict, List
 import jax
 import numpy as np
 
-from moejax.config import NON_CAUSAL_ROUTERS
 from moejax.models import build_model
 from moejax.train.config import experiment_from_config
 from moejax.train.loop import train_and_evaluate
@@ -76,7 +75,7 @@ def active_params(exp, params) -> int:
   if not exp.model.moe_layers:
     return total
   r = exp.model.moe.router
-  per_token = {"expert_choice": r.capacity_factor, "soft_moe": 1}.get(r.name, r.top_k)
+  per_token = r.family.experts_per_token(r)
   expert_leaves = [x for path, x in jax.tree_util.tree_leaves_with_path(params)
                    if "experts" in jax.tree_util.keystr(path)]
   expert_total = sum(x.size for x in expert_leaves)
@@ -106,7 +105,8 @@ def train_row(name: str, config, workdir: str, verbose: bool = True) -> Dict:
   last = train_rows[-1]
   router = exp.model.moe.router.name if exp.model.moe_layers else None
   return {
-      "config": name, "router": router, "causal": router not in NON_CAUSAL_ROUTERS,
+      "config": name, "router": router,
+      "causal": router is None or exp.model.moe.router.family.causal,
       "params": int(sum(x.size for x in jax.tree.leaves(shapes))),
       "active_params": int(active_params(exp, shapes)), "steps": summary.step,
       "seed": exp.seed, "train_loss": summary.train_loss,

@@ -8,9 +8,9 @@ one line that names the field before any work starts.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Dict, Optional
+from typing import Any, Dict, Optional, Tuple
 
-from moejax.config import _check_choice, _check_float, _check_int, _fail, _from_mapping
+from moejax.validation import check_choice, check_float, check_int, fail, from_mapping
 from moejax.data.config import DataConfig, data_config_from_mapping
 from moejax.models.config import ModelConfig, model_config_from_mapping
 from moejax.parallel.mesh import MeshConfig, mesh_config_from_mapping
@@ -42,6 +42,9 @@ class TrainConfig:
     stop_at_step: stop cleanly (checkpoint saved) on reaching this step, as
       if preempted; a run resumed beyond it goes on to num_steps. None = off.
     plots: write loss and expert-load PNGs in the workdir at the end.
+    profile_steps: (first, last): write a jax.profiler trace of steps first..
+      last (1-based, inclusive) to <workdir>/profile, for TensorBoard's
+      profile plugin or Perfetto (ui.perfetto.dev). None = off.
   """
 
   num_steps: int = 1000
@@ -64,31 +67,38 @@ class TrainConfig:
   async_checkpointing: bool = True
   stop_at_step: Optional[int] = None
   plots: bool = True
+  profile_steps: Optional[Tuple[int, int]] = None
 
   def __post_init__(self):
-    _check_int("train.num_steps", self.num_steps, 1)
-    _check_float("train.learning_rate", self.learning_rate, 0.0, False)
-    _check_int("train.warmup_steps", self.warmup_steps, 0)
-    _check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
-    _check_float("train.min_lr_ratio", self.min_lr_ratio, 0.0, True)
+    check_int("train.num_steps", self.num_steps, 1)
+    check_float("train.learning_rate", self.learning_rate, 0.0, False)
+    check_int("train.warmup_steps", self.warmup_steps, 0)
+    check_choice("train.lr_schedule", self.lr_schedule, LR_SCHEDULES)
+    check_float("train.min_lr_ratio", self.min_lr_ratio, 0.0, True)
     if self.min_lr_ratio > 1:
-      _fail("train.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
-    _check_float("train.weight_decay", self.weight_decay, 0.0, True)
+      fail("train.min_lr_ratio", self.min_lr_ratio, "must be in [0, 1]")
+    check_float("train.weight_decay", self.weight_decay, 0.0, True)
     for name in ("b1", "b2"):
       value = getattr(self, name)
-      _check_float(f"train.{name}", value, 0.0, True)
+      check_float(f"train.{name}", value, 0.0, True)
       if value >= 1:
-        _fail(f"train.{name}", value, "must be in [0, 1)")
-    _check_float("train.eps", self.eps, 0.0, False)
-    _check_float("train.grad_clip_norm", self.grad_clip_norm, 0.0, True)
+        fail(f"train.{name}", value, "must be in [0, 1)")
+    check_float("train.eps", self.eps, 0.0, False)
+    check_float("train.grad_clip_norm", self.grad_clip_norm, 0.0, True)
     for name in ("load_balance_weight", "z_loss_weight", "importance_weight"):
-      _check_float(f"train.{name}", getattr(self, name), 0.0, True)
-    _check_int("train.log_every", self.log_every, 1)
-    _check_int("train.eval_every", self.eval_every, 0)
-    _check_int("train.checkpoint_every", self.checkpoint_every, 1)
-    _check_int("train.keep_checkpoints", self.keep_checkpoints, 1)
+      check_float(f"train.{name}", getattr(self, name), 0.0, True)
+    check_int("train.log_every", self.log_every, 1)
+    check_int("train.eval_every", self.eval_every, 0)
+    check_int("train.checkpoint_every", self.checkpoint_every, 1)
+    check_int("train.keep_checkpoints", self.keep_checkpoints, 1)
     if self.stop_at_step is not None:
-      _check_int("train.stop_at_step", self.stop_at_step, 1)
+      check_int("train.stop_at_step", self.stop_at_step, 1)
+    if self.profile_steps is not None:
+      steps = self.profile_steps
+      if (not isinstance(steps, (tuple, list)) or len(steps) != 2
+          or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
+          or not 1 <= steps[0] <= steps[1]):
+        fail("train.profile_steps", steps, "must be (first, last) steps with 1 <= first <= last")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,14 +121,14 @@ def experiment_from_config(config) -> ExperimentConfig:
   values = config.to_dict() if hasattr(config, "to_dict") else dict(config)
   unknown = sorted(set(values) - set(SECTIONS))
   if unknown:
-    _fail(unknown[0], values[unknown[0]], f"unknown field; valid fields are {', '.join(SECTIONS)}")
-  _check_int("seed", values.get("seed", 0), 0)
+    fail(unknown[0], values[unknown[0]], f"unknown field; valid fields are {', '.join(SECTIONS)}")
+  check_int("seed", values.get("seed", 0), 0)
   model = model_config_from_mapping(values.get("model", {}))
   data = data_config_from_mapping(values.get("data", {}))
-  train = _from_mapping(TrainConfig, dict(values.get("train", {})), "train.")
+  train = from_mapping(TrainConfig, dict(values.get("train", {})), "train.")
   mesh = mesh_config_from_mapping(values.get("mesh", {}))
   if model.kind == "lm" and model.vocab_size < 256:
-    _fail("model.vocab_size", model.vocab_size, "must be >= 256 for byte-level text")
+    fail("model.vocab_size", model.vocab_size, "must be >= 256 for byte-level text")
   return ExperimentConfig(values.get("seed", 0), model, data, train, mesh, values)
 
 

@@ -37,7 +37,7 @@ def _section(cls, skip=()) -> ml_collections.ConfigDict:
     default = field.default
     if default is None:
       inner = [t for t in typing.get_args(hints[field.name]) if t is not type(None)]
-      out[field.name] = config_dict.placeholder(inner[0])
+      out[field.name] = config_dict.placeholder(typing.get_origin(inner[0]) or inner[0])
     else:
       out[field.name] = default
   return out

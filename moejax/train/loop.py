@@ -128,48 +128,231 @@ def train_and_evaluate(exp: ExperimentConfig, workdir: str,
         lock.release()
 
 
+class _Run:
+  """The state of one training run and what its hooks need: the compiled
+  steps, the data, the checkpointer and the metrics writer.
+
+  Construction opens everything in the order that keeps a failure from
+  leaving a half-written workdir: model and shardings -> restore (verified) ->
+  config.json -> metrics writer.
+  """
+
+  def __init__(self, exp: ExperimentConfig, workdir: str, datasets, log: Callable[[str], None],
+               mesh):
+    self.exp, self.cfg, self.datasets, self.log, self.mesh = exp, exp.train, datasets, log, mesh
+    self.is_lm = exp.model.kind == "lm"
+    self.items_per_step = exp.data.batch_size * (exp.data.seq_len if self.is_lm else 1)
+    self.item_name = "tokens" if self.is_lm else "examples"
+    self.workdir = workdir
+    model = build_model(exp.model)
+    optimizer = make_optimizer(self.cfg)
+    self.schedule = learning_rate_schedule(self.cfg)
+    self.ckpt = Checkpointer(workdir, self.cfg.keep_checkpoints, self.cfg.async_checkpointing)
+
+    # Params and optimizer state are created already placed by the sharding
+    # rules; batches are split over the batch axes; metrics come back replicated.
+    init_fn = lambda: init_state(model, optimizer, jax.random.key(exp.seed), _example_inputs(exp))
+    state_sharding = tree_shardings(jax.eval_shape(init_fn), mesh)
+    self.data_sharding, scalars = batch_sharding(mesh), replicated(mesh)
+    self.state = jax.jit(init_fn, out_shardings=state_sharding)()
+    self.train_iter = datasets.make_train_iterator()
+    self.last_saved = self._restore()
+    if jax.process_index() == 0:
+      atomic_write_text(os.path.join(workdir, "config.json"),
+                        json.dumps(exp.raw, indent=2, sort_keys=True))
+    self.start_step = int(self.state["step"])
+    self.writer = MetricsWriter(workdir, self.start_step, enabled=jax.process_index() == 0,
+                                log=log)
+    # Rows of earlier processes, so that a resumed run's final train loss
+    # averages the same steps as an uninterrupted run's.
+    self.history = self.writer.train_history()
+    self.pending: List = []        # (step, device metrics) not fetched yet
+    self.window: List[Dict] = []   # host metrics since the last progress line
+
+    self.train_step = jax.jit(make_train_step(model, optimizer, self.cfg, exp.seed),
+                              in_shardings=(state_sharding, self.data_sharding),
+                              out_shardings=(state_sharding, scalars), donate_argnums=0)
+    self._eval_step = jax.jit(make_eval_step(model),
+                              in_shardings=(state_sharding, self.data_sharding),
+                              out_shardings=scalars)
+    self._finite = jax.jit(all_finite, out_shardings=scalars)
+    self._eval_data = [self.to_global(batch) for batch in datasets.eval_batches()]
+
+  def _restore(self) -> Optional[int]:
+    """Restores the newest verified checkpoint into state and the data
+    iterator; returns its step (None when the workdir has none)."""
+    restored = self.ckpt.restore_latest(self.state, self.exp.raw, self.log)
+    if restored is None:
+      return None
+    step, self.state, data_state = restored
+    if data_state.get("content_sha256") != self.datasets.content_sha256:
+      raise CheckpointError(
+          f"the checkpoint (step {step}, {self.ckpt.directory}) was trained on "
+          f"{self.exp.data.name} with content sha256 {data_state.get('content_sha256')}, but "
+          f"the copy in data.data_dir has {self.datasets.content_sha256} (built from another "
+          "Python version?); resume with the data_dir it was trained on, or use a new --workdir")
+    self.train_iter.set_state(data_state["iterator"])
+    self.log(f"resumed from {self.ckpt.directory} at step {step}")
+    return step
+
+  def to_global(self, batch):
+    """This host's rows of a batch -> arrays over the whole mesh."""
+    return jax.tree.map(
+        lambda a: jax.make_array_from_process_local_data(self.data_sharding, a), batch)
+
+  def run_step(self, step: int) -> None:
+    """One optimizer step; its metrics stay on device until flush()."""
+    self.state, metrics = self.train_step(self.state, self.to_global(next(self.train_iter)))
+    self.pending.append((step, metrics))
+    self.ckpt.check_for_errors()  # an async save that failed stops the run here
+
+  def flush(self) -> None:
+    """Fetches pending metrics; stops at the first non-finite loss."""
+    for step, metrics in jax.device_get(self.pending):
+      if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["total_loss"])):
+        raise self.stop_error(f"loss is {float(metrics['total_loss'])} at step {step}")
+      self.window.append(metrics)
+    self.pending.clear()
+
+  def evaluate(self) -> Dict[str, float]:
+    sums = [jax.device_get(self._eval_step(self.state, batch)) for batch in self._eval_data]
+    count = max(sum(s["count"] for s in sums), 1.0)
+    loss = float(sum(s["ce_sum"] for s in sums) / count)
+    out = {"loss": loss, "accuracy": float(sum(s["correct_sum"] for s in sums) / count)}
+    if self.is_lm:
+      out["perplexity"] = math.exp(min(loss, 50.0))
+      out["bits_per_byte"] = loss / math.log(2)
+    return out
+
+  def save(self, step: int) -> None:
+    """Checkpoints step (once), never with non-finite parameters."""
+    if step == self.last_saved:
+      return
+    if not bool(self._finite(self.state["params"])):
+      raise self.stop_error(f"parameters are not finite at step {step}")
+    self.ckpt.save(step, self.state, {"iterator": self.train_iter.get_state(),
+                                      "content_sha256": self.datasets.content_sha256},
+                   self.exp.raw)
+    self.last_saved = step
+
+  def stop_error(self, problem: str) -> TrainingError:
+    kept = (f"the last good checkpoint (step {self.last_saved}) is kept in "
+            f"{self.ckpt.directory}" if self.last_saved is not None else
+            "no checkpoint was written")
+    return TrainingError(f"{problem}; stopped. {kept}. Try a lower train.learning_rate")
+
+  def close(self) -> None:
+    self.ckpt.close()
+    self.writer.close()
+
+
+class _Progress:
+  """Every log_every steps (and the last): train metrics to the writer and a
+  progress line with speed and ETA. Speed counts from the end of the first
+  step, which includes compilation."""
+
+  def __init__(self, run: _Run):
+    self.run = run
+    self.t_start = time.perf_counter()
+    self.t_compiled: Optional[float] = None
+    self.t_window, self.steps_in_window = self.t_start, 0
+
+  def __call__(self, step: int, last: bool) -> None:
+    run, cfg = self.run, self.run.cfg
+    self.steps_in_window += 1
+    if self.t_compiled is None:
+      jax.block_until_ready(run.pending[-1][1]["loss"])
+      self.t_compiled = time.perf_counter()
+      self.t_window, self.steps_in_window = self.t_compiled, 0
+    if step % cfg.log_every and not last:
+      return
+    run.flush()
+    now = time.perf_counter()
+    rate = self.steps_in_window / max(now - self.t_window, 1e-9) if self.steps_in_window else 0.0
+    self.t_window, self.steps_in_window = now, 0
+    summary = _summarize_window(run.window)
+    run.window.clear()
+    summary["learning_rate"] = np.float32(run.schedule(step - 1))
+    summary["steps_per_second"] = np.float32(rate)
+    run.writer.write(step, "train", summary)
+    run.history.append({"step": step, "loss": float(summary["loss"])})
+    eta = (cfg.num_steps - step) / rate if rate else float("nan")
+    moe = ""
+    if "balance" in summary:
+      moe = (f" | balance {summary['balance'].mean():.2f} drop "
+             f"{summary['fraction_dropped'].mean():.1%}")
+    run.log(f"step {step:5d}/{cfg.num_steps} | loss {summary['loss']:.4f} | "
+            f"lr {summary['learning_rate']:.2e} | {rate:.1f} steps/s | "
+            f"{rate * run.items_per_step / 1e3:.1f}k {run.item_name}/s{moe} | "
+            f"eta {_format_duration(eta) if rate else '?'}")
+
+  def items_per_second(self, steps_run: int) -> float:
+    elapsed = time.perf_counter() - (self.t_compiled or self.t_start)
+    return max(steps_run - 1, 0) * self.run.items_per_step / max(elapsed, 1e-9)
+
+
+class _Evaluation:
+  """Every eval_every steps (and the last): evaluate, write, log."""
+
+  def __init__(self, run: _Run):
+    self.run = run
+    self.last: Optional[Dict[str, float]] = None
+
+  def __call__(self, step: int, last: bool) -> None:
+    every = self.run.cfg.eval_every
+    if not ((every and step % every == 0) or last):
+      return
+    self.run.flush()
+    self.last = self.run.evaluate()
+    self.run.writer.write(step, "eval", self.last)
+    self.run.log(f"  eval @ {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in self.last.items()))
+
+
+class _Checkpointing:
+  """Every checkpoint_every steps (and the last): save."""
+
+  def __init__(self, run: _Run):
+    self.run = run
+
+  def __call__(self, step: int, last: bool) -> None:
+    if step % self.run.cfg.checkpoint_every == 0 or last:
+      self.run.flush()
+      self.run.save(step)
+
+
+class _ProfileTrace:
+  """train.profile_steps=(a, b): a jax.profiler trace of steps a..b in
+  <workdir>/profile (TensorBoard's profile plugin or Perfetto read it)."""
+
+  def __init__(self, run: _Run):
+    self.run, self.active = run, False
+    self.steps = run.cfg.profile_steps
+
+  def before(self, step: int) -> None:
+    if self.steps and step == self.steps[0]:
+      jax.profiler.start_trace(os.path.join(self.run.workdir, "profile"))
+      self.active = True
+
+  def __call__(self, step: int, last: bool) -> None:
+    if self.active and (step == self.steps[1] or last):
+      jax.block_until_ready(self.run.state)
+      jax.profiler.stop_trace()
+      self.active = False
+      self.run.log(f"  profile of steps {self.steps[0]}..{step} written to "
+                   f"{os.path.join(self.run.workdir, 'profile')}")
+
+  def abandon(self) -> None:
+    """Stops a trace the run left open (an error mid-trace)."""
+    if self.active:
+      jax.profiler.stop_trace()
+      self.active = False
+
+
 def _train(exp: ExperimentConfig, workdir: str, datasets, log: Callable[[str], None], mesh,
            sizes: dict) -> RunSummary:
-  cfg = exp.train
-  is_lm = exp.model.kind == "lm"
-  items_per_step = exp.data.batch_size * (exp.data.seq_len if is_lm else 1)
-  item_name = "tokens" if is_lm else "examples"
-
-  model = build_model(exp.model)
-  optimizer = make_optimizer(cfg)
-  schedule = learning_rate_schedule(cfg)
-  ckpt = Checkpointer(workdir, cfg.keep_checkpoints, cfg.async_checkpointing)
-
-  # Params and optimizer state are created already placed by the sharding
-  # rules; batches are split over the batch axes; metrics come back replicated.
-  init_fn = lambda: init_state(model, optimizer, jax.random.key(exp.seed), _example_inputs(exp))
-  state_sharding = tree_shardings(jax.eval_shape(init_fn), mesh)
-  data_sharding, scalars = batch_sharding(mesh), replicated(mesh)
-  state = jax.jit(init_fn, out_shardings=state_sharding)()
-
-  def to_global(batch):
-    """This host's rows of a batch -> arrays over the whole mesh."""
-    return jax.tree.map(lambda a: jax.make_array_from_process_local_data(data_sharding, a),
-                        batch)
-  train_iter = datasets.make_train_iterator()
-  restored = ckpt.restore_latest(state, exp.raw, log)
-  latest = None
-  if restored is not None:
-    latest, state, data_state = restored
-    if data_state.get("content_sha256") != datasets.content_sha256:
-      raise CheckpointError(
-          f"the checkpoint (step {latest}, {ckpt.directory}) was trained on {exp.data.name} with "
-          f"content sha256 {data_state.get('content_sha256')}, but the copy in data.data_dir "
-          f"has {datasets.content_sha256} (built from another Python version?); resume with the "
-          "data_dir it was trained on, or use a new --workdir")
-    train_iter.set_state(data_state["iterator"])
-    log(f"resumed from {ckpt.directory} at step {latest}")
-  if jax.process_index() == 0:
-    atomic_write_text(os.path.join(workdir, "config.json"),
-                      json.dumps(exp.raw, indent=2, sort_keys=True))
-  start_step = int(state["step"])
-  writer = MetricsWriter(workdir, start_step, enabled=jax.process_index() == 0, log=log)
-  num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
+  run = _Run(exp, workdir, datasets, log, mesh)
+  cfg = run.cfg
+  num_params = sum(x.size for x in jax.tree.leaves(run.state["params"]))
   mesh_text = " x ".join(f"{k}={v}" for k, v in sizes.items() if v > 1) or "none"
   log(f"model: {exp.model.kind}, {num_params / 1e6:.2f}M params, MoE blocks "
       f"{list(exp.model.moe_layers) or 'none'}; data: {exp.data.name}"
@@ -177,125 +360,38 @@ def _train(exp: ExperimentConfig, workdir: str, datasets, log: Callable[[str], N
       f"{exp.data.batch_size}; {cfg.num_steps} steps on {mesh.devices.size} "
       f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es), "
       f"mesh {mesh_text}")
-
-  baseline = unigram_cross_entropy(datasets, exp.model.vocab_size) if is_lm else None
+  baseline = unigram_cross_entropy(datasets, exp.model.vocab_size) if run.is_lm else None
   if baseline is not None:
     log(f"unigram baseline (context-free model): {baseline:.3f} nats/token")
 
-  train_step = jax.jit(make_train_step(model, optimizer, cfg, exp.seed),
-                       in_shardings=(state_sharding, data_sharding),
-                       out_shardings=(state_sharding, scalars), donate_argnums=0)
-  eval_step = jax.jit(make_eval_step(model), in_shardings=(state_sharding, data_sharding),
-                      out_shardings=scalars)
-  finite = jax.jit(all_finite, out_shardings=scalars)
-  eval_data = [to_global(batch) for batch in datasets.eval_batches()]
-
-  def evaluate(state) -> Dict[str, float]:
-    sums = [jax.device_get(eval_step(state, batch)) for batch in eval_data]
-    count = max(sum(s["count"] for s in sums), 1.0)
-    loss = float(sum(s["ce_sum"] for s in sums) / count)
-    out = {"loss": loss, "accuracy": float(sum(s["correct_sum"] for s in sums) / count)}
-    if is_lm:
-      out["perplexity"] = math.exp(min(loss, 50.0))
-      out["bits_per_byte"] = loss / math.log(2)
-    return out
-
-  last_saved = latest
-
-  def stop_error(problem: str) -> TrainingError:
-    kept = (f"the last good checkpoint (step {last_saved}) is kept in {ckpt.directory}"
-            if last_saved is not None else "no checkpoint was written")
-    return TrainingError(f"{problem}; stopped. {kept}. Try a lower train.learning_rate")
-
-  def save(step: int, state) -> None:
-    nonlocal last_saved
-    if step == last_saved:
-      return
-    if not bool(finite(state["params"])):
-      raise stop_error(f"parameters are not finite at step {step}")
-    ckpt.save(step, state, {"iterator": train_iter.get_state(),
-                            "content_sha256": datasets.content_sha256}, exp.raw)
-    last_saved = step
-
-  pending: List = []         # (step, device metrics) since the last flush
-  window: List[Dict] = []    # host metrics since the last progress line
-  history = writer.train_history()  # rows of earlier processes, so a resumed run's
-  # final train loss averages the same steps as an uninterrupted run's
-
-  def flush() -> None:
-    """Fetch pending metrics; stop at the first non-finite loss."""
-    for step, metrics in jax.device_get(pending):
-      if not (np.isfinite(metrics["loss"]) and np.isfinite(metrics["total_loss"])):
-        raise stop_error(f"loss is {float(metrics['total_loss'])} at step {step}")
-      window.append(metrics)
-    pending.clear()
-
-  stopped, last_eval = None, None
-  step = start_step
-  t_start = time.perf_counter()
-  t_window, steps_in_window, t_compiled = t_start, 0, None
+  profile = _ProfileTrace(run)
+  progress, evaluation = _Progress(run), _Evaluation(run)
+  hooks = (progress, profile, evaluation, _Checkpointing(run))  # in this order, every step
+  stopped, step = None, run.start_step
   with _StopFlag() as stop:
     try:
       while step < cfg.num_steps:
-        batch = to_global(next(train_iter))
-        state, metrics = train_step(state, batch)
+        profile.before(step + 1)
         step += 1
-        steps_in_window += 1
-        pending.append((step, metrics))
-        ckpt.check_for_errors()  # an async save that failed stops the run here
-        if t_compiled is None:  # the first step includes compilation
-          jax.block_until_ready(metrics["loss"])
-          t_compiled = time.perf_counter()
-          t_window, steps_in_window = t_compiled, 0
+        run.run_step(step)
         if stop.reason is None and step == cfg.stop_at_step:
           stop.reason = f"train.stop_at_step={cfg.stop_at_step}"
         stopping = stop.reason  # read once: SIGTERM may arrive at any point below
         last = step == cfg.num_steps or stopping is not None
-        if step % cfg.log_every == 0 or last:
-          flush()
-          now = time.perf_counter()
-          rate = steps_in_window / max(now - t_window, 1e-9) if steps_in_window else 0.0
-          t_window, steps_in_window = now, 0
-          summary = _summarize_window(window)
-          window.clear()
-          summary["learning_rate"] = np.float32(schedule(step - 1))
-          summary["steps_per_second"] = np.float32(rate)
-          writer.write(step, "train", summary)
-          history.append({"step": step, "loss": float(summary["loss"])})
-          eta = (cfg.num_steps - step) / rate if rate else float("nan")
-          moe = ""
-          if "balance" in summary:
-            moe = (f" | balance {summary['balance'].mean():.2f} drop "
-                   f"{summary['fraction_dropped'].mean():.1%}")
-          log(f"step {step:5d}/{cfg.num_steps} | loss {summary['loss']:.4f} | "
-              f"lr {summary['learning_rate']:.2e} | {rate:.1f} steps/s | "
-              f"{rate * items_per_step / 1e3:.1f}k {item_name}/s{moe} | "
-              f"eta {_format_duration(eta) if rate else '?'}")
-        if (cfg.eval_every and step % cfg.eval_every == 0) or last:
-          flush()
-          last_eval = evaluate(state)
-          writer.write(step, "eval", last_eval)
-          log(f"  eval @ {step}: " + "  ".join(f"{k} {v:.4f}" for k, v in last_eval.items()))
-        if step % cfg.checkpoint_every == 0 or last:
-          flush()
-          save(step, state)
+        for hook in hooks:
+          hook(step, last)
         if stopping is not None:
           stopped = stopping
           break
-    except (TrainingError, CheckpointError):
-      ckpt.close()
-      writer.close()
-      raise
-  ckpt.close()
-  writer.close()
-  elapsed = time.perf_counter() - (t_compiled or t_start)
-  steps_run = step - start_step
-  items_per_second = max(steps_run - 1, 0) * items_per_step / max(elapsed, 1e-9)
-  final_eval = last_eval if last_eval is not None else evaluate(state)
+    finally:
+      profile.abandon()
+      run.close()
+  final_eval = evaluation.last if evaluation.last is not None else run.evaluate()
   plots = write_plots(workdir, list(exp.model.moe_layers)) if cfg.plots and \
       jax.process_index() == 0 else []
-  tail = [h["loss"] for h in history[-max(1, len(history) // 10):]]
+  tail = [h["loss"] for h in run.history[-max(1, len(run.history) // 10):]]
   return RunSummary(step=step, train_loss=float(np.mean(tail)) if tail else float("nan"),
-                    eval=final_eval, baseline_loss=baseline, items_per_second=items_per_second,
-                    item_name=item_name, checkpoint_dir=ckpt.directory, plots=plots,
-                    stopped=stopped, history=history)
+                    eval=final_eval, baseline_loss=baseline,
+                    items_per_second=progress.items_per_second(step - run.start_step),
+                    item_name=run.item_name, checkpoint_dir=run.ckpt.directory, plots=plots,
+                    stopped=stopped, history=run.history)

@@ -46,7 +46,9 @@ def write_plots(workdir: str, moe_blocks: List[int]) -> List[str]:
     for i, ax in enumerate(axes[:, 0]):
       image = ax.imshow(load[:, i].T, aspect="auto", origin="lower", cmap="viridis",
                         vmin=0, vmax=max(3 * uniform, load.max()),
-                        extent=(steps[0], steps[-1], -0.5, load.shape[2] - 0.5))
+                        # one logged row still gets a width of one step
+                        extent=(steps[0], max(steps[-1], steps[0] + 1), -0.5,
+                                load.shape[2] - 0.5))
       ax.set_ylabel(f"block {moe_blocks[i]}\nexpert")
       fig.colorbar(image, ax=ax, label="share")
     axes[-1, 0].set_xlabel("step")
