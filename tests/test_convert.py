@@ -2,6 +2,7 @@
 family, router choices, both expert layouts, sharded checkpoints, and one-line
 errors for checkpoints that cannot be converted."""
 
+import functools
 import json
 import os
 import re
@@ -26,14 +27,15 @@ IDS = np.random.default_rng(0).integers(0, VOCAB, size=(2, 13))
 
 
 def _our_logits(model, ids=IDS):
-  logits, _ = TransformerLM(model.config).apply(model.variables, jnp.asarray(ids))
+  logits, _ = jax.jit(TransformerLM(model.config).apply)(model.variables, jnp.asarray(ids))
   return np.asarray(logits)
 
 
 def _our_router_choices(model, ids=IDS):
-  _, state = TransformerLM(model.config).apply(
-      model.variables, jnp.asarray(ids),
+  apply = functools.partial(
+      TransformerLM(model.config).apply,
       capture_intermediates=lambda mdl, _: isinstance(mdl, Router), mutable=["intermediates"])
+  _, state = jax.jit(apply)(model.variables, jnp.asarray(ids))
   found = {}
   for block, tree in state.get("intermediates", {}).items():
     out = tree["moe"]["router"]["__call__"][0]

@@ -33,11 +33,16 @@ def _model(**fields):
 
 
 def _greedy_without_cache(model, variables, prompt, steps):
-  seq = jnp.asarray(prompt)
-  for _ in range(steps):
-    logits, _ = model.apply(variables, seq)
-    seq = jnp.concatenate([seq, jnp.argmax(logits[:, -1], -1)[:, None].astype(seq.dtype)], 1)
-  return np.asarray(seq)
+  """Greedy decoding by running the whole sequence each step. The sequence is
+  held at its final length (zeros after the tokens so far) so that one
+  compiled forward serves every step: the LM is causal (test_models.py::
+  test_lm_is_causal), so the zeros do not change the logits before them."""
+  seq = np.zeros((prompt.shape[0], prompt.shape[1] + steps), np.int32)
+  seq[:, :prompt.shape[1]] = prompt
+  forward = jax.jit(lambda v, s: model.apply(v, s)[0])
+  for t in range(prompt.shape[1], seq.shape[1]):
+    seq[:, t] = np.argmax(np.asarray(forward(variables, seq))[:, t - 1], -1)
+  return seq
 
 
 @pytest.mark.parametrize("fields", [
@@ -47,14 +52,14 @@ def _greedy_without_cache(model, variables, prompt, steps):
 ], ids=["gqa_window", "mla"])
 def test_cached_greedy_equals_recomputing_the_whole_sequence(fields):
   model = _model(**fields)
-  variables = model.init(jax.random.PRNGKey(0), PROMPT)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), PROMPT)
   out = generate(model, variables, PROMPT, max_new_tokens=6)
   np.testing.assert_array_equal(out, _greedy_without_cache(model, variables, PROMPT, 6))
 
 
 def test_sampling_is_seeded_and_top_k_one_is_greedy():
   model = _model()
-  variables = model.init(jax.random.PRNGKey(0), PROMPT)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), PROMPT)
   greedy = generate(model, variables, PROMPT, max_new_tokens=8)
   sample = lambda seed, **kw: np.asarray(generate(
       model, variables, PROMPT, max_new_tokens=8, temperature=1.0,
@@ -68,7 +73,7 @@ def test_sampling_is_seeded_and_top_k_one_is_greedy():
     generate(model, variables, PROMPT + VOCAB, max_new_tokens=2)
   ec = _model(moe=_moe(name="expert_choice", capacity_factor=2.0))
   with pytest.raises(ValueError, match="router.name='expert_choice' cannot generate"):
-    generate(ec, ec.init(jax.random.PRNGKey(0), PROMPT), PROMPT, max_new_tokens=2)
+    generate(ec, jax.jit(ec.init)(jax.random.PRNGKey(0), PROMPT), PROMPT, max_new_tokens=2)
 
 
 def test_imported_model_generates_like_transformers(tmp_path):
@@ -89,7 +94,7 @@ def _dense():
   config = ModelConfig(num_layers=2, d_model=32, num_heads=4, dense_d_ff=64,
                        activation="swiglu", moe_every=0, vocab_size=VOCAB, tie_embeddings=False)
   model = TransformerLM(config)
-  return config, model.init(jax.random.PRNGKey(0), PROMPT)
+  return config, jax.jit(model.init)(jax.random.PRNGKey(0), PROMPT)
 
 
 @pytest.mark.parametrize("granularity,num_experts,router_std", [(1, 4, 0.5), (2, 2, 0.0)])

@@ -50,7 +50,8 @@ def test_steps_reduce_loss_on_a_fixed_batch(family):
   exp = experiment_from_config(tiny_config(train__learning_rate=1e-2, **kwargs))
   model, optimizer = build_model(exp.model), make_optimizer(exp.train)
   batch = _fixed_batch(exp, np.random.default_rng(0))
-  state = init_state(model, optimizer, jax.random.key(0), jnp.asarray(batch["inputs"]))
+  state = jax.jit(lambda: init_state(model, optimizer, jax.random.key(0),
+                                     jnp.asarray(batch["inputs"])))()
   step = jax.jit(make_train_step(model, optimizer, exp.train, seed=0))
   losses = []
   for _ in range(10):
@@ -73,13 +74,14 @@ def test_soft_moe_vit_logits_do_not_depend_on_batch_neighbours():
   exp = experiment_from_config(tiny_config(**FAMILIES["vit_soft_moe"]))
   model = build_model(exp.model)
   images = np.random.default_rng(0).random((4, 8, 8, 1), np.float32)
-  variables = model.init(jax.random.key(0), jnp.asarray(images))
-  logits, _ = model.apply(variables, jnp.asarray(images))
+  variables = jax.jit(model.init)(jax.random.key(0), jnp.asarray(images))
+  apply = jax.jit(model.apply)
+  logits, _ = apply(variables, jnp.asarray(images))
   neighbours = images.copy()
   neighbours[1:] = np.random.default_rng(1).random((3, 8, 8, 1), np.float32)
-  other, _ = model.apply(variables, jnp.asarray(neighbours))
+  other, _ = apply(variables, jnp.asarray(neighbours))
   np.testing.assert_allclose(np.asarray(logits[0]), np.asarray(other[0]), atol=1e-6)
-  alone, _ = model.apply(variables, jnp.asarray(images[:1]))
+  alone, _ = apply(variables, jnp.asarray(images[:1]))
   np.testing.assert_allclose(np.asarray(logits[0]), np.asarray(alone[0]), atol=1e-6)
 
 
@@ -87,10 +89,11 @@ def test_lm_is_causal():
   exp = experiment_from_config(tiny_config(model__moe__router__capacity_factor=None))
   model = build_model(exp.model)
   tokens = jnp.asarray(np.random.default_rng(1).integers(0, 256, (2, 16)), jnp.int32)
-  variables = model.init(jax.random.key(0), tokens)
-  logits, _ = model.apply(variables, tokens)
+  variables = jax.jit(model.init)(jax.random.key(0), tokens)
+  apply = jax.jit(model.apply)
+  logits, _ = apply(variables, tokens)
   changed = tokens.at[:, 10].set((tokens[:, 10] + 1) % 256)
-  logits2, _ = model.apply(variables, changed)
+  logits2, _ = apply(variables, changed)
   np.testing.assert_array_equal(np.asarray(logits[:, :10]), np.asarray(logits2[:, :10]))
   assert not np.allclose(logits[:, 10:], logits2[:, 10:])
 

@@ -31,7 +31,7 @@ def test_gradients_match_finite_differences(case):
                    shared_expert_gate=True)
     x = jax.random.normal(jax.random.key(0), (2, 5, 6), jnp.float64)
     ids = jnp.arange(10).reshape(2, 5)
-    variables = layer.init(jax.random.key(1), x, token_ids=ids)
+    variables = jax.jit(layer.init)(jax.random.key(1), x, token_ids=ids)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), variables["params"])
     weights = jnp.sin(jnp.arange(60.0)).reshape(2, 5, 6)
 
@@ -55,7 +55,7 @@ def test_gradients_match_finite_differences(case):
 def test_jit_and_vmap_over_groups():
   layer = _layer(ROUTER_CASES["top_k_capacity"])
   x = jax.random.normal(jax.random.key(0), (3, 8, 6))  # 3 groups of 8 tokens
-  variables = layer.init(jax.random.key(1), x[0])
+  variables = jax.jit(layer.init)(jax.random.key(1), x[0])
   apply = lambda v, g: layer.apply(v, g)[0]
   per_group = jnp.stack([jax.jit(apply)(variables, x[i]) for i in range(3)])
   vmapped = jax.jit(jax.vmap(apply, in_axes=(None, 0)))(variables, x)
@@ -68,7 +68,7 @@ def test_shared_experts_with_gate_add_gated_dense_ffn():
   layer = _layer(ROUTER_CASES["top_k_dropless"], num_shared_experts=2, shared_d_ff=4,
                  shared_expert_gate=True)
   x = jax.random.normal(jax.random.key(0), (7, 6))
-  variables = layer.init(jax.random.key(1), x)
+  variables = jax.jit(layer.init)(jax.random.key(1), x)
   p = variables["params"]
   assert p["shared"]["w_in"]["kernel"].shape == (6, 8)  # 2 shared experts x 4 fused
   zeroed = jax.tree.map(jnp.zeros_like, p["experts"])
@@ -87,7 +87,7 @@ def test_dense_baseline_has_same_interface():
   dense = DenseFFNLayer(d_model=6, d_ff=20, activation="swiglu")
   x = jnp.ones((2, 3, 6))
   for layer in (moe, dense):
-    v = layer.init(jax.random.key(0), x)
+    v = jax.jit(layer.init)(jax.random.key(0), x)
     y, aux = layer.apply(v, x, token_ids=None, deterministic=False)
     assert y.shape == x.shape
     assert set(aux.losses) == {"load_balance", "z_loss", "importance"}
@@ -97,7 +97,7 @@ def test_bfloat16_experts_close_to_float32():
   router = ROUTER_CASES["top_k_dropless"]
   x = jax.random.normal(jax.random.key(0), (16, 6))
   f32 = _layer(router)
-  variables = f32.init(jax.random.key(1), x)
+  variables = jax.jit(f32.init)(jax.random.key(1), x)
   y32, _ = jax.jit(f32.apply)(variables, x)
   for dispatch in ("einsum", "dropless"):
     y16, _ = jax.jit(_layer(router, dtype="bfloat16", dispatch=dispatch).apply)(variables, x)
@@ -109,7 +109,7 @@ def test_stochastic_routing_uses_router_rng_only_in_training():
   router = dataclasses.replace(ROUTER_CASES["top_k_dropless"], jitter_noise=0.5, noisy_top_k=True)
   layer = _layer(router)
   x = jax.random.normal(jax.random.key(0), (32, 6))
-  v = layer.init(jax.random.key(1), x)
+  v = jax.jit(layer.init)(jax.random.key(1), x)
   y_eval, _ = jax.jit(layer.apply)(v, x)  # deterministic: no rng needed
   train = jax.jit(lambda v, x, key: layer.apply(v, x, deterministic=False, rngs={"router": key}))
   y_a, _ = train(v, x, jax.random.key(2))
@@ -122,7 +122,7 @@ def test_expert_bias_lives_in_router_state_and_rebalances():
   router = RouterConfig(num_experts=4, top_k=1, score_fn="sigmoid", use_expert_bias=True)
   layer = _layer(router)
   x = jax.random.normal(jax.random.key(0), (256, 6)) + 2.0  # skewed inputs
-  v = layer.init(jax.random.key(1), x)
+  v = jax.jit(layer.init)(jax.random.key(1), x)
   assert v["router_state"]["router"]["expert_bias"].shape == (4,)
   step = jax.jit(lambda v: layer.apply(v, x)[1].metrics["tokens_per_expert"])
   start = step(v)
@@ -138,7 +138,7 @@ def test_metrics_report_drops_and_entropy():
   router = RouterConfig(num_experts=4, top_k=1, capacity_factor=0.5)
   layer = _layer(router, dispatch="gather")
   x = jax.random.normal(jax.random.key(0), (40, 6))
-  v = layer.init(jax.random.key(1), x)
+  v = jax.jit(layer.init)(jax.random.key(1), x)
   _, aux = jax.jit(layer.apply)(v, x)
   m = aux.metrics
   kept = float(m["tokens_per_expert"].sum())
@@ -166,7 +166,7 @@ def test_soft_moe_routes_each_example_alone():
   the layer on that example alone, whatever its batch neighbours are."""
   layer = _soft_moe_layer()
   x = jax.random.normal(jax.random.key(0), (4, 5, 8))
-  variables = layer.init(jax.random.key(1), x)
+  variables = jax.jit(layer.init)(jax.random.key(1), x)
   y, _ = layer.apply(variables, x)
   for i in range(4):
     alone, _ = layer.apply(variables, x[i:i + 1])
@@ -205,7 +205,7 @@ def _soft_moe_numpy(x, params, scale=None):
 def test_soft_moe_matches_the_paper_equations(normalize):
   layer = _soft_moe_layer(soft_moe_normalize=normalize)
   x = jax.random.normal(jax.random.key(2), (2, 5, 8)) * 3.0
-  variables = layer.init(jax.random.key(3), x)
+  variables = jax.jit(layer.init)(jax.random.key(3), x)
   params = variables["params"]
   if normalize:
     params = {**params, "router": {**params["router"], "scale": jnp.float32(2.5)}}

@@ -85,7 +85,7 @@ def test_moe_layer_pallas_backend_equals_blocked():
   for backend in ("blocked", "pallas"):
     layer = MoELayer(MoEConfig(router=rc, d_model=16, d_ff=24, dispatch="dropless",
                                gmm_backend=backend, gmm_block_size=16, activation="swiglu"))
-    variables = layer.init(jax.random.key(1), x)
+    variables = jax.jit(layer.init)(jax.random.key(1), x)
     forward = lambda v, x: layer.apply(v, x)[0]
     outputs.append(jax.jit(forward)(variables, x))
     uses_kernels = "pallas_call" in str(jax.make_jaxpr(forward)(variables, x))

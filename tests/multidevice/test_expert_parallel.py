@@ -37,7 +37,7 @@ def _compare(layer, mesh_config, tokens=64):
   rng = jax.random.key(0)
   x = jax.random.normal(rng, (tokens, 16))
   probe = jax.random.normal(jax.random.key(1), (tokens, 16))
-  variables = layer.init(rng, x)
+  variables = jax.jit(layer.init)(rng, x)
   ref = jax.jit(lambda v, x: _loss_and_grads(layer, v, x, probe))(variables, x)
   mesh = make_mesh(mesh_config)
   with jax.set_mesh(mesh):
@@ -69,7 +69,7 @@ def test_dropless_with_everything_on_one_expert():
   layer = _layer("dropless", None, groups=1, activation="gelu", use_bias=False)
   rng = jax.random.key(0)
   x = jnp.abs(jax.random.normal(rng, (64, 16)))
-  variables = layer.init(rng, x)
+  variables = jax.jit(layer.init)(rng, x)
   kernel = variables["params"]["router"]["kernel"]
   kernel = jnp.zeros_like(kernel).at[:, 5].set(1.0).at[:, 6].set(0.5)  # experts 5, 6
   variables = {"params": {**variables["params"], "router": {"kernel": kernel}}}
@@ -90,7 +90,7 @@ def test_einsum_and_ungrouped_capacity_fall_back_to_the_partitioner():
 
 def test_expert_weights_are_sharded_by_the_rules():
   layer = _layer("dropless", None, groups=1)
-  variables = layer.init(jax.random.key(0), jnp.zeros((64, 16)))
+  variables = jax.jit(layer.init)(jax.random.key(0), jnp.zeros((64, 16)))
   mesh = make_mesh(MeshConfig(fsdp=2, expert=2, tensor=2))
   placed = jax.device_put(variables, tree_shardings(variables, mesh))
   experts = placed["params"]["experts"]
