@@ -67,3 +67,15 @@ def test_capacity_formula():
   assert RouterConfig(num_experts=8, top_k=2).capacity(100) is None
   ec = RouterConfig(name="expert_choice", num_experts=4, capacity_factor=2.0)
   assert ec.capacity(10) == 5  # ceil(2 * 10 / 4)
+
+
+def test_checkpoint_compatibility_ignores_the_moe_fields_of_a_dense_model():
+  from moejax.train.config import incompatible_fields
+  config = lambda moe_every, dispatch: {"seed": 0, "train": {"num_steps": 5},
+                                        "model": {"moe_every": moe_every,
+                                                  "moe": {"dispatch": dispatch}}}
+  assert incompatible_fields(config(0, "gather"), config(0, "dropless")) == {}
+  assert incompatible_fields(config(1, "gather"), config(1, "dropless")) == {
+      "model.moe.dispatch": ("gather", "dropless")}
+  assert set(incompatible_fields(config(0, "gather"), config(1, "gather"))) == {
+      "model.moe_every"}

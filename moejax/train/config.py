@@ -155,4 +155,7 @@ def incompatible_fields(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[
   a, b = flatten(saved), flatten(current)
   keys = sorted(k for k in set(a) | set(b)
                 if any(k == p or (p.endswith(".") and k.startswith(p)) for p in STATE_DEFINING))
+  if a.get("model.moe_every") == b.get("model.moe_every") == 0:
+    # A dense model has no MoE block: its model.moe fields define no state.
+    keys = [k for k in keys if not k.startswith("model.moe.")]
   return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}

@@ -13,11 +13,13 @@ import ml_collections
 from moejax.train.comparison import apply_override
 
 _DROPLESS = ["model.moe.dispatch=dropless", "model.moe.router.capacity_factor=None"]
+_CAPACITY = ["model.moe.dispatch=gather", "model.moe.router.capacity_factor=1.25"]
 
 # name -> (what it is, overrides). Top-1 routers get experts twice as wide so
 # that a token uses the same parameters as under top-2.
 ZOO = {
-    "top2_capacity": ("softmax top-2, capacity 1.25, capacity-gather (Switch/GShard/Mixtral)", []),
+    "top2_capacity": ("softmax top-2, capacity 1.25, capacity-gather (Switch/GShard/Mixtral)",
+                      _CAPACITY),
     "top2_dropless": ("softmax top-2, dropless, blocked grouped matmul", _DROPLESS),
     "aux_loss_free": ("sigmoid top-2 + selection-only expert bias, no balance loss (DeepSeek-V3)",
                       _DROPLESS + ["model.moe.router.score_fn=sigmoid",
@@ -26,7 +28,7 @@ ZOO = {
     "null_experts": ("top-2 over 8 experts + 8 zero-compute null experts (AdaMoE / MoE++)",
                      _DROPLESS + ["model.moe.router.num_null_experts=8"]),
     "expert_choice": ("each expert picks its top tokens, 2 per token on average (Zhou et al.)",
-                      ["model.moe.router.name=expert_choice",
+                      ["model.moe.router.name=expert_choice", "model.moe.dispatch=gather",
                        "model.moe.router.capacity_factor=2.0"]),
     "soft_moe": ("Soft MoE, slots per sequence: 32 per expert = 2 per token (Puigcerver et al.)",
                  ["model.moe.router.name=soft_moe", "model.moe.router.top_k=1",
@@ -34,7 +36,7 @@ ZOO = {
                   "model.moe.dispatch=einsum"]),
     "sinkhorn_top1": ("balanced assignment by Sinkhorn (BASE-like), top-1, 2x wider experts",
                       ["model.moe.router.name=sinkhorn", "model.moe.router.top_k=1",
-                       "model.moe.d_ff=512"]),
+                       "model.moe.d_ff=512"] + _CAPACITY),
     "hash_top1": ("fixed token-id hash (Roller et al.), top-1, 2x wider experts",
                   ["model.moe.router.name=hash", "model.moe.router.top_k=1"] + _DROPLESS
                   + ["model.moe.d_ff=512"]),

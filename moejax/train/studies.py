@@ -53,13 +53,19 @@ def lm_study():
 _DENSE = ("model.moe_every=0",)
 _DROPLESS = ("model.moe.dispatch=dropless", "model.moe.router.capacity_factor=None")
 
+
+def _capacity(factor: float) -> Tuple[str, ...]:
+  return ("model.moe.dispatch=gather", f"model.moe.router.capacity_factor={factor}")
+
 STUDIES: Dict[str, Study] = {
     "moe_vs_dense": Study(
-        "lm_tiny (8 experts, top-2, capacity 1.25) vs its dense twin (d_ff 512 = 2 x 256) at "
-        "equal active parameters, stdlib_bytes", lm_tiny,
-        {"dense": _DENSE, "moe_8x_top2": ()},
+        "lm_tiny (8 experts, top-2, dropless; and with capacity 1.25) vs its dense twin (d_ff "
+        "512 = 2 x 256) at equal active parameters, stdlib_bytes", lm_tiny,
+        {"dense": _DENSE, "moe_8x_top2": (), "moe_8x_top2_capacity_1.25": _capacity(1.25)},
         (Claim("MoE reaches a lower eval loss than dense at equal active parameters and steps "
-               "(Switch Transformer, GShard)", "eval_loss", "moe_8x_top2", "dense"),)),
+               "(Switch Transformer, GShard)", "eval_loss", "moe_8x_top2", "dense"),
+         Claim("... also with capacity 1.25 (tokens over capacity skip the experts)",
+               "eval_loss", "moe_8x_top2_capacity_1.25", "dense"))),
     "num_experts": Study(
         "dense vs 4 / 8 / 16 / 32 experts, top-2, d_ff 256 each (equal active parameters), "
         "dropless, 2 blocks", lm_study,
@@ -96,9 +102,8 @@ STUDIES: Dict[str, Study] = {
                "aux_1e-2"))),
     "capacity": Study(
         "capacity factor 1.0 / 1.25 / 2.0 vs dropless, top-2, 2 blocks", lm_study,
-        {"capacity_1.0": ("model.moe.router.capacity_factor=1.0",),
-         "capacity_1.25": (), "capacity_2.0": ("model.moe.router.capacity_factor=2.0",),
-         "dropless": _DROPLESS},
+        {"capacity_1.0": _capacity(1.0), "capacity_1.25": _capacity(1.25),
+         "capacity_2.0": _capacity(2.0), "dropless": _DROPLESS},
         (Claim("dropless beats capacity 1.0 at equal steps (tokens are not dropped)",
                "eval_loss", "dropless", "capacity_1.0"),)),
     "vit_routers": Study(
