@@ -68,8 +68,10 @@ def main(argv):
     summary = train_and_evaluate(exp, _WORKDIR.value)
   except (DataError, CheckpointError, TrainingError, WorkdirError) as err:
     fail(1, str(err))
-  from moejax.train.report import print_summary
-  print_summary(summary, _WORKDIR.value)
+  import jax
+  if jax.process_index() == 0:  # every process has the same summary
+    from moejax.train.report import print_summary
+    print_summary(summary, _WORKDIR.value)
 
 
 if __name__ == "__main__":

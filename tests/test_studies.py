@@ -65,3 +65,19 @@ def test_every_study_runs_at_a_tiny_budget(tmp_path, data_dir, name):
   text = (tmp_path / "results.md").read_text()
   assert text.count("**Verdict: ") == len(STUDIES[name].claims)
   assert (tmp_path / "results.png").stat().st_size > 0
+
+
+def test_set_overrides_parse_like_config_flags():
+  from moejax.train.presets import lm_tiny
+  config = lm_tiny()
+  for assignment in ("train.profile_steps=(3, 5)", "train.stop_at_step=7",
+                     "model.moe.router.capacity_factor=1.5", "model.moe.dispatch=gather",
+                     "train.plots=false", "data.data_dir=/tmp/data"):
+    apply_override(config, assignment)
+  assert config.train.profile_steps == (3, 5) and config.train.stop_at_step == 7
+  assert config.model.moe.router.capacity_factor == 1.5 and not config.train.plots
+  assert config.model.moe.dispatch == "gather" and config.data.data_dir == "/tmp/data"
+  apply_override(config, "model.moe.router.capacity_factor=None")
+  assert config.model.moe.router.capacity_factor is None
+  with pytest.raises(ValueError, match="unknown config field 'train.bogus'"):
+    apply_override(config, "train.bogus=1")

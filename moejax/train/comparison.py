@@ -9,6 +9,7 @@ train and eval loss, throughput, expert balance and drop fraction.
 from __future__ import annotations
 
 import importlib.util
+import ast
 import json
 import os
 from typing import Dict, List
@@ -37,8 +38,10 @@ def load_config_file(path: str):
 
 
 def apply_override(config, assignment: str) -> None:
-  """'a.b.c=value' -> config.a.b.c = value, parsed like the current value's
-  type ('None' sets None). Raises ValueError naming the assignment."""
+  """'a.b.c=value' -> config.a.b.c = value, parsed as --config.a.b.c=value
+  would be: like the current value's type, Python literals for tuples and
+  unset optional fields, 'None' sets None. Raises ValueError naming the
+  assignment."""
   key, sep, text = assignment.partition("=")
   if not sep:
     raise ValueError(f"--set={assignment!r} is invalid: expected field=value")
@@ -55,10 +58,10 @@ def apply_override(config, assignment: str) -> None:
       value = None
     elif isinstance(current, bool):
       value = {"true": True, "false": False}[text.lower()]
-    elif current is None:  # unset optional field: a JSON number, else a string
-      try:
-        value = json.loads(text)
-      except json.JSONDecodeError:
+    elif current is None or isinstance(current, (tuple, list)):
+      try:  # a Python literal: 3, 0.5, (3, 5), 'text'; anything else is a string
+        value = ast.literal_eval(text)
+      except (ValueError, SyntaxError):
         value = text
     else:
       value = type(current)(text)

@@ -19,6 +19,7 @@ from typing import Callable, Dict, List, Optional, Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from absl import logging as absl_logging
 
 from moejax.data import make_datasets, unigram_cross_entropy
 from moejax.models import build_model
@@ -102,7 +103,12 @@ def _summarize_window(window: List[Dict[str, np.ndarray]]) -> Dict[str, np.ndarr
 
 
 def _print_now(line: str) -> None:
-  print(line, flush=True)
+  """Progress goes to stdout on process 0 only; the other processes of a
+  multi-host job log it at INFO (shown with --verbosity=0)."""
+  if jax.process_index() == 0:
+    print(line, flush=True)
+  else:
+    absl_logging.info("%s", line)
 
 
 def train_and_evaluate(exp: ExperimentConfig, workdir: str,
