@@ -15,7 +15,6 @@ from moejax.grouped_matmul import BACKENDS as GMM_BACKENDS, block_size_problem
 from moejax.validation import check_choice, check_float, check_int, fail, from_mapping
 
 
-
 @dataclasses.dataclass(frozen=True)
 class RouterFamily:
   """What the rest of moejax needs to know about a router family; its route
@@ -157,27 +156,27 @@ class RouterConfig:
     check_int("router.top_k", self.top_k, 1)
     if self.top_k > self.num_experts + self.num_null_experts:
       fail("router.top_k", self.top_k,
-            f"must be <= num_experts + num_null_experts = "
-            f"{self.num_experts + self.num_null_experts}")
+           f"must be <= num_experts + num_null_experts = "
+           f"{self.num_experts + self.num_null_experts}")
     check_choice("router.score_fn", self.score_fn, SCORE_FNS)
     check_float("router.routed_scaling_factor", self.routed_scaling_factor, 0.0, False)
     check_int("router.num_expert_groups", self.num_expert_groups, 1)
     if self.num_experts % self.num_expert_groups:
       fail("router.num_expert_groups", self.num_expert_groups,
-            f"must divide num_experts={self.num_experts}")
+           f"must divide num_experts={self.num_experts}")
     check_int("router.top_k_groups", self.top_k_groups, 1)
     if self.num_expert_groups > 1:
       if self.top_k_groups > self.num_expert_groups:
         fail("router.top_k_groups", self.top_k_groups,
-              f"must be <= num_expert_groups={self.num_expert_groups}")
+             f"must be <= num_expert_groups={self.num_expert_groups}")
       per_group = self.num_experts // self.num_expert_groups
       if self.top_k > self.top_k_groups * per_group:
         fail("router.top_k", self.top_k,
-              f"must be <= top_k_groups * experts per group = "
-              f"{self.top_k_groups * per_group} when group-limited")
+             f"must be <= top_k_groups * experts per group = "
+             f"{self.top_k_groups * per_group} when group-limited")
       if self.num_null_experts:
         fail("router.num_null_experts", self.num_null_experts,
-              "must be 0 when num_expert_groups > 1")
+             "must be 0 when num_expert_groups > 1")
     check_float("router.expert_bias_update_rate", self.expert_bias_update_rate, 0.0, True)
     check_float("router.jitter_noise", self.jitter_noise, 0.0, True)
     if self.jitter_noise >= 1:
@@ -199,7 +198,7 @@ class RouterConfig:
     check_choice("router.soft_moe_grouping", self.soft_moe_grouping, SOFT_MOE_GROUPINGS)
     if self.name == "soft_moe" and self.routing_groups > 1:
       fail("router.routing_groups", self.routing_groups,
-            "router.name='soft_moe' groups tokens by router.soft_moe_grouping; leave it 1")
+           "router.name='soft_moe' groups tokens by router.soft_moe_grouping; leave it 1")
     self._check_family_options()
 
   def _check_family_options(self):
@@ -222,15 +221,15 @@ class RouterConfig:
       fail("router.score_fn", self.score_fn, "router.name='threshold' needs 'softmax'")
     if self.name == "expert_choice" and self.capacity_factor is None:
       fail("router.capacity_factor", None,
-            "router.name='expert_choice' needs a number > 0 (average experts per token)")
+           "router.name='expert_choice' needs a number > 0 (average experts per token)")
     if self.name in ("hash", "sinkhorn") and self.top_k != 1:
       fail("router.top_k", self.top_k, f"router.name={self.name!r} routes each token to 1 expert")
     if self.name != "soft_moe" and self.soft_moe_normalize:
       fail("router.soft_moe_normalize", True, f"only used by router.name='soft_moe' "
-            f"(name={self.name!r}); leave it False")
+           f"(name={self.name!r}); leave it False")
     if self.name == "soft_moe" and self.capacity_factor is not None:
       fail("router.capacity_factor", self.capacity_factor,
-            "router.name='soft_moe' never drops; leave it None (slots via num_slots)")
+           "router.name='soft_moe' never drops; leave it None (slots via num_slots)")
 
   @property
   def family(self) -> RouterFamily:
@@ -329,10 +328,10 @@ class MoEConfig:
     check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16", "float64"))
     if not self.router.is_sparse and self.dispatch != "einsum":
       fail("dispatch", self.dispatch,
-            f"router.name={self.router.name!r} gives dense weights; use dispatch='einsum'")
+           f"router.name={self.router.name!r} gives dense weights; use dispatch='einsum'")
     if self.dispatch == "gather" and self.router.capacity(1) is None:
       fail("dispatch", "gather",
-            "needs router.capacity_factor (a number > 0); for dropless use dispatch='dropless'")
+           "needs router.capacity_factor (a number > 0); for dropless use dispatch='dropless'")
 
 
 def moe_config_from_mapping(values) -> MoEConfig:

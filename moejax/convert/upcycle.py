@@ -35,17 +35,17 @@ def upcycled_config(dense: ModelConfig, moe: MoEConfig, moe_every: int = 1,
   """The MoE ModelConfig; checks that `dense` can seed it."""
   if dense.kind != "lm" or dense.moe_layers:
     fail("dense model", f"kind={dense.kind}, moe_every={dense.moe_every}",
-          "upcycling starts from a dense LM (kind='lm', moe_every=0)")
+         "upcycling starts from a dense LM (kind='lm', moe_every=0)")
   if moe.activation != dense.activation:
     fail("moe.activation", moe.activation, f"must equal the dense FFN's {dense.activation!r}")
   if isinstance(granularity, bool) or not isinstance(granularity, int) or granularity < 1:
     fail("granularity", granularity, "must be an integer >= 1")
   if dense.dense_d_ff % granularity or moe.d_ff != dense.dense_d_ff // granularity:
     fail("moe.d_ff", moe.d_ff, f"must be dense d_ff / granularity = {dense.dense_d_ff} / "
-          f"{granularity}")
+         f"{granularity}")
   if moe.num_shared_experts:
     fail("moe.num_shared_experts", moe.num_shared_experts, "upcycling makes routed experts "
-          "only; use 0")
+         "only; use 0")
   moe = dataclasses.replace(moe, d_model=dense.d_model)
   return dataclasses.replace(dense, moe=moe, moe_every=moe_every,
                              first_dense_layers=first_dense_layers)
@@ -58,7 +58,7 @@ def upcycle(dense: ModelConfig, variables: dict, moe: MoEConfig, *, rng: jax.Arr
   config = upcycled_config(dense, moe, moe_every, first_dense_layers, granularity)
   if noise_std < 0 or router_init_std < 0:
     fail("noise_std" if noise_std < 0 else "router_init_std",
-          min(noise_std, router_init_std), "must be >= 0")
+         min(noise_std, router_init_std), "must be >= 0")
   source = {path: np.asarray(v) for path, v in flatten_dict(variables).items()}
   shapes = variable_shapes(config)
   out = {}
@@ -98,5 +98,5 @@ def upcycle(dense: ModelConfig, variables: dict, moe: MoEConfig, *, rng: jax.Arr
   missing = sorted(set(shapes) - set(out))
   if missing:
     fail("dense model", "/".join(missing[0]), "has nothing to seed this MoE variable from "
-          "(expert biases need a dense FFN with biases)")
+         "(expert biases need a dense FFN with biases)")
   return config, jax.tree.map(jnp.asarray, unflatten_dict(out))

@@ -128,7 +128,7 @@ class ModelConfig:
       if isinstance(index, bool) or not isinstance(index, int) or not (
           0 <= index < self.num_layers):
         fail("model.dense_layers", self.dense_layers,
-              f"must hold block indices in [0, {self.num_layers})")
+             f"must hold block indices in [0, {self.num_layers})")
     if self.moe_every:
       if not isinstance(self.moe, MoEConfig):
         fail("model.moe", self.moe, "needs an MoE layer config when moe_every >= 1")
@@ -136,8 +136,8 @@ class ModelConfig:
         fail("model.moe.d_model", self.moe.d_model, f"must equal model.d_model={self.d_model}")
       if not any(self.is_moe_layer(i) for i in range(self.num_layers)):
         fail("model.moe_every", self.moe_every,
-              f"gives no MoE block among {self.num_layers} layers with "
-              f"first_dense_layers={self.first_dense_layers}; use moe_every=0 for a dense model")
+             f"gives no MoE block among {self.num_layers} layers with "
+             f"first_dense_layers={self.first_dense_layers}; use moe_every=0 for a dense model")
     check_choice("model.norm", self.norm, NORMS)
     check_float("model.norm_eps", self.norm_eps, 0.0, False)
     check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
@@ -163,7 +163,7 @@ class ModelConfig:
         fail("model.attention", "mla", "is for kind='lm'")
       if self.qk_norm != "none":
         fail("model.qk_norm", self.qk_norm, "attention='mla' normalises its latents; "
-              "leave it 'none'")
+             "leave it 'none'")
       check_int("model.mla_q_rank", self.mla_q_rank, 0)
       for name in ("mla_kv_rank", "mla_nope_dim", "mla_v_dim"):
         check_int(f"model.{name}", getattr(self, name), 1)
@@ -177,11 +177,11 @@ class ModelConfig:
     check_int("model.head_dim", self.head_dim, 0)
     if not self.head_dim and self.d_model % self.num_heads:
       fail("model.num_heads", self.num_heads,
-            f"must divide d_model={self.d_model} (or set model.head_dim)")
+           f"must divide d_model={self.d_model} (or set model.head_dim)")
     if self.kind == "lm" and self.head_size % 2:
       fail("model.head_dim" if self.head_dim else "model.num_heads",
-            self.head_dim or self.num_heads,
-            f"gives head_dim {self.head_size}; it must be even for RoPE")
+           self.head_dim or self.num_heads,
+           f"gives head_dim {self.head_size}; it must be even for RoPE")
 
   def is_moe_layer(self, index: int) -> bool:
     """Whether block `index` (0-based) has an MoE FFN."""

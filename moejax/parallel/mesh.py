@@ -65,11 +65,11 @@ class MeshConfig:
       if value == -1:
         if num_devices % fixed:
           fail(f"mesh.{name}", -1, f"cannot fill: the other axes ({given}) use {fixed} devices, "
-                f"which does not divide the {num_devices} devices")
+               f"which does not divide the {num_devices} devices")
         sizes[name] = num_devices // fixed
     if math.prod(sizes.values()) != num_devices:
       fail("mesh", given, f"axis sizes multiply to {math.prod(sizes.values())}, but there are "
-            f"{num_devices} devices; make them multiply to {num_devices} (or set one axis to -1)")
+           f"{num_devices} devices; make them multiply to {num_devices} (or set one axis to -1)")
     return sizes
 
 
