@@ -1,12 +1,14 @@
-"""Seeded studies: the verdict rule, every study's rows validate, and one
-study end to end at a tiny budget (outputs and verdict lines written; the
-numbers mean nothing here)."""
+"""Seeded studies: the verdict rule, every study's rows validate, the
+aggregation over seeds on known numbers, and every study end to end at a
+tiny budget (outputs and verdict lines written; the numbers mean nothing
+there)."""
 
 import json
 
+import numpy as np
 import pytest
 
-from moejax.train import experiment_from_config
+from moejax.train import experiment_from_config, studies
 from moejax.train.comparison import apply_override
 from moejax.train.studies import FAILS, HOLDS, INCONCLUSIVE, STUDIES, run_study, verdict
 
@@ -40,23 +42,37 @@ def _tiny(study: str, data_dir) -> list:
                    "train.plots=False", "train.checkpoint_every=2"]
 
 
-def test_study_writes_its_table_plot_and_verdicts(tmp_path, data_dir):
-  """moe_vs_dense end to end at a tiny budget, 2 seeds per row."""
-  results = run_study("moe_vs_dense", 2, str(tmp_path), _tiny("moe_vs_dense", data_dir),
-                      verbose=False)
-  assert set(results["rows"]) == {"dense", "moe_8x_top2"}
-  assert all(len(r["eval_loss"]["values"]) == 2 for r in results["rows"].values())
+def _fake_train_row(name, config, workdir, verbose=True):
+  """train_row's stand-in: a row whose numbers depend only on its name and seed."""
+  seed, moe = config.seed, config.model.moe_every > 0
+  loss = 1.0 + 0.1 * len(name) + 0.01 * seed
+  return {"params": 10, "active_params": 5, "steps": 2, "eval_loss": loss,
+          "train_loss": loss + 0.5, "balance": 1.5 + seed if moe else None,
+          "fraction_dropped": 0.25 if moe else None,
+          "balance_curve": [[1, 3.0 + seed], [2, 2.0 + seed]] if moe else []}
+
+
+def test_study_aggregates_seeds_into_mean_std_verdicts_and_curves(tmp_path, monkeypatch):
+  """The study's bookkeeping over 2 seeds, on rows with known numbers."""
+  monkeypatch.setattr(studies, "train_row", _fake_train_row)
+  results = run_study("moe_vs_dense", 2, str(tmp_path), verbose=False)
+  assert set(results["rows"]) == set(STUDIES["moe_vs_dense"].rows)
+  dense, moe = results["rows"]["dense"], results["rows"]["moe_8x_top2"]
+  np.testing.assert_allclose(dense["eval_loss"]["values"], [1.5, 1.51])
+  np.testing.assert_allclose(dense["eval_loss"]["mean"], 1.505)
+  np.testing.assert_allclose(dense["eval_loss"]["std"], 0.01 / np.sqrt(2))   # sample std
+  # MoE rows: balance over training averaged over the seeds; the dense row has none.
+  assert moe["balance_curve"] == {"steps": [1, 2], "mean": [3.5, 2.5]}
+  assert "balance_curve" not in dense and "balance" not in dense
+  # 'moe_8x_top2' (2.1) is worse than 'dense' (1.5) here: the claim does not hold.
+  assert [c["verdict"] for c in results["claims"]] == [FAILS, FAILS]
   text = (tmp_path / "results.md").read_text()
-  assert text.count("**Verdict: ") == 1 and "mean ± std" in text
-  assert results["claims"][0]["verdict"] in (HOLDS, FAILS, INCONCLUSIVE)
-  assert json.loads((tmp_path / "results.json").read_text())["study"] == "moe_vs_dense"
+  assert text.count("**Verdict: does not hold**") == 2 and "1.5050 ± 0.0071" in text
+  assert json.loads((tmp_path / "results.json").read_text())["seeds"] == 2
   assert (tmp_path / "results.png").stat().st_size > 0
-  curve = results["rows"]["moe_8x_top2"]["balance_curve"]
-  assert curve["steps"] == [1, 2] and all(b >= 1.0 for b in curve["mean"])
-  assert "balance_curve" not in results["rows"]["dense"]
 
 
-@pytest.mark.parametrize("name", sorted(set(STUDIES) - {"moe_vs_dense"}))
+@pytest.mark.parametrize("name", sorted(STUDIES))
 def test_every_study_runs_at_a_tiny_budget(tmp_path, data_dir, name):
   """CI's smoke run of each study: every row trains (1 seed, 2 steps) and
   results.md has one verdict line per claim."""
