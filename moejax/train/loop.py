@@ -392,12 +392,13 @@ def _train(exp: ExperimentConfig, workdir: str, datasets, log: Callable[[str], N
     finally:
       profile.abandon()
       run.close()
+  items_per_second = progress.items_per_second(step - run.start_step)
   final_eval = evaluation.last if evaluation.last is not None else run.evaluate()
   plots = write_plots(workdir, list(exp.model.moe_layers)) if cfg.plots and \
       jax.process_index() == 0 else []
   tail = [h["loss"] for h in run.history[-max(1, len(run.history) // 10):]]
   return RunSummary(step=step, train_loss=float(np.mean(tail)) if tail else float("nan"),
                     eval=final_eval, baseline_loss=baseline,
-                    items_per_second=progress.items_per_second(step - run.start_step),
+                    items_per_second=items_per_second,
                     item_name=run.item_name, checkpoint_dir=run.ckpt.directory, plots=plots,
                     stopped=stopped, history=run.history)
