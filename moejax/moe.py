@@ -157,7 +157,7 @@ class MoELayer(nn.Module):
     if cfg.dispatch not in EP_DISPATCHES or not isinstance(routing, Routing):
       return False
     shards = token_shards(mesh)
-    if layout.fused_permute and axis_size(mesh, EXPERT_AXIS) > 1:
+    if cfg.dispatch == "dropless" and layout.fused_permute and axis_size(mesh, EXPERT_AXIS) > 1:
       warnings.warn(
           "MoE gmm_backend='pallas' on an expert mesh axis of size "
           f"{axis_size(mesh, EXPERT_AXIS)}: the grouped matmul runs on the Pallas kernels, but "
