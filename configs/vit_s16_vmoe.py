@@ -13,8 +13,8 @@ from moejax.train.defaults import experiment_config
 def get_config():
   c = experiment_config()
   c.model.update(kind="vit", num_layers=12, d_model=384, num_heads=6, moe_every=2,
-                 dense_d_ff=1536, activation="gelu", image_size=224, patch_size=16,
-                 num_channels=3, num_classes=1000, pool="cls", dtype="bfloat16")
+                 dense_d_ff=1536, activation="gelu", dtype="bfloat16")
+  c.model.vit.update(image_size=224, patch_size=16, num_channels=3, num_classes=1000, pool="cls")
   c.model.moe.update(d_ff=1536, activation="gelu", dispatch="gather", dtype="bfloat16")
   c.model.moe.router.update(name="top_k", num_experts=32, top_k=2, capacity_factor=1.05,
                             drop_policy="probability", noisy_top_k=True)

@@ -49,21 +49,21 @@ def main(argv):
   from moejax.models import TransformerLM
   try:
     config, variables, _ = load_any(_MODEL.value)
-    byte_level = config.vocab_size == 256
+    byte_level = config.lm.vocab_size == 256
     if _PROMPT.value is not None:
       if not byte_level:
         fail(2, f"--prompt is text for byte-level models; this one has vocab_size="
-              f"{config.vocab_size}: use --prompt_ids")
+              f"{config.lm.vocab_size}: use --prompt_ids")
       ids = list(_PROMPT.value.encode("utf-8"))
     else:
       try:
         ids = [int(t) for t in _PROMPT_IDS.value]
       except ValueError:
         fail(2, f"--prompt_ids={','.join(_PROMPT_IDS.value)} is invalid: integers please")
-      bad = [i for i in ids if not 0 <= i < config.vocab_size]
+      bad = [i for i in ids if not 0 <= i < config.lm.vocab_size]
       if bad:
-        fail(2, f"--prompt_ids holds {bad[0]}: token ids must be in [0, {config.vocab_size}) "
-                "(the model's vocab_size)")
+        fail(2, f"--prompt_ids holds {bad[0]}: token ids must be in [0, {config.lm.vocab_size}) "
+                "(the model's model.lm.vocab_size)")
     if not ids:
       fail(2, "the prompt is empty")
     prompt = np.tile(np.asarray(ids, np.int32), (_NUM_SAMPLES.value, 1))

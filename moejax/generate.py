@@ -124,9 +124,9 @@ def generate(model: TransformerLM, variables: dict, prompt: jax.Array, *,
   if prompt.ndim != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer) or prompt.shape[1] < 1:
     raise ValueError(f"prompt has shape {prompt.shape} and dtype {prompt.dtype}: needs [batch, "
                      "length >= 1] integer token ids")
-  vocab = model.config.vocab_size
+  vocab = model.config.lm.vocab_size
   if int(prompt.min()) < 0 or int(prompt.max()) >= vocab:
-    raise ValueError(f"prompt holds token ids outside [0, {vocab}) (model.vocab_size)")
+    raise ValueError(f"prompt holds token ids outside [0, {vocab}) (model.lm.vocab_size)")
   if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or (
       max_new_tokens < 1):
     raise ValueError(f"max_new_tokens={max_new_tokens!r} is invalid: must be an integer >= 1")

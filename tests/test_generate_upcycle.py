@@ -14,6 +14,7 @@ from moejax.config import MoEConfig, RouterConfig
 from moejax.convert.upcycle import upcycle
 from moejax.generate import generate
 from moejax.models import ModelConfig, TransformerLM
+from moejax.models.config import LMConfig, MLAConfig
 from moejax.routing.sparsemixer import sparsemixer_route
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -28,7 +29,7 @@ def _moe(**router):
 
 def _model(**fields):
   base = dict(num_layers=2, d_model=32, num_heads=4, dense_d_ff=64, moe=_moe(),
-              vocab_size=VOCAB, tie_embeddings=False)
+              lm=LMConfig(vocab_size=VOCAB, tie_embeddings=False))
   return TransformerLM(ModelConfig(**{**base, **fields}))
 
 
@@ -47,8 +48,8 @@ def _greedy_without_cache(model, variables, prompt, steps):
 
 @pytest.mark.parametrize("fields", [
     dict(num_kv_heads=2, qk_norm="full", attention_window=3),
-    dict(attention="mla", mla_q_rank=8, mla_kv_rank=8, mla_nope_dim=4, mla_rope_dim=4,
-         mla_v_dim=6, first_dense_layers=1),
+    dict(attention="mla", mla=MLAConfig(q_rank=8, kv_rank=8, nope_dim=4, rope_dim=4, v_dim=6),
+         first_dense_layers=1),
 ], ids=["gqa_window", "mla"])
 def test_cached_greedy_equals_recomputing_the_whole_sequence(fields):
   model = _model(**fields)
@@ -92,7 +93,8 @@ def test_imported_model_generates_like_transformers(tmp_path):
 
 def _dense():
   config = ModelConfig(num_layers=2, d_model=32, num_heads=4, dense_d_ff=64,
-                       activation="swiglu", moe_every=0, vocab_size=VOCAB, tie_embeddings=False)
+                       activation="swiglu", moe_every=0,
+                       lm=LMConfig(vocab_size=VOCAB, tie_embeddings=False))
   model = TransformerLM(config)
   return config, jax.jit(model.init)(jax.random.PRNGKey(0), PROMPT)
 

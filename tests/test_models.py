@@ -29,7 +29,7 @@ FAMILIES = {
                         model__moe__router__capacity_factor=1.0,
                         model__moe__router__drop_policy="probability"),
     "vit_soft_moe": dict(kind="vit", model__moe__dispatch="einsum",
-                         model__moe__router__name="soft_moe", model__pool="cls"),
+                         model__moe__router__name="soft_moe", model__vit__pool="cls"),
 }
 
 
@@ -39,7 +39,7 @@ def _fixed_batch(exp, rng):
     tokens = rng.integers(0, 256, (b, exp.data.seq_len + 1))
     return {"inputs": tokens[:, :-1].astype(np.int32), "targets": tokens[:, 1:].astype(np.int32),
             "mask": np.ones((b, exp.data.seq_len), np.float32)}
-  s = exp.model.image_size
+  s = exp.model.vit.image_size
   return {"inputs": rng.random((b, s, s, 1), np.float32),
           "targets": rng.integers(0, 10, (b,)).astype(np.int32), "mask": np.ones((b,), np.float32)}
 
@@ -122,10 +122,26 @@ def test_moe_block_placement():
     (dict(data__batch_size=0), "data.batch_size=0 is invalid"),
     (dict(train__lr_schedule="exp"), "train.lr_schedule='exp' is invalid"),
     (dict(model__moe__d_model=16), "model.moe.d_model=16 is invalid: must equal model.d_model"),
+    (dict(model__vit__patch_size=3), "model.vit.patch_size=3 is invalid: must divide image_size=8"),
+    (dict(model__mla__rope_dim=3), "model.mla.rope_dim=3 is invalid: must be even"),
+    (dict(model__lm__vocab_size=100), "model.lm.vocab_size=100 is invalid: must be >= 256"),
 ])
 def test_bad_experiment_config_names_the_field(override, expected):
   with pytest.raises(ValueError, match=None) as err:
     experiment_from_config(tiny_config(**override))
+  assert expected in str(err.value), str(err.value)
+
+
+@pytest.mark.parametrize("values,expected", [
+    ({"vocab_size": 512}, "model.vocab_size=512 is invalid: moved to model.lm.vocab_size"),
+    ({"mla_kv_rank": 8}, "model.mla_kv_rank=8 is invalid: moved to model.mla.kv_rank"),
+    ({"vit": {"pool": "max"}}, "model.vit.pool='max' is invalid"),
+    ({"lm": {"theta": 1.0}}, "model.lm.theta=1.0 is invalid: unknown field"),
+])
+def test_sub_config_fields_are_named_with_their_section(values, expected):
+  from moejax.models import model_config_from_mapping
+  with pytest.raises(ValueError) as err:
+    model_config_from_mapping({"moe_every": 0, **values})
   assert expected in str(err.value), str(err.value)
 
 

@@ -33,7 +33,8 @@ def tiny_config(kind: str = "lm", data_dir: str = None, **overrides):
   if kind == "lm":
     c.data.update(name="pydoc_bytes", seq_len=32, batch_size=8, eval_batches=2)
   else:
-    c.model.update(image_size=8, patch_size=4, num_channels=1, num_classes=10, moe_every=2)
+    c.model.update(moe_every=2)
+    c.model.vit.update(image_size=8, patch_size=4, num_channels=1, num_classes=10)
     c.data.update(name="sklearn_digits", eval_split="test", batch_size=16, eval_batches=2)
   c.data.data_dir = data_dir
   c.train.update(num_steps=6, learning_rate=3e-3, warmup_steps=2, log_every=2, eval_every=0,

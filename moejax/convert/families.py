@@ -11,7 +11,7 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Tuple
 
 from moejax.config import MoEConfig, RouterConfig
-from moejax.models.config import ModelConfig
+from moejax.models.config import LMConfig, MLAConfig, ModelConfig
 
 MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "phimoe")
 DENSE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
@@ -68,7 +68,7 @@ def _window(hf: dict) -> int:
   return int(window or 0)
 
 
-def _backbone(hf: dict, **overrides) -> Dict[str, Any]:
+def _backbone(hf: dict, unembed_bias: bool = False, **overrides) -> Dict[str, Any]:
   """ModelConfig fields shared by the Llama-style families."""
   act = hf.get("hidden_act", "silu")
   if act != "silu":
@@ -84,7 +84,8 @@ def _backbone(hf: dict, **overrides) -> Dict[str, Any]:
       attention_out_bias=bool(hf.get("attention_bias", False)),
       attention_window=_window(hf), dense_d_ff=_get(hf, "intermediate_size"),
       activation="swiglu", norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      vocab_size=_get(hf, "vocab_size"), rope_theta=rope_theta(hf), tie_embeddings=False,
+      lm=LMConfig(vocab_size=_get(hf, "vocab_size"), rope_theta=rope_theta(hf),
+                  tie_embeddings=False, unembed_bias=unembed_bias),
       moe_every=0)
   fields.update(overrides)
   return fields
@@ -139,10 +140,10 @@ def _olmoe(hf: dict) -> ModelConfig:
 
 
 def _deepseek_v3(hf: dict) -> ModelConfig:
-  fields = _backbone(hf, attention="mla", mla_q_rank=int(hf.get("q_lora_rank") or 0),
-                     mla_kv_rank=_get(hf, "kv_lora_rank"),
-                     mla_nope_dim=_get(hf, "qk_nope_head_dim"),
-                     mla_rope_dim=_get(hf, "qk_rope_head_dim"), mla_v_dim=_get(hf, "v_head_dim"),
+  mla = MLAConfig(q_rank=int(hf.get("q_lora_rank") or 0), kv_rank=_get(hf, "kv_lora_rank"),
+                  nope_dim=_get(hf, "qk_nope_head_dim"), rope_dim=_get(hf, "qk_rope_head_dim"),
+                  v_dim=_get(hf, "v_head_dim"))
+  fields = _backbone(hf, attention="mla", mla=mla,
                      first_dense_layers=int(hf.get("first_k_dense_replace", 0)),
                      num_kv_heads=0, head_dim=0)
   if hf.get("topk_method", "noaux_tc") != "noaux_tc":

@@ -46,7 +46,7 @@ def _moe_fields(cfg: ModelConfig, model_type: str) -> dict:
   if model_type in ("mixtral", "phimoe"):
     out = dict(num_local_experts=r.num_experts, intermediate_size=moe.d_ff)
     if model_type == "phimoe":
-      out.update(router_jitter_noise=r.sparsemixer_eps, lm_head_bias=cfg.unembed_bias,
+      out.update(router_jitter_noise=r.sparsemixer_eps, lm_head_bias=cfg.lm.unembed_bias,
                  attention_bias=cfg.attention_bias)
     return out
   if model_type == "olmoe":
@@ -77,19 +77,19 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str,
   hf.pop("rope_scaling", None)
   hf.update(
       model_type=model_type, architectures=[ARCHITECTURES[model_type]],
-      vocab_size=cfg.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
+      vocab_size=cfg.lm.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
       num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads,
       head_dim=cfg.head_size, intermediate_size=cfg.dense_d_ff, hidden_act="silu",
-      rms_norm_eps=cfg.norm_eps, rope_theta=cfg.rope_theta,
-      rope_parameters={"rope_theta": cfg.rope_theta, "rope_type": "default"},
+      rms_norm_eps=cfg.norm_eps, rope_theta=cfg.lm.rope_theta,
+      rope_parameters={"rope_theta": cfg.lm.rope_theta, "rope_type": "default"},
       tie_word_embeddings=False, sliding_window=cfg.attention_window or None,
       use_sliding_window=bool(cfg.attention_window), attention_bias=cfg.attention_bias,
       dtype="float32")
   if cfg.attention == "mla":
-    hf.update(num_key_value_heads=cfg.num_heads, head_dim=cfg.mla_rope_dim,
-              q_lora_rank=cfg.mla_q_rank or None, kv_lora_rank=cfg.mla_kv_rank,
-              qk_nope_head_dim=cfg.mla_nope_dim, qk_rope_head_dim=cfg.mla_rope_dim,
-              qk_head_dim=cfg.mla_nope_dim + cfg.mla_rope_dim, v_head_dim=cfg.mla_v_dim,
+    hf.update(num_key_value_heads=cfg.num_heads, head_dim=cfg.mla.rope_dim,
+              q_lora_rank=cfg.mla.q_rank or None, kv_lora_rank=cfg.mla.kv_rank,
+              qk_nope_head_dim=cfg.mla.nope_dim, qk_rope_head_dim=cfg.mla.rope_dim,
+              qk_head_dim=cfg.mla.nope_dim + cfg.mla.rope_dim, v_head_dim=cfg.mla.v_dim,
               rope_interleave=hf.get("rope_interleave", True))
   if cfg.moe is not None:
     hf.update(num_experts_per_tok=cfg.moe.router.top_k, **_moe_fields(cfg, model_type))
@@ -107,14 +107,14 @@ def _comparable(cfg: ModelConfig) -> dict:
     moe = dataclasses.replace(cfg.moe, router=router, **_MOE_TRAINING)
   dense_ff = cfg.dense_d_ff if len(cfg.moe_layers) < cfg.num_layers else None
   flat = dataclasses.asdict(dataclasses.replace(cfg, moe=moe, dtype="float32"))
+  flat["vit"] = None  # an LM export: config.json has no ViT fields
   flat.update(dense_d_ff=dense_ff, moe_every=cfg.moe_every if moe else 0,
               dense_layers=tuple(i for i in cfg.dense_layers if cfg.moe_every))
   flat["num_kv_heads"], flat["head_dim"] = cfg.kv_heads, cfg.head_size
   if cfg.attention == "mla":
     flat["num_kv_heads"] = flat["head_dim"] = None
   else:
-    for name in ("mla_q_rank", "mla_kv_rank", "mla_nope_dim", "mla_rope_dim", "mla_v_dim"):
-      flat[name] = None
+    flat["mla"] = None
   return flatten_dict(flat, sep=".")
 
 

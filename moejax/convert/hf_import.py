@@ -58,11 +58,11 @@ def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> None:
   embed = tensors.get("model.embed_tokens.weight")
   if embed is None:
     raise CheckpointMismatchError("checkpoint has no tensor 'model.embed_tokens.weight'")
-  if tuple(embed.shape) != (config.vocab_size, config.d_model):
+  if tuple(embed.shape) != (config.lm.vocab_size, config.d_model):
     raise CheckpointMismatchError(
         f"tensor 'model.embed_tokens.weight' has shape {tuple(embed.shape)}; config.json's "
-        f"vocab_size={config.vocab_size}, hidden_size={config.d_model} imply "
-        f"{(config.vocab_size, config.d_model)}")
+        f"vocab_size={config.lm.vocab_size}, hidden_size={config.d_model} imply "
+        f"{(config.lm.vocab_size, config.d_model)}")
   layers = {int(m.group(1)) for m in map(_LAYER.match, tensors) if m}
   missing = next((i for i in range(config.num_layers) if i not in layers), None)
   if missing is not None:

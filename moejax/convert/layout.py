@@ -65,10 +65,10 @@ def _attention(cfg: ModelConfig, model_type: str, hf: dict, at: str, ours: Path)
   p = lambda *names: ours + names
   if cfg.attention == "mla":
     interleave = hf.get("rope_interleave", True)
-    q_perm = rope_deinterleave(cfg.mla_nope_dim, cfg.mla_rope_dim) if interleave else None
-    kv_perm = rope_deinterleave(cfg.mla_kv_rank, cfg.mla_rope_dim) if interleave else None
+    q_perm = rope_deinterleave(cfg.mla.nope_dim, cfg.mla.rope_dim) if interleave else None
+    kv_perm = rope_deinterleave(cfg.mla.kv_rank, cfg.mla.rope_dim) if interleave else None
     entries = []
-    if cfg.mla_q_rank:
+    if cfg.mla.q_rank:
       entries += [Linear((f"{at}.q_a_proj.weight",), p("q_down", "kernel")),
                   Vector((f"{at}.q_a_layernorm.weight",), p("q_norm", "scale")),
                   Linear((f"{at}.q_b_proj.weight",), p("q_up", "kernel"), perm=q_perm)]
@@ -157,7 +157,7 @@ def tensor_plan(cfg: ModelConfig, model_type: str, hf: dict) -> List:
       entries += _glu(f"{at}.mlp", ours + ("ffn", "ffn"))
   entries += _norm(cfg, "model.norm", ("params", "final_norm"))
   entries.append(Linear(("lm_head.weight",), ("params", "unembed", "kernel")))
-  if cfg.unembed_bias:
+  if cfg.lm.unembed_bias:
     entries.append(Vector(("lm_head.bias",), ("params", "unembed", "bias")))
   return entries
 

@@ -123,12 +123,12 @@ def _examples(builder, source, config: DataConfig, model_config) -> grain.MapDat
       raise DataError(f"data.{field}={key!r} is invalid for {builder.name} (model.kind='vit' "
                       f"needs images and labels): features are {', '.join(features.keys())}")
   num_classes = getattr(features[config.label_key], "num_classes", None)
-  if num_classes is not None and num_classes > model_config.num_classes:
-    raise DataError(f"model.num_classes={model_config.num_classes} is invalid: "
+  if num_classes is not None and num_classes > model_config.vit.num_classes:
+    raise DataError(f"model.vit.num_classes={model_config.vit.num_classes} is invalid: "
                     f"{builder.name} has {num_classes} classes")
   max_value = float(getattr(EMBEDDED.get(builder.name), "PIXEL_MAX", 255))
-  return ds.map(ImageLabel(config.image_key, config.label_key, model_config.image_size,
-                           model_config.num_channels, max_value))
+  return ds.map(ImageLabel(config.image_key, config.label_key, model_config.vit.image_size,
+                           model_config.vit.num_channels, max_value))
 
 
 def make_datasets(config: DataConfig, model_config, *, process_index: Optional[int] = None,

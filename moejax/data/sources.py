@@ -81,7 +81,7 @@ class ImageLabel:
       image = _resize_center_crop(image, self.image_size)
     if image.shape[-1] != self.channels:
       raise ValueError(f"data: images have {image.shape[-1]} channels; "
-                       f"model.num_channels={self.channels}")
+                       f"model.vit.num_channels={self.channels}")
     return {"inputs": image.astype(np.float32) / self.max_value,
             "targets": np.int32(example[self.label_key]), "mask": np.float32(1.0)}
 

@@ -123,8 +123,8 @@ class Attention(nn.Module):
           a.reshape(*a.shape[:2], -1)).reshape(a.shape)
       q, k = flat_norm(q, "query_norm"), flat_norm(k, "key_norm")
     if positions is not None:
-      q = rotary_embedding(q, positions, cfg.rope_theta)
-      k = rotary_embedding(k, positions, cfg.rope_theta)
+      q = rotary_embedding(q, positions, cfg.lm.rope_theta)
+      k = rotary_embedding(k, positions, cfg.lm.rope_theta)
     return q, k, v, None
 
   def _mla_qkv(self, x, positions):
@@ -132,26 +132,26 @@ class Attention(nn.Module):
     from the latent plus one RoPE part shared by every head."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
-    nope, rope = cfg.mla_nope_dim, cfg.mla_rope_dim
+    nope, rope = cfg.mla.nope_dim, cfg.mla.rope_dim
     heads = cfg.num_heads
-    if cfg.mla_q_rank:
-      q = nn.Dense(cfg.mla_q_rank, use_bias=cfg.attention_bias, dtype=dtype, name="q_down")(x)
+    if cfg.mla.q_rank:
+      q = nn.Dense(cfg.mla.q_rank, use_bias=cfg.attention_bias, dtype=dtype, name="q_down")(x)
       q = nn.RMSNorm(epsilon=MLA_LATENT_EPS, name="q_norm")(q)
       q = nn.DenseGeneral((heads, nope + rope), use_bias=False, dtype=dtype, name="q_up")(q)
     else:
       q = nn.DenseGeneral((heads, nope + rope), use_bias=False, dtype=dtype, name="query")(x)
-    kv = nn.Dense(cfg.mla_kv_rank + rope, use_bias=cfg.attention_bias, dtype=dtype,
+    kv = nn.Dense(cfg.mla.kv_rank + rope, use_bias=cfg.attention_bias, dtype=dtype,
                   name="kv_down")(x)
-    latent, k_rope = kv[..., :cfg.mla_kv_rank], kv[..., cfg.mla_kv_rank:]
+    latent, k_rope = kv[..., :cfg.mla.kv_rank], kv[..., cfg.mla.kv_rank:]
     latent = nn.RMSNorm(epsilon=MLA_LATENT_EPS, name="kv_norm")(latent)
-    kv = nn.DenseGeneral((heads, nope + cfg.mla_v_dim), use_bias=False, dtype=dtype,
+    kv = nn.DenseGeneral((heads, nope + cfg.mla.v_dim), use_bias=False, dtype=dtype,
                          name="kv_up")(latent)                       # [B, T, N, nope + v]
     k_nope, v = kv[..., :nope], kv[..., nope:]
     q_nope, q_rope = q[..., :nope], q[..., nope:]
     k_rope = k_rope[:, :, None, :]                                   # [B, T, 1, rope]
     if positions is not None:
-      q_rope = rotary_embedding(q_rope, positions, cfg.rope_theta)
-      k_rope = rotary_embedding(k_rope, positions, cfg.rope_theta)
+      q_rope = rotary_embedding(q_rope, positions, cfg.lm.rope_theta)
+      k_rope = rotary_embedding(k_rope, positions, cfg.lm.rope_theta)
     q = jnp.concatenate([q_nope, q_rope], axis=-1)
     k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rope, (*k_nope.shape[:3], rope))], axis=-1)
     return q, k, v, (nope + rope) ** -0.5

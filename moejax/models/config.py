@@ -22,6 +22,93 @@ ATTENTIONS = ("mha", "mla")
 
 
 @dataclasses.dataclass(frozen=True)
+class LMConfig:
+  """Fields of the decoder-only LM (kind='lm'), set as model.lm.<field>.
+
+  Attributes:
+    vocab_size: token vocabulary (256 for the byte-level data).
+    rope_theta: RoPE base frequency.
+    tie_embeddings: the output projection is the transposed embedding,
+      scaled by 1/sqrt(d_model).
+    unembed_bias: a bias on the untied output projection.
+  """
+
+  vocab_size: int = 256
+  rope_theta: float = 10000.0
+  tie_embeddings: bool = True
+  unembed_bias: bool = False
+
+  def __post_init__(self):
+    check_int("model.lm.vocab_size", self.vocab_size, 2)
+    check_float("model.lm.rope_theta", self.rope_theta, 0.0, False)
+
+
+@dataclasses.dataclass(frozen=True)
+class ViTConfig:
+  """Fields of the image classifier (kind='vit'), set as model.vit.<field>.
+
+  Attributes:
+    image_size, patch_size, num_channels: square input images of
+      image_size x image_size x num_channels, cut into patch_size patches.
+    num_classes: classifier outputs.
+    pool: 'mean' over patch tokens, or a learned 'cls' token.
+  """
+
+  image_size: int = 8
+  patch_size: int = 2
+  num_channels: int = 1
+  num_classes: int = 10
+  pool: str = "mean"
+
+  def __post_init__(self):
+    check_int("model.vit.image_size", self.image_size, 1)
+    check_int("model.vit.patch_size", self.patch_size, 1)
+    if self.image_size % self.patch_size:
+      fail("model.vit.patch_size", self.patch_size, f"must divide image_size={self.image_size}")
+    check_int("model.vit.num_channels", self.num_channels, 1)
+    check_int("model.vit.num_classes", self.num_classes, 2)
+    check_choice("model.vit.pool", self.pool, POOLS)
+
+  @property
+  def num_patches(self) -> int:
+    return self.vit.num_patches
+
+
+@dataclasses.dataclass(frozen=True)
+class MLAConfig:
+  """DeepSeek multi-head latent attention (model.attention='mla'), set as
+  model.mla.<field>.
+
+  Attributes:
+    q_rank: rank of the query down-projection; 0 = a full-rank query
+      projection.
+    kv_rank: width of the compressed key/value latent.
+    nope_dim: per-head query/key channels without RoPE.
+    rope_dim: per-head query/key channels with RoPE (the key part is shared
+      by all heads).
+    v_dim: per-head value width.
+  """
+
+  q_rank: int = 0
+  kv_rank: int = 32
+  nope_dim: int = 16
+  rope_dim: int = 16
+  v_dim: int = 16
+
+  def __post_init__(self):
+    check_int("model.mla.q_rank", self.q_rank, 0)
+    for name in ("kv_rank", "nope_dim", "v_dim"):
+      check_int(f"model.mla.{name}", getattr(self, name), 1)
+    check_int("model.mla.rope_dim", self.rope_dim, 2)
+    if self.rope_dim % 2:
+      fail("model.mla.rope_dim", self.rope_dim, "must be even for RoPE")
+
+
+# The sections of ModelConfig that are dataclasses of their own.
+SUB_CONFIGS = {"lm": LMConfig, "vit": ViTConfig, "mla": MLAConfig}
+
+
+@dataclasses.dataclass(frozen=True)
 class ModelConfig:
   """A Transformer with MoE feed-forward blocks.
 
@@ -41,14 +128,7 @@ class ModelConfig:
       OLMoE).
     attention: 'mha' (multi-/grouped-query attention) or 'mla' (DeepSeek
       multi-head latent attention: low-rank queries and a compressed
-      key/value latent; the mla_* fields; num_kv_heads and head_dim unused).
-    mla_q_rank: (mla) rank of the query down-projection; 0 = a full-rank
-      query projection.
-    mla_kv_rank: (mla) width of the compressed key/value latent.
-    mla_nope_dim: (mla) per-head query/key channels without RoPE.
-    mla_rope_dim: (mla) per-head query/key channels with RoPE (the key part
-      is shared by all heads).
-    mla_v_dim: (mla) per-head value width.
+      key/value latent, shaped by `mla`; num_kv_heads and head_dim unused).
     attention_window: a causal query sees only the last `attention_window`
       keys (sliding-window attention, Mistral-style); 0 = all of them.
     dense_d_ff: hidden width of the FFN in dense (non-MoE) blocks.
@@ -68,15 +148,9 @@ class ModelConfig:
     norm_eps: epsilon of those norms (and of qk_norm).
     dtype: compute dtype of attention and dense FFNs ('float32', 'bfloat16').
       Params are float32; the router computes in float32.
-    vocab_size: (lm) token vocabulary (256 for the byte-level data).
-    rope_theta: (lm) RoPE base frequency.
-    tie_embeddings: (lm) the output projection is the transposed embedding,
-      scaled by 1/sqrt(d_model).
-    unembed_bias: (lm) a bias on the untied output projection.
-    image_size, patch_size, num_channels: (vit) square input images of
-      image_size x image_size x num_channels, cut into patch_size patches.
-    num_classes: (vit) classifier outputs.
-    pool: (vit) 'mean' over patch tokens, or a learned 'cls' token.
+    lm: the LMConfig (vocabulary, RoPE, output projection) of kind='lm'.
+    vit: the ViTConfig (image and patch sizes, classes, pooling) of kind='vit'.
+    mla: the MLAConfig (latent ranks, head widths) of attention='mla'.
   """
 
   kind: str = "lm"
@@ -89,11 +163,6 @@ class ModelConfig:
   attention_out_bias: bool = False
   qk_norm: str = "none"
   attention: str = "mha"
-  mla_q_rank: int = 0
-  mla_kv_rank: int = 32
-  mla_nope_dim: int = 16
-  mla_rope_dim: int = 16
-  mla_v_dim: int = 16
   attention_window: int = 0
   dense_d_ff: int = 512
   activation: str = "gelu"
@@ -104,15 +173,9 @@ class ModelConfig:
   norm: str = "rms"
   norm_eps: float = 1e-6
   dtype: str = "float32"
-  vocab_size: int = 256
-  rope_theta: float = 10000.0
-  tie_embeddings: bool = True
-  unembed_bias: bool = False
-  image_size: int = 8
-  patch_size: int = 2
-  num_channels: int = 1
-  num_classes: int = 10
-  pool: str = "mean"
+  lm: LMConfig = LMConfig()
+  vit: ViTConfig = ViTConfig()
+  mla: MLAConfig = MLAConfig()
 
   def __post_init__(self):
     check_choice("model.kind", self.kind, MODEL_KINDS)
@@ -141,15 +204,9 @@ class ModelConfig:
     check_choice("model.norm", self.norm, NORMS)
     check_float("model.norm_eps", self.norm_eps, 0.0, False)
     check_choice("model.dtype", self.dtype, ("float32", "bfloat16"))
-    check_int("model.vocab_size", self.vocab_size, 2)
-    check_float("model.rope_theta", self.rope_theta, 0.0, False)
-    check_int("model.image_size", self.image_size, 1)
-    check_int("model.patch_size", self.patch_size, 1)
-    if self.image_size % self.patch_size:
-      fail("model.patch_size", self.patch_size, f"must divide image_size={self.image_size}")
-    check_int("model.num_channels", self.num_channels, 1)
-    check_int("model.num_classes", self.num_classes, 2)
-    check_choice("model.pool", self.pool, POOLS)
+    for section, cls in SUB_CONFIGS.items():
+      if not isinstance(getattr(self, section), cls):
+        fail(f"model.{section}", getattr(self, section), f"must be a {cls.__name__}")
     if self.kind == "vit" and self.moe is not None and self.moe.router.name == "hash":
       fail("model.moe.router.name", "hash", "hash routing needs token ids; use it with kind='lm'")
 
@@ -164,12 +221,6 @@ class ModelConfig:
       if self.qk_norm != "none":
         fail("model.qk_norm", self.qk_norm, "attention='mla' normalises its latents; "
              "leave it 'none'")
-      check_int("model.mla_q_rank", self.mla_q_rank, 0)
-      for name in ("mla_kv_rank", "mla_nope_dim", "mla_v_dim"):
-        check_int(f"model.{name}", getattr(self, name), 1)
-      check_int("model.mla_rope_dim", self.mla_rope_dim, 2)
-      if self.mla_rope_dim % 2:
-        fail("model.mla_rope_dim", self.mla_rope_dim, "must be even for RoPE")
       return
     check_int("model.num_kv_heads", self.num_kv_heads, 0)
     if self.num_kv_heads and self.num_heads % self.num_kv_heads:
@@ -205,16 +256,35 @@ class ModelConfig:
 
   @property
   def num_patches(self) -> int:
-    return (self.image_size // self.patch_size) ** 2
+    return self.vit.num_patches
+
+
+# Flat names that earlier versions used for sub-config fields.
+_MOVED_FIELDS = {
+    **{name: ("lm", name) for name in ("vocab_size", "rope_theta", "tie_embeddings",
+                                       "unembed_bias")},
+    **{name: ("vit", name) for name in ("image_size", "patch_size", "num_channels",
+                                        "num_classes", "pool")},
+    **{f"mla_{name}": ("mla", name) for name in ("q_rank", "kv_rank", "nope_dim", "rope_dim",
+                                                 "v_dim")},
+}
 
 
 def model_config_from_mapping(values) -> ModelConfig:
   """ModelConfig from a nested mapping (e.g. ConfigDict.to_dict()).
 
   'moe' holds MoEConfig fields without d_model (taken from model.d_model) and
-  is ignored when moe_every = 0. Unknown fields fail with one line.
+  is ignored when moe_every = 0; 'lm', 'vit' and 'mla' hold their sub-config
+  fields. Unknown fields fail with one line.
   """
   values = dict(values)
+  for old, (section, name) in _MOVED_FIELDS.items():
+    if old in values:
+      fail(f"model.{old}", values[old], f"moved to model.{section}.{name}; set that instead")
+  for section, cls in SUB_CONFIGS.items():
+    if isinstance(values.get(section), cls) or section not in values:
+      continue
+    values[section] = from_mapping(cls, dict(values[section]), f"model.{section}.")
   moe = values.pop("moe", None)
   if values.get("moe_every", ModelConfig.moe_every) and moe is not None:
     moe = dict(moe)

@@ -29,17 +29,17 @@ class TransformerLM(nn.Module):
   def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
                decode: bool = False) -> Tuple[jax.Array, Dict[str, MoEAux]]:
     cfg = self.config
-    embed = nn.Embed(cfg.vocab_size, cfg.d_model,
+    embed = nn.Embed(cfg.lm.vocab_size, cfg.d_model,
                      embedding_init=nn.initializers.normal(stddev=1.0), name="embed")
     x = embed(tokens).astype(jnp.dtype(cfg.dtype))
     positions = jnp.arange(tokens.shape[-1])
     x, aux = run_blocks(cfg, x, causal=True, positions=positions, token_ids=tokens,
                         deterministic=deterministic, decode=decode)
     x = block_norm(cfg, "final_norm")(x)
-    if cfg.tie_embeddings:
+    if cfg.lm.tie_embeddings:
       # Scale so tied logits start O(1) with unit-variance embeddings.
       logits = embed.attend(x.astype(jnp.float32)) / jnp.sqrt(cfg.d_model)
     else:
-      logits = nn.Dense(cfg.vocab_size, use_bias=cfg.unembed_bias, name="unembed")(
+      logits = nn.Dense(cfg.lm.vocab_size, use_bias=cfg.lm.unembed_bias, name="unembed")(
           x.astype(jnp.float32))
     return logits, aux

@@ -14,7 +14,7 @@ def tokens_per_call(exp) -> int:
   m = exp.model
   if m.kind == "lm":
     return exp.data.batch_size * exp.data.seq_len
-  return exp.data.batch_size * (m.num_patches + (m.pool == "cls"))
+  return exp.data.batch_size * (m.num_patches + (m.vit.pool == "cls"))
 
 
 def check_experiment_on_mesh(exp, sizes: Dict[str, int]) -> None:

@@ -89,8 +89,8 @@ def _param_shapes(exp):
   if exp.model.kind == "lm":
     dummy = np.zeros((1, exp.data.seq_len), np.int32)
   else:
-    size = exp.model.image_size
-    dummy = np.zeros((1, size, size, exp.model.num_channels), np.float32)
+    size = exp.model.vit.image_size
+    dummy = np.zeros((1, size, size, exp.model.vit.num_channels), np.float32)
   return jax.eval_shape(build_model(exp.model).init, jax.random.key(0), dummy)["params"]
 
 

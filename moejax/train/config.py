@@ -127,8 +127,8 @@ def experiment_from_config(config) -> ExperimentConfig:
   data = data_config_from_mapping(values.get("data", {}))
   train = from_mapping(TrainConfig, dict(values.get("train", {})), "train.")
   mesh = mesh_config_from_mapping(values.get("mesh", {}))
-  if model.kind == "lm" and model.vocab_size < 256:
-    fail("model.vocab_size", model.vocab_size, "must be >= 256 for byte-level text")
+  if model.kind == "lm" and model.lm.vocab_size < 256:
+    fail("model.lm.vocab_size", model.lm.vocab_size, "must be >= 256 for byte-level text")
   return ExperimentConfig(values.get("seed", 0), model, data, train, mesh, values)
 
 

@@ -4,7 +4,8 @@ with --config.x=y) and there is one source of defaults.
 
   seed
   model: ModelConfig fields; model.moe: MoEConfig fields but d_model;
-         model.moe.router: RouterConfig fields
+         model.moe.router: RouterConfig fields; model.lm, model.vit,
+         model.mla: LMConfig, ViTConfig, MLAConfig fields
   data:  DataConfig fields
   train: TrainConfig fields
   mesh:  MeshConfig fields (moejax.parallel): device mesh axis sizes
@@ -23,7 +24,7 @@ from ml_collections import config_dict
 
 from moejax.config import MoEConfig, RouterConfig
 from moejax.data.config import DataConfig
-from moejax.models.config import ModelConfig
+from moejax.models.config import SUB_CONFIGS, ModelConfig
 from moejax.parallel.mesh import MeshConfig
 from moejax.train.config import TrainConfig
 
@@ -47,7 +48,9 @@ def experiment_config() -> ml_collections.ConfigDict:
   """Every field at its default: a 4-block byte-level MoE LM on pydoc_bytes."""
   config = ml_collections.ConfigDict()
   config.seed = 0
-  config.model = _section(ModelConfig, skip=("moe",))
+  config.model = _section(ModelConfig, skip=("moe",) + tuple(SUB_CONFIGS))
+  for name, cls in SUB_CONFIGS.items():
+    config.model[name] = _section(cls)
   config.model.moe = _section(MoEConfig, skip=("router", "d_model"))
   config.model.moe.router = _section(RouterConfig)
   config.data = _section(DataConfig)

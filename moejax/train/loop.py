@@ -85,7 +85,7 @@ def _example_inputs(exp: ExperimentConfig) -> jax.Array:
   m, batch = exp.model, exp.data.batch_size
   if m.kind == "lm":
     return jnp.zeros((batch, exp.data.seq_len), jnp.int32)
-  return jnp.zeros((batch, m.image_size, m.image_size, m.num_channels), jnp.float32)
+  return jnp.zeros((batch, m.vit.image_size, m.vit.image_size, m.vit.num_channels), jnp.float32)
 
 
 def check_on_devices(exp: ExperimentConfig, devices: Optional[Sequence] = None) -> dict:
@@ -366,7 +366,7 @@ def _train(exp: ExperimentConfig, workdir: str, datasets, log: Callable[[str], N
       f"{exp.data.batch_size}; {cfg.num_steps} steps on {mesh.devices.size} "
       f"{jax.devices()[0].platform} device(s) in {jax.process_count()} process(es), "
       f"mesh {mesh_text}")
-  baseline = unigram_cross_entropy(datasets, exp.model.vocab_size) if run.is_lm else None
+  baseline = unigram_cross_entropy(datasets, exp.model.lm.vocab_size) if run.is_lm else None
   if baseline is not None:
     log(f"unigram baseline (context-free model): {baseline:.3f} nats/token")
 

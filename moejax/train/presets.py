@@ -34,8 +34,8 @@ def vit_tiny() -> ml_collections.ConfigDict:
   experts, top-2, batch-prioritised routing); under a minute on a 2-core CPU."""
   c = experiment_config()
   c.model.update(kind="vit", num_layers=4, d_model=64, num_heads=4, moe_every=2,
-                 dense_d_ff=256, activation="gelu", image_size=8, patch_size=2,
-                 num_channels=1, num_classes=10, pool="mean")
+                 dense_d_ff=256, activation="gelu")
+  c.model.vit.update(image_size=8, patch_size=2, num_channels=1, num_classes=10, pool="mean")
   c.model.moe.update(d_ff=128, activation="gelu", dispatch="gather")
   c.model.moe.router.update(name="top_k", num_experts=8, top_k=2, capacity_factor=1.25,
                             drop_policy="probability")
