@@ -132,6 +132,15 @@ def test_bad_experiment_config_names_the_field(override, expected):
   assert expected in str(err.value), str(err.value)
 
 
+def test_sub_configs_round_trip_through_a_mapping():
+  import dataclasses
+  from moejax.models import model_config_from_mapping
+  from moejax.models.config import ViTConfig
+  cfg = ModelConfig(kind="vit", moe_every=0, vit=ViTConfig(image_size=8, patch_size=4, pool="cls"))
+  assert cfg.num_patches == 4
+  assert model_config_from_mapping(dataclasses.asdict(cfg)) == cfg
+
+
 @pytest.mark.parametrize("values,expected", [
     ({"vocab_size": 512}, "model.vocab_size=512 is invalid: moved to model.lm.vocab_size"),
     ({"mla_kv_rank": 8}, "model.mla_kv_rank=8 is invalid: moved to model.mla.kv_rank"),

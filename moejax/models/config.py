@@ -71,7 +71,7 @@ class ViTConfig:
 
   @property
   def num_patches(self) -> int:
-    return self.vit.num_patches
+    return (self.image_size // self.patch_size) ** 2
 
 
 @dataclasses.dataclass(frozen=True)
