@@ -33,14 +33,17 @@ setup(
         "matplotlib>=3.7",
     ],
     extras_require={
-        # The jax wheels for accelerators (the default install runs on CPU).
-        "gpu": ["jax[cuda12]"],
-        "tpu": ["jax[tpu]"],
+        # The jax wheels for accelerators (the default install runs on CPU), and
+        # tokamax, whose grouped-matmul kernels gmm_backend='auto' uses there.
+        "gpu": ["jax[cuda12]", "tokamax>=0.0.12"],
+        "tpu": ["jax[tpu]", "tokamax>=0.0.12"],
         # nbclient + ipykernel execute colabs/ in the test suite; pytest-xdist runs it on
         # both cores. transformers + a CPU torch build the reference models of the
         # HuggingFace conversion tests (torch==2.13.0 is the CPU wheel here; an unpinned
         # torch pulls a multi-GB CUDA build).
+        # tokamax: its backend is checked against the reference on CPU.
         "test": ["pytest>=8", "pytest-xdist>=3.5", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6.29", "torch==2.13.0", "transformers==5.23.0"],
+                 "ipykernel>=6.29", "torch==2.13.0", "transformers==5.23.0",
+                 "tokamax>=0.0.12"],
     },
 )

@@ -52,6 +52,8 @@ VARIANTS = {
     "gather": ("gather", "auto", True),
     "dropless_blocked": ("dropless", "blocked", False),
     "dropless_ragged_dot": ("dropless", "ragged_dot", False),
+    # tokamax's kernels on GPU / TPU (XLA's ragged dot on CPU); needs tokamax.
+    "dropless_tokamax": ("dropless", "tokamax", False),
     "dropless_einsum": ("dropless", "einsum", False),
     # Pallas gmm + fused permute/unpermute; interpret mode (slow) on CPU.
     "dropless_pallas": ("dropless", "pallas", False),

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable, Dict, Optional
 
-from moejax.grouped_matmul import BACKENDS as GMM_BACKENDS, block_size_problem
+from moejax.grouped_matmul import BACKENDS as GMM_BACKENDS, backend_problem, block_size_problem
 from moejax.validation import check_choice, check_float, check_int, fail, from_mapping
 
 
@@ -272,8 +272,10 @@ class MoEConfig:
       one for Soft MoE), 'gather' (index gather into capacity buckets; needs
       router.capacity_factor), 'dropless' (sort by expert + grouped matmul).
     gmm_backend: grouped-matmul backend for 'dropless': 'auto' ('blocked' on
-      CPU, 'ragged_dot' elsewhere), 'blocked' (a loop over row-block tiles;
-      near dense speed on XLA:CPU), 'ragged_dot' (jax.lax.ragged_dot),
+      CPU; 'tokamax' on GPU / TPU where installed, else 'ragged_dot'),
+      'blocked' (a loop over row-block tiles; near dense speed on XLA:CPU),
+      'ragged_dot' (jax.lax.ragged_dot), 'tokamax' (tokamax.ragged_dot: its
+      autotuned Triton / Mosaic kernels; the [gpu] / [tpu] extras install it),
       'einsum' (masked dense einsum; a reference) or 'pallas' (the kernels
       in pallas_kernels/: Triton on GPU, Mosaic on TPU, interpret mode on
       CPU, where it is slow; with dispatch='dropless' the token moves use
@@ -312,6 +314,8 @@ class MoEConfig:
     check_choice("activation", self.activation, ACTIVATIONS)
     check_choice("dispatch", self.dispatch, DISPATCHES)
     check_choice("gmm_backend", self.gmm_backend, GMM_BACKENDS)
+    if backend_problem(self.gmm_backend):
+      fail("gmm_backend", self.gmm_backend, backend_problem(self.gmm_backend))
     check_int("gmm_block_size", self.gmm_block_size, 1)
     problem = block_size_problem(self.gmm_backend, self.gmm_block_size)
     if problem:

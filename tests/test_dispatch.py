@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moejax import RouterConfig
+from moejax import MoEConfig, RouterConfig
 from moejax.dispatch import get_strategy
 from moejax.experts import expert_ffn
 from moejax.dispatch.dropless import grouped_slots
@@ -19,7 +19,8 @@ from tests.helpers import ROUTER_CASES, make_params, moe_forward
 # (dispatch, gmm backend, dropless alignment). Blocked runs with 4-row blocks:
 # align=1 makes groups straddle blocks, align=4 pads each group to whole blocks.
 FAST = [("gather", "ragged_dot", 1), ("gather", "blocked", 1), ("dropless", "ragged_dot", 1),
-        ("dropless", "einsum", 1), ("dropless", "blocked", 1), ("dropless", "blocked", 4)]
+        ("dropless", "einsum", 1), ("dropless", "blocked", 1), ("dropless", "blocked", 4),
+        ("dropless", "tokamax", 1)]
 D, F = 8, 12
 
 
@@ -153,7 +154,7 @@ def test_gmm_backends_agree_with_loop(sizes):
   cos = jnp.cos(jnp.arange(36.0)).reshape(12, 3)
   loss = lambda l, r, backend, b: jnp.sum(jnp.sin(gmm(l, r, gs, backend, b)) * cos)
   g_ref = jax.grad(loss, argnums=(0, 1))(lhs, rhs, "einsum", 1)
-  for backend, block in [("ragged_dot", 1), ("einsum", 1), ("auto", 4)] + [
+  for backend, block in [("ragged_dot", 1), ("tokamax", 1), ("einsum", 1), ("auto", 4)] + [
       ("blocked", b) for b in (1, 2, 5, 8, 128)]:
     np.testing.assert_allclose(gmm(lhs, rhs, gs, backend, block), want, rtol=1e-5, atol=1e-5)
     g_got = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=(2, 3))(
@@ -184,11 +185,16 @@ def test_blocked_gmm_at_scale_with_dtypes(dtype, tol):
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
 
-def test_auto_backend_per_platform():
+def test_auto_backend_per_platform(monkeypatch):
+  import moejax.grouped_matmul as grouped_matmul
   assert resolve_backend("auto", "cpu") == "blocked"
-  assert resolve_backend("auto", "gpu") == "ragged_dot"
-  assert resolve_backend("auto", "tpu") == "ragged_dot"
+  assert resolve_backend("auto", "gpu") == "tokamax"   # [test] installs tokamax
+  assert resolve_backend("auto", "tpu") == "tokamax"
   assert resolve_backend("einsum", "cpu") == "einsum"
+  monkeypatch.setattr(grouped_matmul, "tokamax_available", lambda: False)
+  assert resolve_backend("auto", "gpu") == "ragged_dot"
+  with pytest.raises(ValueError, match="gmm_backend='tokamax' is invalid: needs the tokamax"):
+    MoEConfig(d_model=8, gmm_backend="tokamax")
 
 
 @pytest.mark.parametrize("block", [1, 4])
@@ -233,12 +239,12 @@ def test_gmm_differentiates_under_vmap_both_ways():
   gs = jnp.array([[2, 3], [0, 9], [4, 0]], jnp.int32)
   loss = lambda l, r, g, backend: jnp.sum(jnp.sin(gmm(l, r, g, backend, 2)))
   results = {}
-  for backend in ("ragged_dot", "blocked", "einsum"):
+  for backend in ("ragged_dot", "tokamax", "blocked", "einsum"):
     per_group = jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(0, None, 0, None))(
         lhs, rhs, gs, backend)
     batched = jax.grad(lambda l, r: jnp.sum(jax.vmap(loss, in_axes=(0, None, 0, None))(
         l, r, gs, backend)), argnums=(0, 1))(lhs, rhs)
     results[backend] = (per_group, batched)
-  for backend in ("ragged_dot", "blocked"):
+  for backend in ("ragged_dot", "tokamax", "blocked"):
     for got, want in zip(jax.tree.leaves(results[backend]), jax.tree.leaves(results["einsum"])):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)

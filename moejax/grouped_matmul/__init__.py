@@ -7,15 +7,18 @@ come out as zeros in every backend:
 
   'blocked'     fixed row blocks, a loop over (block, group) tiles with a
                 custom VJP (blocked.py). Near dense speed on XLA:CPU.
-  'ragged_dot'  jax.lax.ragged_dot (ragged.py): XLA's own kernel; the one to
-                use on TPU and GPU until a Pallas kernel is plugged in.
+  'ragged_dot'  jax.lax.ragged_dot (ragged.py): XLA's own kernel.
+  'tokamax'     tokamax.ragged_dot (ragged.py; the optional tokamax package,
+                installed by the [gpu] and [tpu] extras): tokamax's autotuned
+                Triton / Mosaic kernels on GPU and TPU, XLA's ragged dot on CPU.
   'einsum'      every row against every group's matrix, then a one-hot pick:
                 G times the FLOPs. The readable reference.
   'pallas'      the Pallas kernels in pallas_kernels/ (gmm forward, tgmm weight
                 gradient): Triton on GPU, Mosaic on TPU, interpret mode on CPU
                 (correct but slow there: for tests, not for training).
                 block_size is the kernel's row block (a power of two >= 16).
-  'auto'        'blocked' on CPU, 'ragged_dot' elsewhere (see resolve_backend).
+  'auto'        'blocked' on CPU; on GPU and TPU 'tokamax' when it is installed,
+                else 'ragged_dot' (see resolve_backend).
 """
 
 from __future__ import annotations
@@ -27,9 +30,9 @@ import jax.numpy as jnp
 
 import pallas_kernels
 from moejax.grouped_matmul.blocked import DEFAULT_BLOCK_SIZE, blocked_gmm
-from moejax.grouped_matmul.ragged import ragged_gmm
+from moejax.grouped_matmul.ragged import ragged_gmm, tokamax_available, tokamax_gmm
 
-BACKENDS = ("auto", "blocked", "ragged_dot", "einsum", "pallas")
+BACKENDS = ("auto", "blocked", "ragged_dot", "tokamax", "einsum", "pallas")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,6 +55,13 @@ def row_layout(backend: str, block_size: int, platform: str | None = None) -> Ro
   return RowLayout()
 
 
+def backend_problem(backend: str) -> str | None:
+  """Why backend cannot run here (None when it can): tokamax is optional."""
+  if backend == "tokamax" and not tokamax_available():
+    return "needs the tokamax package (pip install 'moejax[gpu]', '[tpu]' or tokamax)"
+  return None
+
+
 def block_size_problem(backend: str, block_size: int) -> str | None:
   """What is wrong with block_size for backend (None when it is fine): the
   Pallas kernels need a power-of-two row block of at least their minimum tile;
@@ -66,11 +76,15 @@ def block_size_problem(backend: str, block_size: int) -> str | None:
 def resolve_backend(backend: str, platform: str | None = None) -> str:
   """The concrete backend 'auto' stands for on `platform` (default: JAX's
   default backend). Measured by experiments/benchmark.py: on XLA:CPU
-  'blocked' is ~1.1x a dense matmul of equal FLOPs where 'ragged_dot' is ~7x."""
+  'blocked' is ~1.1x a dense matmul of equal FLOPs where 'ragged_dot' is ~7x.
+  On accelerators tokamax's kernels where installed: on CPU it would only run
+  XLA's ragged dot."""
   if backend != "auto":
     return backend
   platform = platform or jax.default_backend()
-  return "blocked" if platform == "cpu" else "ragged_dot"
+  if platform == "cpu":
+    return "blocked"
+  return "tokamax" if tokamax_available() else "ragged_dot"
 
 
 def group_ids(group_sizes: jax.Array, num_rows: int) -> jax.Array:
@@ -111,6 +125,8 @@ def gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array, backend: str = "
     return blocked_gmm(lhs, rhs, group_sizes, block_size)
   if backend == "ragged_dot":
     return ragged_gmm(lhs, rhs, group_sizes)
+  if backend == "tokamax":
+    return tokamax_gmm(lhs, rhs, group_sizes)
   if backend == "pallas":
     return _pallas_gmm(lhs, rhs, group_sizes, block_size)
   return _einsum_gmm(lhs, rhs, group_sizes)
