@@ -40,7 +40,7 @@ def test_benchmark_rejects_unknown_variant():
   assert out.returncode != 0
   assert out.stderr.strip().splitlines() == [
       "error: --variants='warp_drive' is invalid: valid values are einsum, gather, "
-      "dropless_blocked, dropless_ragged_dot, dropless_einsum, dropless_pallas"]
+      "dropless_blocked, dropless_ragged_dot, dropless_tokamax, dropless_einsum, dropless_pallas"]
 
 
 def test_kernel_mode_writes_rows(tmp_path):

@@ -12,7 +12,7 @@ from moejax.dispatch import get_strategy
 from moejax.experts import expert_ffn
 from moejax.dispatch.dropless import grouped_slots
 from moejax.dispatch.permute import gather_rows
-from moejax.grouped_matmul import gmm, resolve_backend
+from moejax.grouped_matmul import gmm, group_ids, resolve_backend
 from moejax.routing import route
 from tests.helpers import ROUTER_CASES, make_params, moe_forward
 
@@ -248,3 +248,42 @@ def test_gmm_differentiates_under_vmap_both_ways():
   for backend in ("ragged_dot", "tokamax", "blocked"):
     for got, want in zip(jax.tree.leaves(results[backend]), jax.tree.leaves(results["einsum"])):
       np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("activation,bias,sizes,block", [
+    ("gelu", False, [5, 0, 9, 3], 4),     # groups straddle blocks, one is empty
+    ("swiglu", True, [7, 2, 0, 8], 4),    # GLU gate and both biases
+    ("relu", False, [4, 4, 8, 0], 4),     # whole blocks (dropless padding)
+])
+def test_fused_blocked_ffn_equals_the_unfused_reference(activation, bias, sizes, block):
+  """blocked_ffn (the whole expert FFN per row block) equals act(x W_in) W_out
+  through the einsum gmm, forward and every gradient, with 20 rows of which
+  the last few are padding."""
+  import functools
+  from moejax.experts import hidden_activation
+  from moejax.grouped_matmul.blocked_ffn import blocked_ffn
+  m, d, f = 20, 6, 10
+  keys = jax.random.split(jax.random.key(0), 6)
+  x = jax.random.normal(keys[0], (m, d))
+  w_in, w_out = jax.random.normal(keys[1], (4, d, f)), jax.random.normal(keys[2], (4, f, d))
+  w_gate = jax.random.normal(keys[3], (4, d, f)) if activation == "swiglu" else None
+  b_in = jax.random.normal(keys[4], (4, f)) if bias else None
+  b_out = jax.random.normal(keys[5], (4, d)) if bias else None
+  gs = jnp.array(sizes, jnp.int32)
+  act = functools.partial(hidden_activation, activation)
+  row_bias = lambda b: jnp.take(b, group_ids(gs, m), axis=0, mode="fill", fill_value=0)
+
+  def reference(x, w_in, w_gate, w_out, b_in, b_out):
+    h = gmm(x, w_in, gs, "einsum") + (0 if b_in is None else row_bias(b_in))
+    gate = None if w_gate is None else gmm(x, w_gate, gs, "einsum")
+    return gmm(act(h, gate), w_out, gs, "einsum") + (0 if b_out is None else row_bias(b_out))
+
+  fused = lambda *args: blocked_ffn(act, block, *args, gs)
+  args = (x, w_in, w_gate, w_out, b_in, b_out)
+  np.testing.assert_allclose(fused(*args), reference(*args), rtol=1e-5, atol=1e-5)
+  assert not np.any(np.asarray(fused(*args))[sum(sizes):])
+  cos = jnp.cos(jnp.arange(m * d, dtype=jnp.float32)).reshape(m, d)
+  argnums = tuple(i for i, a in enumerate(args) if a is not None)
+  loss = lambda fn: jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a)) * cos), argnums=argnums)(*args)
+  for got, want in zip(loss(fused), loss(reference)):  # float32 sums in another order
+    np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))

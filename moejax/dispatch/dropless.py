@@ -18,7 +18,7 @@ import jax
 import jax.numpy as jnp
 
 import pallas_kernels
-from moejax.dispatch.base import DispatchStrategy, ExpertBatch
+from moejax.dispatch.base import DispatchStrategy, ExpertBatch, weighted_sum
 from moejax.dispatch.permute import gather_rows
 from moejax.routing.types import Routing
 
@@ -91,4 +91,4 @@ class DroplessDispatch(DispatchStrategy):
       return pallas_kernels.unpermute(y.x, slot.reshape(num_tokens, k), routing.weight,
                                       assignment)
     picked = gather_rows(y.x, slot, assignment[:, None]).reshape(num_tokens, k, -1)
-    return jnp.einsum("tkd,tk->td", picked, routing.weight.astype(y.x.dtype))
+    return weighted_sum(picked, routing.weight)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.dispatch.base import DispatchStrategy, ExpertBatch
+from moejax.dispatch.base import DispatchStrategy, ExpertBatch, weighted_sum
 from moejax.routing.types import Routing
 
 
@@ -42,4 +42,4 @@ class GatherDispatch(DispatchStrategy):
     rows = y.x.reshape(-1, y.x.shape[-1])
     rows = jnp.concatenate([rows, jnp.zeros((1, rows.shape[-1]), rows.dtype)])
     picked = rows[slot_ids].reshape(num_tokens, k, -1)
-    return jnp.einsum("tkd,tk->td", picked, routing.weight.astype(rows.dtype))
+    return weighted_sum(picked, routing.weight)
