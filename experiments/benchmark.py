@@ -3,6 +3,12 @@ against a dense FFN of equal active FLOPs, in one process.
 
   python experiments/benchmark.py --preset=default --json_out=/tmp/bench.json
 
+Presets: default and fine_grained (CPU-sized), tiny (smoke tests), large and
+large_fine_grained (32K tokens at released models' widths: for GPU / TPU;
+experiments/accelerator_report.py runs them all). After the table,
+--phases breaks a variant's time into routing, dispatch, experts and combine
+(experiments/phase_rows.py); --trace_dir writes a jax.profiler trace.
+
 The dense baseline has d_ff = top_k * d_ff_expert (same active FLOPs per
 token, router excluded). Every variant is jitted and warmed up, then all are
 timed in turn for `--repeats` rounds (so drifts of the machine hit all rows
@@ -14,12 +20,17 @@ the part of any MoE row's ratio that comes from narrower matmuls, not from
 routing or dispatch.
 
 Expert-parallel mode (--expert_parallel=N): the same layer (capacity 'gather'
-with router.routing_groups=N, and 'dropless') on one device and on a mesh
+with router.routing_groups=N, and 'dropless' with the padded exchange and,
+off CPU, the ragged one) on one device and on a mesh
 with an N-way expert axis (tokens split N ways, E/N experts per device,
 all_to_all between), timed in one process; ratio_vs_one_device = mesh time /
 one-device time. On CPU the N devices are fake (--xla_force_host_platform_
 device_count, set by the binary) and share the same cores, so the ratio is a
 baseline for GPU/TPU runs, not a speed-up.
+
+Train-step mode (--train_config=FILE): one optimizer step of an experiment
+config on random batches: step time, model TFLOP/s and MFU
+(experiments/train_step_rows.py).
 """
 
 from __future__ import annotations
@@ -36,6 +47,7 @@ from moejax import DenseFFNLayer, MoEConfig, MoELayer, RouterConfig
 from moejax.cli import fail, run
 from moejax.grouped_matmul import BACKENDS, resolve_backend
 from kernel_rows import kernel_rows
+from phase_rows import phase_rows
 from timing import round_robin_ms
 
 PRESETS = {
@@ -45,6 +57,11 @@ PRESETS = {
     "fine_grained": dict(tokens=4096, d_model=512, d_ff=128, experts=64, top_k=8),
     # Seconds on a laptop: for smoke tests.
     "tiny": dict(tokens=256, d_model=64, d_ff=128, experts=8, top_k=2),
+    # Accelerator scale (minutes per step on a CPU): a training step's tokens
+    # and the widths of released MoEs. Mixtral-like: few wide experts.
+    "large": dict(tokens=32768, d_model=2048, d_ff=5632, experts=8, top_k=2),
+    # Qwen-MoE / DeepSeek-like: many narrow experts.
+    "large_fine_grained": dict(tokens=32768, d_model=2048, d_ff=1408, experts=64, top_k=6),
 }
 # name -> (dispatch, gmm backend, uses capacity)
 VARIANTS = {
@@ -99,7 +116,29 @@ _KERNEL_BACKENDS = flags.DEFINE_list(
 _BLOCK_SIZE = flags.DEFINE_integer(
     "gmm_block_size", 128, "Row block of the 'blocked' and 'pallas' backends "
     "(MoEConfig.gmm_block_size; a power of two >= 16 for pallas).", lower_bound=1)
-EP_VARIANTS = ("gather", "dropless_blocked")
+_PHASES = flags.DEFINE_list(
+    "phases", "dropless_blocked", "Variants (of --variants) to break down into routing, "
+    "dispatch, experts and combine time (experiments/phase_rows.py); empty for none.")
+_TRACE_DIR = flags.DEFINE_string(
+    "trace_dir", None, "Write a jax.profiler trace (TensorBoard / Perfetto) of one forward + "
+    "backward call of every row here, after the timing.")
+_TRAIN_CONFIG = flags.DEFINE_string(
+    "train_config", None, "Time one optimizer step of this experiment config file on random "
+    "batches (step time, model TFLOP/s, MFU: experiments/train_step_rows.py) instead of the "
+    "layer.")
+_TRAIN_SET = flags.DEFINE_multi_string(
+    "train_set", [], "'field=value' override of --train_config, repeatable, e.g. "
+    "--train_set=data.batch_size=8.")
+_PEAK_TFLOPS = flags.DEFINE_float(
+    "peak_tflops", None, "Dense peak TFLOP/s of one device, for MFU (default: the table in "
+    "experiments/train_step_rows.py by device kind; unknown devices get no MFU).")
+# Expert-parallel rows: name -> (dispatch, gmm backend, uses capacity, exchange).
+EP_VARIANTS = {
+    "gather": ("gather", "auto", True, "auto"),
+    "dropless_padded": ("dropless", "auto", False, "padded"),
+    # jax.lax.ragged_all_to_all: GPU / TPU only (XLA:CPU lacks it).
+    "dropless_ragged": ("dropless", "auto", False, "ragged"),
+}
 
 
 def _layer_jobs(layer, x, variables=None):
@@ -140,7 +179,7 @@ def _sharded_jobs(layer, x, mesh):
 
 def _expert_parallel_rows(base: MoEConfig, shape, x, common, n: int):
   """Rows of the expert-parallel mode: each EP_VARIANTS layer on one device
-  and on an n-way expert mesh."""
+  and on an n-way expert mesh (the ragged exchange only off CPU)."""
   from moejax.parallel import MeshConfig, make_mesh
   if jax.device_count() < n:
     fail(2, f"--expert_parallel={n} is invalid: only {jax.device_count()} devices")
@@ -150,21 +189,23 @@ def _expert_parallel_rows(base: MoEConfig, shape, x, common, n: int):
   mesh = make_mesh(MeshConfig(data=1, expert=n), jax.devices()[:n])
   one = jax.devices()[0]
   jobs, fields = {}, {}
-  for name in EP_VARIANTS:
-    dispatch, backend, uses_capacity = VARIANTS[name]
+  names = [v for v in EP_VARIANTS if not (v == "dropless_ragged" and one.platform == "cpu")]
+  for name in names:
+    dispatch, backend, uses_capacity, exchange = EP_VARIANTS[name]
     router = dataclasses.replace(base.router, routing_groups=n,
                                  capacity_factor=_CAPACITY.value if uses_capacity else None)
     layer = MoELayer(dataclasses.replace(base, router=router, dispatch=dispatch,
-                                         gmm_backend=backend))
+                                         gmm_backend=backend, ep_exchange=exchange))
     fields[name] = dict(dispatch=dispatch, capacity_factor=router.capacity_factor,
-                        routing_groups=n, expert_parallel=n)
+                        routing_groups=n, expert_parallel=n, backend=resolve_backend(backend),
+                        exchange=exchange)
     for pass_name, job in _layer_jobs(layer, jax.device_put(x, one)).items():
       jobs[name, "one_device", pass_name] = job
     for pass_name, job in _sharded_jobs(layer, x, mesh).items():
       jobs[name, "mesh", pass_name] = job
   ms = round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
   rows = []
-  for name in EP_VARIANTS:
+  for name in names:
     for where in ("one_device", "mesh"):
       rows.append(dict(name=name, placement=where, **fields[name],
                        fwd_ms=ms[name, where, "fwd"], fwd_bwd_ms=ms[name, where, "fwd_bwd"],
@@ -196,6 +237,10 @@ def main(argv):
   if unknown:
     fail(2, f"--variants={unknown[0]!r} is invalid: valid values are "
              + ", ".join(VARIANTS))
+  unknown = [v for v in _PHASES.value if v not in _VARIANTS.value]
+  if unknown:
+    fail(2, f"--phases={unknown[0]!r} is invalid: it must be one of --variants ("
+             + ", ".join(_VARIANTS.value) + ")")
   kernel_backends = _KERNEL_BACKENDS.value
   if kernel_backends is None:
     kernel_backends = ["blocked", "ragged_dot"] + (["pallas"] if jax.default_backend() != "cpu"
@@ -218,8 +263,10 @@ def main(argv):
   x = jax.random.normal(jax.random.key(1), (shape["tokens"], shape["d_model"]),
                         jnp.dtype(_DTYPE.value))
   device = jax.devices()[0]
-  print(f"moejax benchmark on {device.platform} ({device.device_kind}), jax {jax.__version__}, "
-        f"{_DTYPE.value}: {shape}, repeats={_REPEATS.value}")
+  what = (f"--train_config={_TRAIN_CONFIG.value}" if _TRAIN_CONFIG.value
+          else f"{_DTYPE.value}: {shape}")
+  print(f"moejax benchmark on {jax.device_count()} x {device.platform} ({device.device_kind}), "
+        f"jax {jax.__version__}, {what}, repeats={_REPEATS.value}")
 
   common = dict(tokens=shape["tokens"], d_model=shape["d_model"], d_ff=shape["d_ff"],
                 experts=shape["experts"], top_k=shape["top_k"], dtype=_DTYPE.value,
@@ -227,6 +274,9 @@ def main(argv):
                 device_kind=device.device_kind)
   if _EXPERT_PARALLEL.value > 1:
     _write_json(_expert_parallel_rows(base, shape, x, common, _EXPERT_PARALLEL.value))
+    return
+  if _TRAIN_CONFIG.value:
+    _write_json(_train_step(common))
     return
   if _KERNELS.value:
     if "pallas" in kernel_backends and device.platform == "cpu":
@@ -280,7 +330,41 @@ def main(argv):
     cf = "-" if r["capacity_factor"] is None else f"{r['capacity_factor']:.2f}"
     print(f"{r['name']:22s} {cf:>6s} {r['fwd_ms']:9.2f} {r['fwd_bwd_ms']:11.2f} "
           f"{r['fwd_ratio_vs_dense']:11.2f} {r['ratio_vs_dense']:15.2f}")
+  for name in _PHASES.value:
+    if name in variants:
+      print()
+      rows += phase_rows(name, variants[name][1], x, _REPEATS.value, _WARMUP.value, common)
+  if _TRACE_DIR.value:
+    _trace(jobs, _TRACE_DIR.value)
   _write_json(rows)
+
+
+def _trace(jobs, trace_dir: str) -> None:
+  """One call of every fwd_bwd job inside a jax.profiler trace."""
+  with jax.profiler.trace(trace_dir):
+    for (name, pass_name), (fn, args) in jobs.items():
+      if pass_name == "fwd_bwd":
+        with jax.profiler.TraceAnnotation(name):
+          jax.block_until_ready(fn(*args))
+  print(f"wrote a profiler trace to {trace_dir}")
+
+
+def _train_step(common):
+  """Rows of --train_config: the config file with --train_set applied."""
+  from moejax.train.comparison import apply_override, load_config_file
+  from moejax.train.config import experiment_from_config
+  from train_step_rows import train_step_rows
+  try:
+    config = load_config_file(_TRAIN_CONFIG.value)
+    for assignment in _TRAIN_SET.value:
+      apply_override(config, assignment)
+    exp = experiment_from_config(config)
+  except ValueError as err:
+    fail(2, f"--train_config={_TRAIN_CONFIG.value}: {err}")
+  common = {k: v for k, v in common.items() if k in ("dtype", "platform", "device_kind")}
+  common["dtype"] = exp.model.dtype
+  name = os.path.basename(_TRAIN_CONFIG.value)[:-3]
+  return train_step_rows(name, exp, _REPEATS.value, _WARMUP.value, _PEAK_TFLOPS.value, common)
 
 
 def _write_json(rows) -> None:

@@ -51,6 +51,9 @@ SCORE_FNS = ("softmax", "sigmoid")
 SOFT_MOE_GROUPINGS = ("example", "call")
 DROP_POLICIES = ("position", "probability")
 DISPATCHES = ("einsum", "gather", "dropless")
+# How expert-parallel dropless dispatch moves rows between devices
+# (moejax/dispatch/expert_parallel.py).
+EP_EXCHANGES = ("auto", "padded", "ragged")
 ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
 
 
@@ -280,6 +283,11 @@ class MoEConfig:
       in pallas_kernels/: Triton on GPU, Mosaic on TPU, interpret mode on
       CPU, where it is slow; with dispatch='dropless' the token moves use
       the fused Pallas permute / unpermute too).
+    ep_exchange: how expert-parallel 'dropless' dispatch moves rows between
+      devices: 'padded' (all_to_all of fixed-size blocks, the worst case
+      each; runs everywhere), 'ragged' (jax.lax.ragged_all_to_all: only the
+      used rows; GPU and TPU, XLA:CPU lacks the op) or 'auto' (ragged on GPU
+      / TPU, padded on CPU).
     gmm_block_size: rows per block of the 'blocked' and 'pallas' backends
       ('pallas': a power of two >= 16). Each expert wastes at most one
       partial block; 128 suits CPU matmul tiles.
@@ -299,6 +307,7 @@ class MoEConfig:
   activation: str = "gelu"
   dispatch: str = "einsum"
   gmm_backend: str = "auto"
+  ep_exchange: str = "auto"
   gmm_block_size: int = 128
   num_shared_experts: int = 0
   shared_d_ff: Optional[int] = None
@@ -316,6 +325,7 @@ class MoEConfig:
     check_choice("gmm_backend", self.gmm_backend, GMM_BACKENDS)
     if backend_problem(self.gmm_backend):
       fail("gmm_backend", self.gmm_backend, backend_problem(self.gmm_backend))
+    check_choice("ep_exchange", self.ep_exchange, EP_EXCHANGES)
     check_int("gmm_block_size", self.gmm_block_size, 1)
     problem = block_size_problem(self.gmm_backend, self.gmm_block_size)
     if problem:

@@ -129,7 +129,8 @@ class MoELayer(nn.Module):
     mesh = None if self.is_initializing() else current_mesh()
     if mesh is not None and self._expert_parallel_ok(mesh, out.routing, layout):
       y = expert_parallel(compute_tokens, out.routing, experts.weights(), experts.pure_fn(),
-                          dispatch=cfg.dispatch, layout=layout, mesh=mesh)
+                          dispatch=cfg.dispatch, layout=layout, mesh=mesh,
+                          exchange=cfg.ep_exchange)
     else:
       y = get_strategy(cfg.dispatch, layout)(compute_tokens, out.routing, experts)
     if cfg.num_shared_experts:

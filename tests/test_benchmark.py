@@ -22,9 +22,17 @@ def test_benchmark_writes_rows(tmp_path):
   out = _bench("--preset=tiny", "--tokens=64", "--repeats=1", "--warmup=0",
                "--variants=gather,dropless_blocked", f"--json_out={out_file}")
   assert out.returncode == 0, out.stderr
-  rows = json.loads(out_file.read_text())
+  every_row = json.loads(out_file.read_text())
+  rows = [r for r in every_row if "phase" not in r]
   assert [r["name"] for r in rows] == ["dense", "dense_expert_shape", "gather",
                                        "dropless_blocked"]
+  # --phases defaults to dropless_blocked: its time per phase, each the
+  # difference of two timed prefixes, so they add up to the last prefix.
+  phases = [r for r in every_row if "phase" in r]
+  assert [r["phase"] for r in phases] == ["routing", "dispatch", "experts", "combine"]
+  for key in ("fwd", "fwd_bwd"):
+    total = sum(r[f"{key}_ms"] for r in phases)
+    assert abs(total - phases[-1][f"prefix_{key}_ms"]) < 1e-6
   assert [r["backend"] for r in rows[2:]] == ["batched_einsum", "blocked"]  # 'auto' on CPU
   for r in rows:
     assert FIELDS <= set(r), FIELDS - set(r)
@@ -33,6 +41,50 @@ def test_benchmark_writes_rows(tmp_path):
   assert rows[2]["capacity_factor"] == 1.25 and rows[3]["capacity_factor"] is None
   # The shape floor runs tokens * top_k rows through a d_ff-wide FFN.
   assert rows[1]["d_ff_dense"] == rows[1]["d_ff"] and rows[0]["d_ff_dense"] == 2 * rows[0]["d_ff"]
+
+
+def test_benchmark_rejects_phases_of_a_variant_not_run():
+  out = _bench("--preset=tiny", "--variants=gather", "--phases=dropless_blocked")
+  assert out.returncode != 0
+  assert out.stderr.strip().splitlines() == [
+      "error: --phases='dropless_blocked' is invalid: it must be one of --variants (gather)"]
+
+
+def test_accelerator_report_writes_every_section_and_names_the_failed_one(tmp_path):
+  """The report on CPU at smoke shapes: the layer table with its phases, and a
+  train step whose config cannot run (batch size 0), which must be named in
+  the report and the exit code, not hide the other section."""
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  out = subprocess.run(
+      [sys.executable, "experiments/accelerator_report.py", "--smoke", f"--out_dir={tmp_path}",
+       "--sections=layer,train_step", "--train_set=data.batch_size=0"],
+      cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
+  assert out.returncode == 1, out.stderr
+  report = (tmp_path / "report.md").read_text()
+  assert "| dropless_blocked | blocked |" in report and "Where dropless_blocked's time" in report
+  assert "## train_step\n\nfailed (exit 2: error: --train_config=" in report
+  assert "data.batch_size=0" in report
+  runs = json.loads((tmp_path / "report.json").read_text())["runs"]
+  assert runs["train_step"] == []
+  names = [r["name"] for r in runs["layer_tiny"]]
+  assert names[:5] == ["dense", "dense_expert_shape", "gather", "dropless_blocked",
+                       "dropless_ragged_dot"]
+  assert names[-4:] == [f"dropless_blocked:{p}" for p in ("routing", "dispatch", "experts",
+                                                           "combine")]
+
+
+def test_train_step_mode_reports_mfu_against_the_given_peak(tmp_path):
+  out_file = tmp_path / "step.json"
+  out = _bench("--train_config=configs/lm_tiny.py", "--train_set=data.batch_size=2",
+               "--train_set=data.seq_len=16", "--repeats=1", "--warmup=0", "--peak_tflops=0.5",
+               f"--json_out={out_file}")
+  assert out.returncode == 0, out.stderr
+  [row] = json.loads(out_file.read_text())
+  assert row["devices"] == 1 and row["batch_size"] == 2
+  assert abs(row["items_per_second"] - 2 * 16 / row["step_ms"] * 1e3) < 1e-6
+  assert abs(row["mfu"] - row["model_tflops_per_second"] / 0.5) < 1e-9
+  # 6 x (active parameters - the embedding lookup) + attention, per token.
+  assert row["model_tflops_per_step"] * 1e12 > 6 * 2 * 16 * 4 * 128 * 128
 
 
 def test_benchmark_rejects_unknown_variant():

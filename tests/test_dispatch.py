@@ -11,7 +11,7 @@ from moejax import MoEConfig, RouterConfig
 from moejax.dispatch import get_strategy
 from moejax.experts import expert_ffn
 from moejax.dispatch.dropless import grouped_slots
-from moejax.dispatch.permute import gather_rows
+from moejax.dispatch.permute import combine_rows, gather_rows, inverse_slots
 from moejax.grouped_matmul import gmm, group_ids, resolve_backend
 from moejax.routing import route
 from tests.helpers import ROUTER_CASES, make_params, moe_forward
@@ -231,6 +231,28 @@ def test_gather_rows_gradient_equals_plain_gather():
   ours = lambda x: jnp.sum(gather_rows(x, idx, jnp.asarray(readers)) * weights)
   np.testing.assert_array_equal(ours(x), plain(x))
   np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(plain)(x), rtol=1e-6)
+
+
+def test_combine_rows_equals_plain_gather_and_sum_with_gradients():
+  """The combine's row-order backward against autodiff of the naive
+  gather + weighted sum: invalid assignments (slot past the rows) and padding
+  rows (no assignment) included."""
+  tokens, k, rows = 5, 3, 20
+  slot = jnp.array([[0, 7, 20], [3, 11, 2], [20, 20, 5], [9, 1, 19], [4, 13, 6]], jnp.int32)
+  y = jax.random.normal(jax.random.key(0), (rows, 4))
+  weight = jax.random.uniform(jax.random.key(1), (tokens, k))
+  probe = jax.random.normal(jax.random.key(2), (tokens, 4))
+  assignment = inverse_slots(slot.reshape(-1), rows)
+  assert int(jnp.sum(assignment < tokens * k)) == 12  # 12 valid, 8 padding rows
+
+  def naive(y, weight):
+    picked = jnp.take(y, slot, axis=0, mode="fill", fill_value=0)  # [T, K, d]
+    return jnp.sum(jnp.sum(picked * weight[..., None], axis=1) * probe)
+
+  ours = lambda y, weight: jnp.sum(combine_rows(y, slot, weight, assignment) * probe)
+  np.testing.assert_allclose(ours(y, weight), naive(y, weight), rtol=1e-6)
+  for got, want in zip(jax.grad(ours, (0, 1))(y, weight), jax.grad(naive, (0, 1))(y, weight)):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
 def test_gmm_differentiates_under_vmap_both_ways():

@@ -42,6 +42,8 @@ def test_bad_mesh_is_one_line_naming_the_field(config, devices, field):
     (dict(model__moe__router__routing_groups=3), dict(data=1, expert=1),
      "model.moe.router.routing_groups=3"),
     (dict(model__moe_every=0), dict(data=1, expert=2), "mesh.expert=2"),
+    (dict(model__moe__dispatch="dropless", model__moe__ep_exchange="ragged"),
+     dict(data=1, expert=2), "model.moe.ep_exchange='ragged'"),
 ])
 def test_experiment_that_cannot_run_on_the_mesh_fails_before_compiling(overrides, sizes, field):
   exp = experiment_from_config(tiny_config(**overrides))

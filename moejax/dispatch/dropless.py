@@ -14,12 +14,11 @@ moves run on the fused Pallas permute / unpermute kernels instead
 
 from __future__ import annotations
 
-import jax
 import jax.numpy as jnp
 
 import pallas_kernels
-from moejax.dispatch.base import DispatchStrategy, ExpertBatch, weighted_sum
-from moejax.dispatch.permute import gather_rows
+from moejax.dispatch.base import DispatchStrategy, ExpertBatch
+from moejax.dispatch.permute import combine_rows, gather_rows, inverse_slots
 from moejax.routing.types import Routing
 
 
@@ -56,12 +55,6 @@ def grouped_slots(routing: Routing, block_size: int):
   return slot.astype(jnp.int32), group_sizes, num_rows
 
 
-def inverse_slots(slot: jax.Array, num_rows: int) -> jax.Array:
-  """[num_rows] assignment in each row; len(slot) (= none) for padding."""
-  fill = jnp.full((num_rows + 1,), slot.shape[0], jnp.int32)
-  return fill.at[slot].set(jnp.arange(slot.shape[0], dtype=jnp.int32))[:num_rows]
-
-
 class DroplessDispatch(DispatchStrategy):
   name = "dropless"
 
@@ -90,5 +83,4 @@ class DroplessDispatch(DispatchStrategy):
     if self.pallas:
       return pallas_kernels.unpermute(y.x, slot.reshape(num_tokens, k), routing.weight,
                                       assignment)
-    picked = gather_rows(y.x, slot, assignment[:, None]).reshape(num_tokens, k, -1)
-    return weighted_sum(picked, routing.weight)
+    return combine_rows(y.x, slot.reshape(num_tokens, k), routing.weight, assignment)

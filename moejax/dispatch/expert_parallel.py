@@ -16,9 +16,13 @@ device only moves its own tokens:
       T_loc * k rows holding that device's rows for j's experts (a
       destination can never overflow, so nothing is dropped) -> rows regrouped
       by local expert, block-aligned for the blocked grouped matmul -> local
-      experts -> the same moves backwards -> local combine.
-      `jax.lax.ragged_all_to_all` would send only the used rows, but XLA:CPU
-      does not implement it, so the padded exchange is the one path here.
+      experts -> the same moves backwards -> local combine. This is the
+      'padded' exchange: every device sends n_e fixed blocks, used or not.
+      The 'ragged' exchange (jax.lax.ragged_all_to_all, GPU / TPU: XLA:CPU
+      does not implement it) sends only the used rows, one slice per
+      (device, expert), written straight into the receiver's block-aligned
+      expert groups, so it needs no regrouping gather either. 'auto' picks
+      ragged on GPU / TPU and padded on CPU (resolve_exchange).
 
 Both give the numbers of the single-device strategies on the same Routing
 (tests/multidevice). All moves are gathers with gather VJPs (permute.py) or
@@ -33,11 +37,12 @@ import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
+from moejax.config import EP_EXCHANGES
 from moejax.dispatch import get_strategy
 from moejax.dispatch.base import ExpertBatch
-from moejax.dispatch.dropless import DroplessDispatch, inverse_slots, round_up
+from moejax.dispatch.dropless import DroplessDispatch, round_up
 from moejax.dispatch.gather import GatherDispatch
-from moejax.dispatch.permute import gather_rows
+from moejax.dispatch.permute import gather_rows, inverse_slots
 from moejax.grouped_matmul import RowLayout
 from moejax.parallel.mesh import BATCH_AXES, axis_size
 from moejax.routing.types import Routing
@@ -45,6 +50,22 @@ from moejax.routing.types import Routing
 EXPERT_AXIS = "expert"
 # Dispatch names that have an expert-parallel form.
 EP_DISPATCHES = ("gather", "dropless")
+
+
+def resolve_exchange(exchange: str, platform: str | None = None) -> str:
+  """The concrete exchange 'auto' stands for on `platform` (default: JAX's
+  default backend): ragged where XLA implements ragged-all-to-all."""
+  if exchange != "auto":
+    return exchange
+  return "padded" if (platform or jax.default_backend()) == "cpu" else "ragged"
+
+
+def ragged_all_to_all(operand, output, input_offsets, send_sizes, output_offsets, recv_sizes,
+                      *, axis_name):
+  """jax.lax.ragged_all_to_all; a module attribute so that CPU tests can swap
+  in an emulation of its documented semantics (XLA:CPU lacks the op)."""
+  return jax.lax.ragged_all_to_all(operand, output, input_offsets, send_sizes, output_offsets,
+                                   recv_sizes, axis_name=axis_name)
 
 
 def _exchange_buckets(buckets: jax.Array, params, expert_fn: Callable,
@@ -60,8 +81,54 @@ def _exchange_buckets(buckets: jax.Array, params, expert_fn: Callable,
   return jax.lax.all_to_all(y.reshape(num_experts, slots, -1), EXPERT_AXIS, 0, 0, tiled=True)
 
 
-def _exchange_rows(rows: jax.Array, counts: jax.Array, params, expert_fn: Callable,
-                   num_shards: int, block_size: int) -> jax.Array:
+def _grouped_buffer(recv_counts: jax.Array, rows_per_source: int, block_size: int):
+  """Layout of the receiving device's expert groups.
+
+  recv_counts: [n_e src, E_loc] rows each source sends for each local expert.
+  Returns (group_sizes [E_loc] padded to block_size, group_start [E_loc],
+  before_source [n_e, E_loc] rows of earlier sources in each group, total:
+  static rows of a buffer that holds the worst case, every source's
+  rows_per_source rows on this device)."""
+  num_shards, local_experts = recv_counts.shape
+  group_sizes = recv_counts.sum(0)
+  total = num_shards * rows_per_source
+  if block_size > 1:
+    group_sizes = round_up(group_sizes, block_size)
+    total = round_up(total, block_size) + local_experts * block_size
+  group_start = jnp.cumsum(group_sizes) - group_sizes
+  before_source = jnp.cumsum(recv_counts, 0) - recv_counts
+  return group_sizes.astype(jnp.int32), group_start, before_source, total
+
+
+def _exchange_rows_ragged(rows: jax.Array, counts: jax.Array, params, expert_fn: Callable,
+                          num_shards: int, block_size: int) -> jax.Array:
+  """_exchange_rows_padded's result through ragged_all_to_all: slice i of
+  the send side is
+  expert i's rows (its device is i // E_loc), and each lands at its final
+  place in the receiver's grouped buffer (group start + rows from earlier
+  sources), so neither side gathers. The way back is the same call with the
+  roles swapped."""
+  num_rows, d = rows.shape
+  local_experts = counts.shape[0] // num_shards
+  my_start = (jnp.cumsum(counts) - counts).astype(jnp.int32)           # [E] in rows
+  a2a = lambda a: jax.lax.all_to_all(a, EXPERT_AXIS, 0, 0, tiled=True)
+  recv_counts = a2a(counts.reshape(num_shards, local_experts))         # [n_e src, E_loc]
+  group_sizes, group_start, before_source, total = _grouped_buffer(recv_counts, num_rows,
+                                                                   block_size)
+  recv_at = (group_start[None] + before_source).astype(jnp.int32)      # [n_e src, E_loc]
+  send_at = a2a(recv_at).reshape(-1)                                   # [E] on its device
+  recv_counts = recv_counts.reshape(-1).astype(jnp.int32)
+  counts = counts.astype(jnp.int32)
+  grouped = ragged_all_to_all(rows, jnp.zeros((total, d), rows.dtype), my_start, counts,
+                              send_at, recv_counts, axis_name=EXPERT_AXIS)
+  out = expert_fn(params, ExpertBatch(x=grouped, group_sizes=group_sizes)).x
+  source_start = a2a(my_start.reshape(num_shards, local_experts)).reshape(-1)
+  return ragged_all_to_all(out, jnp.zeros((num_rows, out.shape[1]), out.dtype), recv_at.reshape(-1),
+                           recv_counts, source_start, counts, axis_name=EXPERT_AXIS)
+
+
+def _exchange_rows_padded(rows: jax.Array, counts: jax.Array, params, expert_fn: Callable,
+                          num_shards: int, block_size: int) -> jax.Array:
   """rows: [R, d] this device's assignments sorted by expert; counts: [E]
   rows per expert. Returns [R, d] the experts' outputs in the same order."""
   num_rows, d = rows.shape
@@ -83,14 +150,8 @@ def _exchange_rows(rows: jax.Array, counts: jax.Array, params, expert_fn: Callab
   recv_counts = jax.lax.all_to_all(counts, EXPERT_AXIS, 0, 0, tiled=True)  # [n_e src, E_loc]
 
   # Regroup by local expert: expert e's rows from source 0, then source 1, ...
-  group_sizes = recv_counts.sum(0)
-  if block_size > 1:
-    group_sizes = round_up(group_sizes, block_size)
-    total = round_up(num_shards * num_rows, block_size) + local_experts * block_size
-  else:
-    total = num_shards * num_rows
-  group_start = jnp.cumsum(group_sizes) - group_sizes                 # [E_loc]
-  before_source = jnp.cumsum(recv_counts, 0) - recv_counts             # [n_e, E_loc]
+  group_sizes, group_start, before_source, total = _grouped_buffer(recv_counts, num_rows,
+                                                                   block_size)
   expert_end = jnp.cumsum(recv_counts, 1)                              # [n_e, E_loc]
   expert = jax.vmap(lambda ends: jnp.searchsorted(ends, i, side="right"))(expert_end)
   valid = i[None] < expert_end[:, -1:]                                 # [n_e, R]
@@ -101,14 +162,14 @@ def _exchange_rows(rows: jax.Array, counts: jax.Array, params, expert_fn: Callab
   dest = jnp.where(valid, dest, total).reshape(-1).astype(jnp.int32)   # [n_e*R] grouped row
   src = inverse_slots(dest, total)                                          # [total] recv row
   grouped = gather_rows(recv, src, dest[:, None])
-  out = expert_fn(params, ExpertBatch(x=grouped, group_sizes=group_sizes.astype(jnp.int32))).x
+  out = expert_fn(params, ExpertBatch(x=grouped, group_sizes=group_sizes)).x
   back = gather_rows(out, dest, src[:, None])                          # [n_e*R, d] by source
   back = jax.lax.all_to_all(back, EXPERT_AXIS, 0, 0, tiled=True)      # [n_e*R, d] by expert shard
   return gather_rows(back, send_dest, send_src[:, None])
 
 
 def _local_moe(x, routing: Routing, params, expert_fn, dispatch: str, layout: RowLayout,
-               num_shards: int, num_token_shards: int) -> jax.Array:
+               num_shards: int, num_token_shards: int, exchange: str) -> jax.Array:
   """One device's part: x [T_loc, d], routing over the same T_loc tokens."""
   apply = lambda batch: expert_fn(params, batch)
   if dispatch == "gather":
@@ -129,8 +190,9 @@ def _local_moe(x, routing: Routing, params, expert_fn, dispatch: str, layout: Ro
   # the layer says so once when it is asked for (MoELayer._expert_parallel_ok).
   strategy = DroplessDispatch(1)
   batch, residual = strategy.dispatch(x, routing)
-  out = _exchange_rows(batch.x, batch.group_sizes, params, expert_fn, num_shards,
-                       layout.block_size)
+  exchange_rows = _exchange_rows_ragged if exchange == "ragged" else _exchange_rows_padded
+  out = exchange_rows(batch.x, batch.group_sizes, params, expert_fn, num_shards,
+                      layout.block_size)
   return strategy.combine(ExpertBatch(x=out, group_sizes=batch.group_sizes), routing, residual)
 
 
@@ -140,7 +202,8 @@ def token_shards(mesh) -> int:
 
 
 def expert_parallel(x: jax.Array, routing: Routing, params, expert_fn: Callable, *,
-                    dispatch: str, layout: RowLayout, mesh) -> jax.Array:
+                    dispatch: str, layout: RowLayout, mesh,
+                    exchange: str = "auto") -> jax.Array:
   """Dispatch -> experts -> combine with tokens and experts spread over `mesh`.
 
   Args:
@@ -150,13 +213,18 @@ def expert_parallel(x: jax.Array, routing: Routing, params, expert_fn: Callable,
       with a multiple of token_shards(mesh) groups).
     params: expert weights stacked over E (E divisible by the expert axis).
     expert_fn: (params, ExpertBatch) -> ExpertBatch, free of Flax.
-    dispatch: 'gather' (capacity all_to_all) or 'dropless' (padded exchange).
+    dispatch: 'gather' (capacity all_to_all) or 'dropless' (row exchange).
     layout: the row layout the experts' grouped matmul wants (block alignment
       of each expert's rows; the fused Pallas permute on a single expert shard).
     mesh: the (abstract) mesh from jax.set_mesh; axes it lacks count as 1.
+    exchange: how 'dropless' moves rows: one of EP_EXCHANGES.
   Returns:
     [T, d] combined outputs, sharded like x.
   """
+  if exchange not in EP_EXCHANGES:
+    raise ValueError(f"exchange={exchange!r} is invalid: valid values are "
+                     + ", ".join(repr(e) for e in EP_EXCHANGES))
+  exchange = resolve_exchange(exchange)
   if dispatch not in EP_DISPATCHES:
     raise ValueError(f"dispatch={dispatch!r} has no expert-parallel form; valid: "
                      + ", ".join(repr(d) for d in EP_DISPATCHES))
@@ -178,7 +246,8 @@ def expert_parallel(x: jax.Array, routing: Routing, params, expert_fn: Callable,
   def body(x, expert_index, weight, position, valid, params):
     local = Routing(expert_index=expert_index, weight=weight, position=position, valid=valid,
                     num_experts=routing.num_experts, capacity=routing.capacity)
-    return _local_moe(x, local, params, expert_fn, dispatch, layout, num_shards, shards)
+    return _local_moe(x, local, params, expert_fn, dispatch, layout, num_shards, shards,
+                      exchange)
 
   # check_vma=False: the grouped matmul's loops start from replicated zeros
   # and accumulate per-device values, which the varying-axes check rejects.

@@ -10,7 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.dispatch.base import DispatchStrategy, ExpertBatch, weighted_sum
+from moejax.dispatch.base import DispatchStrategy, ExpertBatch
+from moejax.dispatch.permute import combine_rows, inverse_slots
 from moejax.routing.types import Routing
 
 
@@ -40,6 +41,5 @@ class GatherDispatch(DispatchStrategy):
   def combine(self, y, routing, slot_ids):
     num_tokens, k = routing.expert_index.shape
     rows = y.x.reshape(-1, y.x.shape[-1])
-    rows = jnp.concatenate([rows, jnp.zeros((1, rows.shape[-1]), rows.dtype)])
-    picked = rows[slot_ids].reshape(num_tokens, k, -1)
-    return weighted_sum(picked, routing.weight)
+    assignment = inverse_slots(slot_ids, rows.shape[0])
+    return combine_rows(rows, slot_ids.reshape(num_tokens, k), routing.weight, assignment)

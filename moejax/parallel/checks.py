@@ -17,9 +17,10 @@ def tokens_per_call(exp) -> int:
   return exp.data.batch_size * (m.num_patches + (m.vit.pool == "cls"))
 
 
-def check_experiment_on_mesh(exp, sizes: Dict[str, int]) -> None:
+def check_experiment_on_mesh(exp, sizes: Dict[str, int], platform: str = "cpu") -> None:
   """Raises ValueError naming the field when exp cannot run on a mesh of these
-  axis sizes ({axis: size}, e.g. MeshConfig.shape(device_count))."""
+  axis sizes ({axis: size}, e.g. MeshConfig.shape(device_count)) of
+  `platform` devices ('cpu', 'gpu', 'tpu')."""
   shards = math.prod(sizes[a] for a in BATCH_AXES)
   batch = exp.data.batch_size
   if batch % shards:
@@ -44,3 +45,7 @@ def check_experiment_on_mesh(exp, sizes: Dict[str, int]) -> None:
     raise ValueError(
         f"model.moe.router.routing_groups={groups} is invalid: it must divide the {tokens} "
         f"tokens of a batch (data.batch_size x tokens per example)")
+  if (platform == "cpu" and moe.ep_exchange == "ragged" and moe.dispatch == "dropless"
+      and sizes["expert"] > 1):
+    raise ValueError("model.moe.ep_exchange='ragged' is invalid on CPU devices: XLA:CPU does "
+                     "not implement ragged-all-to-all; use 'padded' or 'auto'")

@@ -92,8 +92,9 @@ def check_on_devices(exp: ExperimentConfig, devices: Optional[Sequence] = None) 
   """{axis: size} of exp's mesh on `devices` (default: all of the job's);
   ValueError (one line, naming the field) when exp cannot run on it. Nothing
   is compiled."""
-  sizes = exp.mesh.shape(len(jax.devices() if devices is None else devices))
-  check_experiment_on_mesh(exp, sizes)
+  devices = jax.devices() if devices is None else devices
+  sizes = exp.mesh.shape(len(devices))
+  check_experiment_on_mesh(exp, sizes, devices[0].platform)
   return sizes
 
 
