@@ -14,6 +14,8 @@ def routing_metrics(out: RouterOutput) -> Dict[str, jax.Array]:
   """Returns:
     tokens_per_expert: [E] assignments each expert processes (dispatch mass
       for dense routing).
+    weight_per_expert: [E] gate weight of those assignments (combine mass for
+      dense routing): what expert pruning ranks by (moejax/compress).
     fraction_dropped: share of real-expert choices dropped for capacity.
     fraction_null: share of choices that went to null experts.
     router_entropy: mean per-token entropy of the router distribution (nats).
@@ -31,6 +33,7 @@ def routing_metrics(out: RouterOutput) -> Dict[str, jax.Array]:
   entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.maximum(probs, 1e-30)), 0.0), -1)
   return {
       "tokens_per_expert": load,
+      "weight_per_expert": out.routing.weight_per_expert(),
       "fraction_dropped": dropped,
       "fraction_null": null,
       "router_entropy": entropy.mean(),

@@ -61,6 +61,11 @@ class Routing:
     """[num_experts] number of assignments each expert receives."""
     return jnp.zeros((self.num_experts,), jnp.float32).at[self.expert_index].add(self.valid)
 
+  def weight_per_expert(self) -> jax.Array:
+    """[num_experts] gate weight carried by each expert's assignments."""
+    weight = jnp.where(self.valid, self.weight, 0.0).astype(jnp.float32)
+    return jnp.zeros((self.num_experts,), jnp.float32).at[self.expert_index].add(weight)
+
 
 @struct.dataclass
 class DenseRouting:
@@ -86,6 +91,10 @@ class DenseRouting:
   def tokens_per_expert(self) -> jax.Array:
     """[num_experts] total dispatch weight each expert receives."""
     return self.dispatch.sum(axis=(0, 2))
+
+  def weight_per_expert(self) -> jax.Array:
+    """[num_experts] total combine weight of each expert's outputs."""
+    return self.combine.sum(axis=(0, 2))
 
 
 AnyRouting = Union[Routing, DenseRouting]
