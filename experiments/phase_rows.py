@@ -38,9 +38,7 @@ def _prefix_output(layer: MoELayer, params, x, upto: str):
   balance = aux_losses(out)["load_balance"]
   if upto == "routing":
     return out.routing.weight, balance
-  experts = ExpertBank(cfg.router.num_experts, cfg.d_model, cfg.d_ff, cfg.activation,
-                       cfg.use_bias, gmm_backend=cfg.gmm_backend,
-                       gmm_block_size=cfg.gmm_block_size, dtype=jnp.dtype(cfg.dtype))
+  experts = ExpertBank.from_config(cfg)
   strategy = get_strategy(cfg.dispatch, experts.row_layout())
   batch, residual = strategy.dispatch(x.astype(jnp.dtype(cfg.dtype)), out.routing)
   if upto == "dispatch":

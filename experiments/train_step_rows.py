@@ -45,7 +45,7 @@ def peak_tflops(device_kind: str):
 def model_flops_per_step(exp, params) -> float:
   """PaLM-style model FLOPs of one training step (module docstring)."""
   m, data = exp.model, exp.data
-  active = active_params(exp, params)
+  active = active_params(exp.model, params)
   if m.kind == "lm":
     active -= m.lm.vocab_size * m.d_model  # the input embedding is a lookup
     tokens_per_example = data.seq_len

@@ -54,6 +54,8 @@ DISPATCHES = ("einsum", "gather", "dropless")
 # How expert-parallel dropless dispatch moves rows between devices
 # (moejax/dispatch/expert_parallel.py).
 EP_EXCHANGES = ("auto", "padded", "ragged")
+# Weight-only quantization of the routed experts (moejax/compress/quantize.py).
+EXPERT_QUANTIZATIONS = (None, "int8", "int4")
 ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
 
 
@@ -296,6 +298,12 @@ class MoEConfig:
     shared_d_ff: hidden width of each shared expert (default d_ff).
     shared_expert_gate: scale the shared output by sigmoid(x w) (Qwen-MoE).
     use_bias: biases in the expert FFNs.
+    expert_quantization: None (float expert weights), 'int8' or 'int4': the
+      routed experts' weights are stored as integers with float scales and
+      dequantized (qwix) when the layer runs. For inference: such a model is
+      made by experiments/compress.py and cannot be trained.
+    expert_quantization_group: rows of the contraction axis that share one
+      scale (must divide d_model and d_ff); 0 = one scale per output channel.
     dtype: compute dtype of the experts ('float32', 'bfloat16', 'float16';
       'float64' needs jax x64 and is for numerical checks). The router
       computes in float32 (float64 under x64 with float64 inputs).
@@ -313,6 +321,8 @@ class MoEConfig:
   shared_d_ff: Optional[int] = None
   shared_expert_gate: bool = False
   use_bias: bool = False
+  expert_quantization: Optional[str] = None
+  expert_quantization_group: int = 0
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -340,6 +350,12 @@ class MoEConfig:
     if self.shared_expert_gate and not self.num_shared_experts:
       fail("shared_expert_gate", True, "needs num_shared_experts >= 1")
     check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16", "float64"))
+    check_choice("expert_quantization", self.expert_quantization, EXPERT_QUANTIZATIONS)
+    check_int("expert_quantization_group", self.expert_quantization_group, 0)
+    group = self.expert_quantization_group
+    if group and (self.d_model % group or self.d_ff % group):
+      fail("expert_quantization_group", group,
+           f"must divide d_model={self.d_model} and d_ff={self.d_ff} (0 = per channel)")
     if not self.router.is_sparse and self.dispatch != "einsum":
       fail("dispatch", self.dispatch,
            f"router.name={self.router.name!r} gives dense weights; use dispatch='einsum'")

@@ -15,6 +15,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import qwix
 
 from moejax.dispatch.base import ExpertBatch
 from moejax.grouped_matmul import (DEFAULT_BLOCK_SIZE, RowLayout, gmm, group_ids,
@@ -34,6 +35,21 @@ def hidden_activation(activation: str, h_in: jax.Array, h_gate: Optional[jax.Arr
   if is_glu(activation):
     return GLU_ACTIVATIONS[activation](h_gate) * h_in
   return MLP_ACTIVATIONS[activation](h_in)
+
+
+def quantized_scale_shape(shape, group: int) -> tuple:
+  """Scale shape of a quantized [E, K, N] expert matrix: one scale per expert,
+  output channel and `group` rows of the contraction axis (0: all K rows)."""
+  experts, k, n = shape
+  return (experts, k // group if group else 1, n)
+
+
+def dequantize(q: jax.Array, scale: jax.Array, qtype: str, dtype) -> jax.Array:
+  """[E, K, N] float weights of integer values q and their scales (qwix)."""
+  logical = {"int8": jnp.int8, "int4": jnp.int4}[qtype]
+  array = qwix.QArray(qvalue=q.astype(logical), scale=scale.astype(jnp.float32),
+                      zero_point=None, qtype=logical)
+  return qwix.dequantize(array).astype(dtype)
 
 
 def _stacked_init(num_experts_axis: bool):
@@ -101,23 +117,44 @@ class ExpertBank(nn.Module):
   gmm_backend: str = "auto"
   gmm_block_size: int = DEFAULT_BLOCK_SIZE
   dtype: jnp.dtype = jnp.float32
+  quantization: Optional[str] = None
+  quantization_group: int = 0
+
+  @classmethod
+  def from_config(cls, cfg, **kwargs) -> "ExpertBank":
+    """The routed experts of a moejax.config.MoEConfig."""
+    return cls(cfg.router.num_experts, cfg.d_model, cfg.d_ff, cfg.activation, cfg.use_bias,
+               gmm_backend=cfg.gmm_backend, gmm_block_size=cfg.gmm_block_size,
+               dtype=jnp.dtype(cfg.dtype), quantization=cfg.expert_quantization,
+               quantization_group=cfg.expert_quantization_group, **kwargs)
 
   def setup(self):
     e, d, f = self.num_experts, self.d_model, self.d_ff
-    init = _stacked_init(True)
-    self.w_in = self.param("w_in", init, (e, d, f))
-    self.w_out = self.param("w_out", init, (e, f, d))
+    shapes = {"w_in": (e, d, f), "w_out": (e, f, d)}
     if is_glu(self.activation):
-      self.w_gate = self.param("w_gate", init, (e, d, f))
+      shapes["w_gate"] = (e, d, f)
+    if self.quantization is None:
+      init = _stacked_init(True)
+      self._matrices = {name: self.param(name, init, shape) for name, shape in shapes.items()}
+    else:
+      # Integer values (int4 kept in int8 containers) and float scales, one per
+      # output channel and group of contraction rows (compress/quantize.py).
+      self._matrices = {name: (self.param(f"{name}_q", nn.initializers.zeros, shape, jnp.int8),
+                               self.param(f"{name}_scale", nn.initializers.ones,
+                                          quantized_scale_shape(shape, self.quantization_group)))
+                        for name, shape in shapes.items()}
     if self.use_bias:
       self.b_in = self.param("b_in", nn.initializers.zeros, (e, f))
       self.b_out = self.param("b_out", nn.initializers.zeros, (e, d))
 
   def weights(self) -> dict:
-    """{'w_in': [E, d, f], 'w_out': [E, f, d], + 'w_gate', 'b_in', 'b_out'}."""
-    params = {"w_in": self.w_in, "w_out": self.w_out}
-    if is_glu(self.activation):
-      params["w_gate"] = self.w_gate
+    """{'w_in': [E, d, f], 'w_out': [E, f, d], + 'w_gate', 'b_in', 'b_out'};
+    quantized weights come back dequantized to the compute dtype."""
+    if self.quantization is None:
+      params = dict(self._matrices)
+    else:
+      params = {name: dequantize(q, scale, self.quantization, self.dtype)
+                for name, (q, scale) in self._matrices.items()}
     if self.use_bias:
       params.update(b_in=self.b_in, b_out=self.b_out)
     return params

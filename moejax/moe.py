@@ -121,9 +121,7 @@ class MoELayer(nn.Module):
     ids = None if token_ids is None else token_ids.reshape(-1)
     out = Router(cfg.router, name="router")(tokens, token_ids=ids, deterministic=deterministic,
                                             groups=self._routing_groups(x))
-    experts = ExpertBank(cfg.router.num_experts, cfg.d_model, cfg.d_ff, cfg.activation,
-                         cfg.use_bias, gmm_backend=cfg.gmm_backend,
-                         gmm_block_size=cfg.gmm_block_size, dtype=dtype, name="experts")
+    experts = ExpertBank.from_config(cfg, name="experts")
     compute_tokens = tokens.astype(dtype)
     layout = experts.row_layout()
     mesh = None if self.is_initializing() else current_mesh()

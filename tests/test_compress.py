@@ -10,6 +10,8 @@ import pytest
 
 from moejax.compress import expert_statistics, keep_most_used, prune_experts
 from moejax.compress.merging import group_experts, logit_similarity, merge_experts, router_logits
+from moejax.compress.quantize import quantize_experts, weight_bytes
+from moejax.experts import dequantize
 from moejax.config import MoEConfig, RouterConfig
 from moejax.models import ModelConfig, build_model
 
@@ -151,3 +153,115 @@ def test_bad_merge_groups_are_one_line():
     merge_experts(config, variables, [[[0, 1], [2, 3, 4]]] * 2, np.ones((2, 6)))
   with pytest.raises(ValueError, match="target=0 experts is invalid"):
     group_experts(np.zeros((2, 6, 6)), 0)
+
+
+@pytest.mark.parametrize("qtype, group", [("int8", 0), ("int8", 8), ("int4", 0), ("int4", 8)])
+def test_quantized_experts_round_trip_within_half_a_step(qtype, group):
+  """Every dequantized weight is within half a quantization step (its scale
+  / 2) of the float weight, per channel and group; the layer runs on them."""
+  config, variables, tokens = _model()
+  new_config, quantized = quantize_experts(config, variables, qtype, group)
+  assert new_config.moe.expert_quantization == qtype
+  for block in ("block_0", "block_1"):
+    experts = quantized["params"][block]["moe"]["experts"]
+    assert set(experts) == {"w_in_q", "w_in_scale", "w_gate_q", "w_gate_scale", "w_out_q",
+                            "w_out_scale"}
+    for name in ("w_in", "w_gate", "w_out"):
+      w = np.asarray(variables["params"][block]["moe"]["experts"][name])
+      q, scale = experts[f"{name}_q"], experts[f"{name}_scale"]
+      assert q.dtype == np.int8 and scale.shape == (6, w.shape[1] // group if group else 1,
+                                                    w.shape[2])
+      bound = {"int8": 127, "int4": 7}[qtype]
+      assert np.abs(q).max() <= bound + 1
+      step = np.repeat(scale, w.shape[1] // scale.shape[1], axis=1)
+      restored = np.asarray(dequantize(jnp.asarray(q), jnp.asarray(scale), qtype, jnp.float32))
+      assert np.all(np.abs(restored - w) <= step / 2 + 1e-7)
+  before, _ = build_model(config).apply(variables, tokens)
+  after, _ = build_model(new_config).apply(quantized, tokens)
+  # Mean over logits: a max can come from one token whose top-2 experts flip.
+  gap = float(jnp.abs(after - before).mean() / jnp.abs(before).mean())
+  assert 0 < gap < (0.01 if qtype == "int8" else 0.1), gap
+  assert weight_bytes(new_config, quantized) < weight_bytes(config, variables)
+
+
+def test_quantized_model_saves_loads_and_is_refused_for_training(tmp_path):
+  from moejax.convert.model_dir import load_model_dir, save_model_dir
+  from moejax.train.config import experiment_from_config
+  from tiny_configs import tiny_config
+  config, variables, tokens = _model()
+  new_config, quantized = quantize_experts(config, variables, "int8")
+  save_model_dir(str(tmp_path / "q"), new_config, quantized)
+  loaded_config, loaded, _ = load_model_dir(str(tmp_path / "q"))
+  assert loaded_config == new_config
+  np.testing.assert_array_equal(build_model(loaded_config).apply(loaded, tokens)[0],
+                                build_model(new_config).apply(quantized, tokens)[0])
+  with pytest.raises(ValueError, match="model.moe.expert_quantization='int8' is invalid: "
+                     "quantized experts cannot be trained"):
+    experiment_from_config(tiny_config(model__moe__expert_quantization="int8"))
+
+
+def test_bad_quantization_requests_are_one_line():
+  config, variables, _ = _model()
+  with pytest.raises(ValueError, match="quantizing to int4: expert_quantization_group=12 is "
+                     "invalid: must divide d_model=32 and d_ff=16"):
+    quantize_experts(config, variables, "int4", 12)
+  with pytest.raises(ValueError, match="qtype='int2' is invalid"):
+    quantize_experts(config, variables, "int2")
+  q_config, quantized = quantize_experts(config, variables, "int8")
+  with pytest.raises(ValueError, match="already quantized"):
+    quantize_experts(q_config, quantized, "int4")
+
+
+def _compress(*args):
+  import os
+  import subprocess
+  import sys
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+  return subprocess.run([sys.executable, os.path.join(root, "experiments", "compress.py"), *args],
+                        capture_output=True, text=True, cwd=root, timeout=600, env=env)
+
+
+def test_compress_binary_prunes_merges_quantizes_and_the_result_generates(tmp_path, data_dir):
+  """The binary end to end on a 6-expert model folder: a row per step with
+  the expert count and weight bytes going down, a model folder that loads
+  and generates, and one-line refusals that write nothing."""
+  from moejax.convert.model_dir import save_model_dir
+  from moejax.convert.sources import load_any
+  from moejax.generate import generate
+  config, variables, _ = _model()
+  save_model_dir(str(tmp_path / "model"), config, variables)
+  data = [f"--data_dir={data_dir}", "--data=pydoc_bytes", "--seq_len=16", "--batch_size=4",
+          "--calibration_batches=2", "--eval_batches=2"]
+  out = _compress(f"--src={tmp_path}/model", f"--out={tmp_path}/small", "--prune_to=4",
+                  "--merge_to=3", "--quantize=int8", f"--json_out={tmp_path}/rows.json", *data)
+  assert out.returncode == 0, out.stderr
+  import json
+  rows = json.loads((tmp_path / "rows.json").read_text())
+  assert [r["experts"] for r in rows] == [6, 4, 3, 3]
+  assert rows[1]["step"] == "prune to 4 (frequency)" and rows[3]["step"] == "int8 (per channel)"
+  sizes = [r["weight_bytes"] for r in rows]
+  assert sizes == sorted(sizes, reverse=True) and len(set(sizes)) == 4
+  # Still top-2 experts per token: only the 2 layers x 2 router columns of d 32 go.
+  assert rows[1]["active_params"] == rows[0]["active_params"] - 2 * 2 * 32
+  assert all(np.isfinite(r["eval_loss"]) for r in rows)
+  assert "| int8 (per channel) | 3 |" in out.stdout
+  small_config, small, _ = load_any(str(tmp_path / "small"))
+  assert small_config.moe.router.num_experts == 3
+  assert small_config.moe.expert_quantization == "int8"
+  tokens = generate(build_model(small_config), small, jnp.array([[1, 2, 3]]),
+                    rng=jax.random.key(0), max_new_tokens=4)
+  assert tokens.shape == (1, 7)
+
+  for args, code, message in (
+      (["--prune_to=7"], 2, "error: --prune_to=7 is invalid: the model has 6 experts"),
+      (["--quantize=int4", "--group_size=5"], 1,
+       "error: quantizing to int4: expert_quantization_group=5 is invalid: must divide"),
+      (["--prune_to=4", "--data=no_such_corpus"], 1, "error: "),
+      ([], 2, "error: nothing to do"),
+  ):
+    bad = _compress(f"--src={tmp_path}/model", f"--out={tmp_path}/bad", *data, *args)
+    assert bad.returncode == code, bad.stderr
+    assert bad.stderr.startswith(message) and len(bad.stderr.strip().splitlines()) == 1, (
+        bad.stderr)
+    assert not (tmp_path / "bad").exists()

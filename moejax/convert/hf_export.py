@@ -168,6 +168,10 @@ def save_hf(directory: str, cfg: ModelConfig, variables: dict, model_type: str, 
             base: Optional[dict] = None, layout: str = "per_expert", dtype=np.float32,
             max_shard_bytes: int = 5 * 2**30) -> dict:
   """Writes `directory` (new) as a `model_type` checkpoint; returns its config."""
+  if cfg.moe is not None and cfg.moe.expert_quantization is not None:
+    raise UnsupportedModelError(
+        f"model.moe.expert_quantization={cfg.moe.expert_quantization!r} cannot be exported: "
+        "the HF families hold float experts; export the model before quantizing it")
   hf = hf_config_from_model(cfg, model_type, base)
   check_exportable(cfg, model_type, hf)
   tensors = export_tensors(cfg, variables, model_type, hf, layout, dtype)

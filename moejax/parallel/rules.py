@@ -21,8 +21,9 @@ from moejax.parallel.mesh import BATCH_AXES, axis_size
 
 # (path suffix regex, logical axis per dimension). First match wins.
 PARAM_LOGICAL_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
-    (r"experts/(w_in|w_gate)$", ("expert", "embed", "mlp")),
-    (r"experts/w_out$", ("expert", "mlp", "embed")),
+    # Quantized experts: integer values and their [E, K / group, N] scales.
+    (r"experts/(w_in|w_gate)(_q|_scale)?$", ("expert", "embed", "mlp")),
+    (r"experts/w_out(_q|_scale)?$", ("expert", "mlp", "embed")),
     (r"experts/b_in$", ("expert", "mlp")),
     (r"experts/b_out$", ("expert", "embed")),
     (r"attention/(query|key|value)/kernel$", ("embed", "heads", None)),

@@ -70,14 +70,15 @@ def apply_override(config, assignment: str) -> None:
     raise ValueError(f"--set={assignment!r} is invalid: {err}") from None
 
 
-def active_params(exp, params) -> int:
+def active_params(model_config, params) -> int:
   """Parameters a token uses: everything minus the experts it does not visit:
   top_k of num_experts (an upper bound with null experts); for expert choice
-  the average, capacity_factor; for Soft MoE 1 (a slot mixes many tokens)."""
+  the average, capacity_factor; for Soft MoE 1 (a slot mixes many tokens).
+  model_config: the ModelConfig of `params`."""
   total = sum(x.size for x in jax.tree.leaves(params))
-  if not exp.model.moe_layers:
+  if not model_config.moe_layers:
     return total
-  r = exp.model.moe.router
+  r = model_config.moe.router
   per_token = r.family.experts_per_token(r)
   expert_leaves = [x for path, x in jax.tree_util.tree_leaves_with_path(params)
                    if "experts" in jax.tree_util.keystr(path)]
@@ -111,7 +112,7 @@ def train_row(name: str, config, workdir: str, verbose: bool = True) -> Dict:
       "config": name, "router": router,
       "causal": router is None or exp.model.moe.router.family.causal,
       "params": int(sum(x.size for x in jax.tree.leaves(shapes))),
-      "active_params": int(active_params(exp, shapes)), "steps": summary.step,
+      "active_params": int(active_params(exp.model, shapes)), "steps": summary.step,
       "seed": exp.seed, "train_loss": summary.train_loss,
       "eval_loss": summary.eval["loss"], "eval_accuracy": summary.eval["accuracy"],
       "baseline_loss": summary.baseline_loss, "item": summary.item_name,

@@ -129,6 +129,10 @@ def experiment_from_config(config) -> ExperimentConfig:
   mesh = mesh_config_from_mapping(values.get("mesh", {}))
   if model.kind == "lm" and model.lm.vocab_size < 256:
     fail("model.lm.vocab_size", model.lm.vocab_size, "must be >= 256 for byte-level text")
+  if model.moe is not None and model.moe.expert_quantization is not None:
+    fail("model.moe.expert_quantization", model.moe.expert_quantization,
+         "quantized experts cannot be trained; train with None and quantize with "
+         "experiments/compress.py")
   return ExperimentConfig(values.get("seed", 0), model, data, train, mesh, values)
 
 
