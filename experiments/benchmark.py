@@ -63,17 +63,21 @@ PRESETS = {
     # Qwen-MoE / DeepSeek-like: many narrow experts.
     "large_fine_grained": dict(tokens=32768, d_model=2048, d_ff=1408, experts=64, top_k=6),
 }
-# name -> (dispatch, gmm backend, uses capacity)
+# name -> (dispatch, gmm backend, uses capacity, expert quantization)
 VARIANTS = {
-    "einsum": ("einsum", "auto", True),
-    "gather": ("gather", "auto", True),
-    "dropless_blocked": ("dropless", "blocked", False),
-    "dropless_ragged_dot": ("dropless", "ragged_dot", False),
+    "einsum": ("einsum", "auto", True, None),
+    "gather": ("gather", "auto", True, None),
+    "dropless_blocked": ("dropless", "blocked", False, None),
+    "dropless_ragged_dot": ("dropless", "ragged_dot", False, None),
     # tokamax's kernels on GPU / TPU (XLA's ragged dot on CPU); needs tokamax.
-    "dropless_tokamax": ("dropless", "tokamax", False),
-    "dropless_einsum": ("dropless", "einsum", False),
+    "dropless_tokamax": ("dropless", "tokamax", False, None),
+    "dropless_einsum": ("dropless", "einsum", False, None),
     # Pallas gmm + fused permute/unpermute; interpret mode (slow) on CPU.
-    "dropless_pallas": ("dropless", "pallas", False),
+    "dropless_pallas": ("dropless", "pallas", False, None),
+    # int8 / int4 expert weights (experiments/compress.py), dequantized per call:
+    # inference only, so forward only.
+    "dropless_int8": ("dropless", "blocked", False, "int8"),
+    "dropless_int4": ("dropless", "blocked", False, "int4"),
 }
 # The one-hot einsum materialises [tokens, experts, capacity]; past this many
 # elements it is skipped rather than allowed to exhaust memory.
@@ -159,6 +163,20 @@ def _layer_jobs(layer, x, variables=None):
   return {"fwd": (fwd, (variables, x)), "fwd_bwd": (fwd_bwd, (variables["params"], x))}
 
 
+def _quantized_variables(layer, x):
+  """Variables of a quantized-expert layer: the float layer's, with the expert
+  matrices quantized as experiments/compress.py does."""
+  from moejax.compress.quantize import quantize_matrix
+  cfg = layer.config
+  float_layer = MoELayer(dataclasses.replace(cfg, expert_quantization=None))
+  variables = float_layer.init(jax.random.key(0), x)
+  experts = dict(variables["params"]["experts"])
+  for name in [n for n in experts if n.startswith("w_")]:
+    experts[f"{name}_q"], experts[f"{name}_scale"] = quantize_matrix(
+        experts.pop(name), cfg.expert_quantization, cfg.expert_quantization_group)
+  return {**variables, "params": {**variables["params"], "experts": experts}}
+
+
 def _sharded_jobs(layer, x, mesh):
   """_layer_jobs with params placed by the sharding rules and x split over
   the batch axes, traced and run under `mesh`."""
@@ -237,10 +255,10 @@ def main(argv):
   if unknown:
     fail(2, f"--variants={unknown[0]!r} is invalid: valid values are "
              + ", ".join(VARIANTS))
-  unknown = [v for v in _PHASES.value if v not in _VARIANTS.value]
+  unknown = [v for v in _PHASES.value if v not in _VARIANTS.value or VARIANTS[v][3]]
   if unknown:
     fail(2, f"--phases={unknown[0]!r} is invalid: it must be one of --variants ("
-             + ", ".join(_VARIANTS.value) + ")")
+             + ", ".join(_VARIANTS.value) + ") and not quantized")
   kernel_backends = _KERNEL_BACKENDS.value
   if kernel_backends is None:
     kernel_backends = ["blocked", "ragged_dot"] + (["pallas"] if jax.default_backend() != "cpu"
@@ -299,10 +317,11 @@ def main(argv):
         dict(dispatch="none", backend="xla", capacity_factor=None, d_ff_dense=shape["d_ff"]),
         ffn(shape["d_ff"]), jnp.tile(x, (shape["top_k"], 1)))
   for name in _VARIANTS.value:
-    dispatch, backend, uses_capacity = VARIANTS[name]
+    dispatch, backend, uses_capacity, quantization = VARIANTS[name]
     cf = _CAPACITY.value if uses_capacity else None
     router = dataclasses.replace(base.router, capacity_factor=cf)
-    cfg = dataclasses.replace(base, router=router, dispatch=dispatch, gmm_backend=backend)
+    cfg = dataclasses.replace(base, router=router, dispatch=dispatch, gmm_backend=backend,
+                              expert_quantization=quantization)
     capacity = router.capacity(shape["tokens"]) or shape["tokens"]
     if dispatch == "einsum" and shape["tokens"] * shape["experts"] * capacity > MAX_ONE_HOT:
       print(f"  {name}: skipped, its one-hot tensor would hold "
@@ -314,13 +333,19 @@ def main(argv):
 
   jobs = {}
   for name, (_, layer, inputs) in variants.items():
+    quantization = getattr(layer, "config", None) and layer.config.expert_quantization
+    if quantization:
+      jobs[name, "fwd"] = _layer_jobs(layer, inputs, _quantized_variables(layer, inputs))["fwd"]
+      continue
     for pass_name, job in _layer_jobs(layer, inputs).items():
       jobs[name, pass_name] = job
   ms = round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
-  rows = [dict(name=name, **fields, fwd_ms=ms[name, "fwd"], fwd_bwd_ms=ms[name, "fwd_bwd"],
-               ratio_vs_dense=ms[name, "fwd_bwd"] / ms["dense", "fwd_bwd"],
-               fwd_ratio_vs_dense=ms[name, "fwd"] / ms["dense", "fwd"], **common)
-          for name, (fields, _, _) in variants.items()]
+  rows = []
+  for name, (fields, _, _) in variants.items():
+    fwd_bwd = ms.get((name, "fwd_bwd"))
+    rows.append(dict(name=name, **fields, fwd_ms=ms[name, "fwd"], fwd_bwd_ms=fwd_bwd,
+                     ratio_vs_dense=fwd_bwd and fwd_bwd / ms["dense", "fwd_bwd"],
+                     fwd_ratio_vs_dense=ms[name, "fwd"] / ms["dense", "fwd"], **common))
 
   header = f"{'variant':22s} {'cap.f':>6s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} " \
            f"{'fwd x dense':>11s} {'fwd+bwd x dense':>15s}"
@@ -328,8 +353,9 @@ def main(argv):
   print("-" * len(header))
   for r in rows:
     cf = "-" if r["capacity_factor"] is None else f"{r['capacity_factor']:.2f}"
-    print(f"{r['name']:22s} {cf:>6s} {r['fwd_ms']:9.2f} {r['fwd_bwd_ms']:11.2f} "
-          f"{r['fwd_ratio_vs_dense']:11.2f} {r['ratio_vs_dense']:15.2f}")
+    both = lambda v, width: f"{'-':>{width}s}" if v is None else f"{v:{width}.2f}"
+    print(f"{r['name']:22s} {cf:>6s} {r['fwd_ms']:9.2f} {both(r['fwd_bwd_ms'], 11)} "
+          f"{r['fwd_ratio_vs_dense']:11.2f} {both(r['ratio_vs_dense'], 15)}")
   for name in _PHASES.value:
     if name in variants:
       print()

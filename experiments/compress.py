@@ -17,6 +17,9 @@ one's result (moejax/compress):
   quantize  expert weights to int8 / int4 (qwix), per output channel or per
             --group_size rows of the contraction axis
 
+--study_dir=D compresses --src every way of moejax/compress/pipeline.py's
+STUDY instead and writes D/table.md, rows.json and loss_vs_bytes.png.
+
 Calibration batches come from --data's train split, eval batches from its
 eval split. --out (a moejax model folder; generate.py and the other
 binaries load it) appears only once fully written; --hf_out also exports it
@@ -50,7 +53,8 @@ _MERGE_TO = flags.DEFINE_integer("merge_to", None, "Experts per MoE layer after 
 _QUANTIZE = flags.DEFINE_enum("quantize", None, ["int8", "int4"], "Weight-only quantization of "
                               "the expert weights.")
 _GROUP_SIZE = flags.DEFINE_integer("group_size", 0, "Rows of the contraction axis per "
-                                   "quantization scale; 0 = one scale per output channel.",
+                                   "quantization scale; 0 = one scale per output channel (--study_dir: the int4 row's "
+                                   "group, 0 = 32).",
                                    lower_bound=0)
 _DATA = flags.DEFINE_string("data", "stdlib_bytes", "Dataset (data.name) for calibration "
                             "(train split) and evaluation (eval split).")
@@ -62,16 +66,38 @@ _CALIBRATION_BATCHES = flags.DEFINE_integer("calibration_batches", 8, "Calibrati
 _EVAL_BATCHES = flags.DEFINE_integer("eval_batches", 32, "Evaluation batches (0 = the whole "
                                      "eval split).", lower_bound=0)
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the rows as JSON here.")
+_STUDY_DIR = flags.DEFINE_string(
+    "study_dir", None, "Instead of one pipeline: compress --src every way of moejax/compress/"
+    "pipeline.py's STUDY (pruning and merging to 75/50/25% of the experts, int8, int4, a "
+    "combination) and write table.md, rows.json and loss_vs_bytes.png here (must not exist).")
 
 
-def _table(rows) -> str:
-  lines = ["| step | experts | params | active params | weight MB | eval loss | eval acc. |",
+def _study(config, variables, calibration, eval_batches) -> None:
+  from moejax.compress.pipeline import plot_study, run_study
+  from moejax.convert.safetensors_io import staged_dir
+  rows = run_study(config, variables, calibration, eval_batches,
+                   int4_group=_GROUP_SIZE.value or 32)
+  table = _table([dict(r, step=r["method"]) for r in rows], "method")
+  with staged_dir(_STUDY_DIR.value) as staging:  # appears only once complete
+    with open(os.path.join(staging, "table.md"), "w") as f:
+      f.write(table + "\n")
+    with open(os.path.join(staging, "rows.json"), "w") as f:
+      json.dump(rows, f, indent=1)
+    plot_study(rows, os.path.join(staging, "loss_vs_bytes.png"))
+  print(table)
+  print(f"wrote {_STUDY_DIR.value}")
+
+
+def _row(r) -> str:
+  return (f"| {r['step']} | {r['experts']} | {r['total_params'] / 1e6:.3f}M | "
+          f"{r['active_params'] / 1e6:.3f}M | {r['weight_bytes'] / 2**20:.2f} | "
+          f"{r['eval_loss']:.4f} | {r['eval_accuracy']:.4f} |")
+
+
+def _table(rows, first: str = "step") -> str:
+  lines = [f"| {first} | experts | params | active params | weight MB | eval loss | eval acc. |",
            "|---|---|---|---|---|---|---|"]
-  for r in rows:
-    lines.append(f"| {r['step']} | {r['experts']} | {r['total_params'] / 1e6:.3f}M | "
-                 f"{r['active_params'] / 1e6:.3f}M | {r['weight_bytes'] / 2**20:.2f} | "
-                 f"{r['eval_loss']:.4f} | {r['eval_accuracy']:.4f} |")
-  return "\n".join(lines)
+  return "\n".join(lines + [_row(r) for r in rows])
 
 
 def main(argv):
@@ -79,15 +105,14 @@ def main(argv):
     fail(2, f"unexpected arguments {argv[1:]}")
   if not _SRC.value:
     fail(2, "--src is required")
-  if not (_PRUNE_TO.value or _MERGE_TO.value or _QUANTIZE.value):
-    fail(2, "nothing to do: give --prune_to, --merge_to and / or --quantize")
-  for flag, path in (("out", _OUT.value), ("hf_out", _HF_OUT.value)):
+  if not (_PRUNE_TO.value or _MERGE_TO.value or _QUANTIZE.value or _STUDY_DIR.value):
+    fail(2, "nothing to do: give --prune_to, --merge_to and / or --quantize, or --study_dir")
+  for flag, path in (("out", _OUT.value), ("hf_out", _HF_OUT.value),
+                     ("study_dir", _STUDY_DIR.value)):
     if path and os.path.exists(path):
       fail(2, f"--{flag}={path} exists; choose a new folder")
-  from moejax.compress import expert_statistics, keep_most_used, prune_experts
   from moejax.compress.measure import evaluate, size_row
-  from moejax.compress.merging import group_experts, logit_similarity, merge_experts, router_logits
-  from moejax.compress.quantize import quantize_experts
+  from moejax.compress.pipeline import compress_model
   from moejax.convert.sources import load_any
   from moejax.data.config import data_config_from_mapping
   from moejax.data.pipeline import make_datasets
@@ -116,31 +141,21 @@ def main(argv):
           f"{len(calibration)} calibration and {len(eval_batches)} eval batches of "
           f"{_DATA.value}", flush=True)
 
+    if _STUDY_DIR.value:
+      _study(config, variables, calibration, eval_batches)
+      return
     rows = []
 
-    def measure(step):
+    def measure(step, config, variables):
       rows.append({"step": step, **size_row(config, variables),
                    **evaluate(config, variables, eval_batches)})
       print(f"  {step}: eval loss {rows[-1]['eval_loss']:.4f}", flush=True)
 
-    measure("original")
-    if _PRUNE_TO.value:
-      stats = expert_statistics(config, variables, calibration, _STATISTIC.value)
-      config, variables = prune_experts(config, variables, keep_most_used(stats, _PRUNE_TO.value),
-                                        _RENORMALIZE.value)
-      measure(f"prune to {_PRUNE_TO.value} ({_STATISTIC.value})")
-    if _MERGE_TO.value:
-      groups = group_experts(logit_similarity(router_logits(config, variables, calibration)),
-                             _MERGE_TO.value)
-      frequency = expert_statistics(config, variables, calibration, "frequency")
-      config, variables = merge_experts(config, variables, groups, frequency,
-                                        _RENORMALIZE.value)
-      measure(f"merge to {_MERGE_TO.value}")
-    if _QUANTIZE.value:
-      config, variables = quantize_experts(config, variables, _QUANTIZE.value,
-                                           _GROUP_SIZE.value)
-      group = f"groups of {_GROUP_SIZE.value}" if _GROUP_SIZE.value else "per channel"
-      measure(f"{_QUANTIZE.value} ({group})")
+    measure("original", config, variables)
+    config, variables = compress_model(
+        config, variables, calibration, prune_to=_PRUNE_TO.value, merge_to=_MERGE_TO.value,
+        quantize=_QUANTIZE.value, group=_GROUP_SIZE.value, statistic=_STATISTIC.value,
+        renormalize=_RENORMALIZE.value, on_step=measure)
     print(_table(rows))
     if _HF_OUT.value:
       from moejax.convert.hf_export import save_hf

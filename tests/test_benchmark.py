@@ -20,12 +20,15 @@ def _bench(*args):
 def test_benchmark_writes_rows(tmp_path):
   out_file = tmp_path / "bench.json"
   out = _bench("--preset=tiny", "--tokens=64", "--repeats=1", "--warmup=0",
-               "--variants=gather,dropless_blocked", f"--json_out={out_file}")
+               "--variants=gather,dropless_blocked,dropless_int8", f"--json_out={out_file}")
   assert out.returncode == 0, out.stderr
   every_row = json.loads(out_file.read_text())
   rows = [r for r in every_row if "phase" not in r]
   assert [r["name"] for r in rows] == ["dense", "dense_expert_shape", "gather",
-                                       "dropless_blocked"]
+                                       "dropless_blocked", "dropless_int8"]
+  # Quantized experts are for inference: forward only.
+  int8 = rows.pop()
+  assert int8["fwd_ms"] > 0 and int8["fwd_bwd_ms"] is None and int8["ratio_vs_dense"] is None
   # --phases defaults to dropless_blocked: its time per phase, each the
   # difference of two timed prefixes, so they add up to the last prefix.
   phases = [r for r in every_row if "phase" in r]
@@ -47,7 +50,8 @@ def test_benchmark_rejects_phases_of_a_variant_not_run():
   out = _bench("--preset=tiny", "--variants=gather", "--phases=dropless_blocked")
   assert out.returncode != 0
   assert out.stderr.strip().splitlines() == [
-      "error: --phases='dropless_blocked' is invalid: it must be one of --variants (gather)"]
+      "error: --phases='dropless_blocked' is invalid: it must be one of --variants (gather) "
+      "and not quantized"]
 
 
 def test_accelerator_report_writes_every_section_and_names_the_failed_one(tmp_path):
@@ -92,7 +96,8 @@ def test_benchmark_rejects_unknown_variant():
   assert out.returncode != 0
   assert out.stderr.strip().splitlines() == [
       "error: --variants='warp_drive' is invalid: valid values are einsum, gather, "
-      "dropless_blocked, dropless_ragged_dot, dropless_tokamax, dropless_einsum, dropless_pallas"]
+      "dropless_blocked, dropless_ragged_dot, dropless_tokamax, dropless_einsum, dropless_pallas, "
+      "dropless_int8, dropless_int4"]
 
 
 def test_kernel_mode_writes_rows(tmp_path):

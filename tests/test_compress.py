@@ -265,3 +265,21 @@ def test_compress_binary_prunes_merges_quantizes_and_the_result_generates(tmp_pa
     assert bad.stderr.startswith(message) and len(bad.stderr.strip().splitlines()) == 1, (
         bad.stderr)
     assert not (tmp_path / "bad").exists()
+
+
+def test_study_compresses_every_way_and_plots(tmp_path):
+  from moejax.compress.pipeline import STUDY, plot_study, run_study
+  config, variables, tokens = _model()
+  batch = {"inputs": np.asarray(tokens[:, :-1]), "targets": np.asarray(tokens[:, 1:]),
+           "mask": np.ones((4, 15), np.float32)}
+  rows = run_study(config, variables, [tokens], [batch], int4_group=8, log=lambda _: None)
+  assert [r["method"] for r in rows] == ["original"] + [
+      name.replace("grouped", "groups of 8") for name, _ in STUDY]
+  experts = {r["method"]: r["experts"] for r in rows}
+  assert (experts["prune to 75%"], experts["merge to 50%"], experts["prune to 25%"]) == (4, 3, 2)
+  assert experts["int4 (groups of 8)"] == 6
+  size = {r["method"]: r["weight_bytes"] for r in rows}
+  assert size["int4 (groups of 8)"] < size["int8"] < size["original"]
+  assert size["prune to 75% + int8"] < size["int8"]
+  plot_study(rows, str(tmp_path / "plot.png"))
+  assert (tmp_path / "plot.png").stat().st_size > 1000
