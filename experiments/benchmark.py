@@ -36,7 +36,6 @@ config on random batches: step time, model TFLOP/s and MFU
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 
 import jax
@@ -44,7 +43,7 @@ import jax.numpy as jnp
 from absl import flags
 
 from moejax import DenseFFNLayer, MoEConfig, MoELayer, RouterConfig
-from moejax.cli import fail, run
+from moejax.cli import fail, run, write_rows
 from moejax.grouped_matmul import BACKENDS, resolve_backend
 from kernel_rows import kernel_rows
 from phase_rows import phase_rows
@@ -394,10 +393,7 @@ def _train_step(common):
 
 
 def _write_json(rows) -> None:
-  if _JSON_OUT.value:
-    with open(_JSON_OUT.value, "w") as f:
-      json.dump(rows, f, indent=1)
-    print(f"wrote {_JSON_OUT.value}")
+  write_rows(_JSON_OUT.value, rows)
 
 
 if __name__ == "__main__":

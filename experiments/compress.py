@@ -34,7 +34,7 @@ import os
 
 from absl import flags
 
-from moejax.cli import fail, run
+from moejax.cli import fail, run, write_rows
 
 _SRC = flags.DEFINE_string("src", None, "Training workdir, moejax model folder or HF folder.")
 _OUT = flags.DEFINE_string("out", None, "Model folder to write (must not exist); omit to only "
@@ -170,10 +170,7 @@ def main(argv):
       print(f"wrote {_OUT.value}")
   except (ValueError, FileNotFoundError, FileExistsError) as err:
     fail(1, str(err).splitlines()[0])
-  if _JSON_OUT.value:
-    with open(_JSON_OUT.value, "w") as f:
-      json.dump(rows, f, indent=1)
-    print(f"wrote {_JSON_OUT.value}")
+  write_rows(_JSON_OUT.value, rows)
 
 
 if __name__ == "__main__":

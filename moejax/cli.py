@@ -183,3 +183,12 @@ def require_workdir(argv, workdir: str) -> None:
     fail(2, f"unexpected arguments {argv[1:]}")
   if not workdir:
     fail(2, "--workdir is required")
+
+
+def write_rows(path: str, rows) -> None:
+  """A binary's result rows as indented JSON at `path` (if given), said once."""
+  if path:
+    import json
+    with open(path, "w") as f:
+      json.dump(rows, f, indent=1)
+    print(f"wrote {path}")
