@@ -52,10 +52,9 @@ _MERGE_TO = flags.DEFINE_integer("merge_to", None, "Experts per MoE layer after 
                                  lower_bound=1)
 _QUANTIZE = flags.DEFINE_enum("quantize", None, ["int8", "int4"], "Weight-only quantization of "
                               "the expert weights.")
-_GROUP_SIZE = flags.DEFINE_integer("group_size", 0, "Rows of the contraction axis per "
-                                   "quantization scale; 0 = one scale per output channel (--study_dir: the int4 row's "
-                                   "group, 0 = 32).",
-                                   lower_bound=0)
+_GROUP_SIZE = flags.DEFINE_integer(
+    "group_size", 0, "Rows of the contraction axis per quantization scale; 0 = one scale per "
+    "output channel (--study_dir: the int4 row's group, 0 = 32).", lower_bound=0)
 _DATA = flags.DEFINE_string("data", "stdlib_bytes", "Dataset (data.name) for calibration "
                             "(train split) and evaluation (eval split).")
 _DATA_DIR = flags.DEFINE_string("data_dir", None, "data.data_dir.")

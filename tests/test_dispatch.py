@@ -233,12 +233,17 @@ def test_gather_rows_gradient_equals_plain_gather():
   np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(plain)(x), rtol=1e-6)
 
 
-def test_combine_rows_equals_plain_gather_and_sum_with_gradients():
+@pytest.mark.parametrize("wide", [False, True])
+def test_combine_rows_equals_plain_gather_and_sum_with_gradients(wide):
   """The combine's row-order backward against autodiff of the naive
   gather + weighted sum: invalid assignments (slot past the rows) and padding
-  rows (no assignment) included."""
+  rows (no assignment) included; `wide` repeats the assignments past the
+  unrolled-loop limit (expert choice's K = E)."""
   tokens, k, rows = 5, 3, 20
   slot = jnp.array([[0, 7, 20], [3, 11, 2], [20, 20, 5], [9, 1, 19], [4, 13, 6]], jnp.int32)
+  if wide:  # K = 18; the extra columns point past the rows: no assignment
+    slot = jnp.concatenate([slot, jnp.full((tokens, 15), rows, jnp.int32)], axis=1)
+    k = 18
   y = jax.random.normal(jax.random.key(0), (rows, 4))
   weight = jax.random.uniform(jax.random.key(1), (tokens, k))
   probe = jax.random.normal(jax.random.key(2), (tokens, 4))

@@ -102,9 +102,10 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data
 
 def test_binary_trains_and_prints_summary_with_plots_and_a_profile(tmp_path, data_dir):
   workdir = tmp_path / "run"
-  proc = _binary(f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *TINY_FLAGS,
-                 "--config.train.num_steps=20", "--config.train.log_every=10",
-                 "--config.train.eval_every=10", "--config.train.profile_steps=(3, 4)")
+  args = (f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *TINY_FLAGS,
+          "--config.train.num_steps=20", "--config.train.log_every=10",
+          "--config.train.eval_every=10", "--config.train.profile_steps=(3, 4)")
+  proc = _binary(*args)
   out, err = proc.communicate(timeout=600)
   assert proc.returncode == 0, err
   assert "step    20/20" in out and "finished 20 steps" in out
@@ -115,6 +116,11 @@ def test_binary_trains_and_prints_summary_with_plots_and_a_profile(tmp_path, dat
   assert os.listdir(workdir / "checkpoints") == ["20"]
   assert "profile of steps 3..4 written to" in out
   assert list((workdir / "profile").rglob("*.xplane.pb")), "no profiler trace written"
+  # Run again: nothing is left to train, and no throughput is made up for it.
+  again = _binary(*args)
+  out, err = again.communicate(timeout=600)
+  assert again.returncode == 0, err
+  assert "finished 20 steps" in out and "throughput not measured" in out and "0.0k" not in out
 
 
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):

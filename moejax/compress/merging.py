@@ -40,7 +40,7 @@ def router_logits(config: ModelConfig, variables: dict, batches: Iterable) -> Li
   model = build_model(config)
 
   @jax.jit
-  def capture(inputs):
+  def capture(variables, inputs):
     _, state = model.apply(variables, inputs, capture_intermediates=lambda m, _: isinstance(
         m, Router), mutable=["intermediates"])
     found = nn.unbox(state["intermediates"])
@@ -49,7 +49,7 @@ def router_logits(config: ModelConfig, variables: dict, batches: Iterable) -> Li
 
   per_layer = None
   for inputs in batches:
-    logits = [np.asarray(x) for x in capture(jnp.asarray(inputs))]
+    logits = [np.asarray(x) for x in capture(variables, jnp.asarray(inputs))]
     per_layer = logits if per_layer is None else [
         np.concatenate([a, b]) for a, b in zip(per_layer, logits)]
   if per_layer is None:

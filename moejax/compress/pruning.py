@@ -11,9 +11,10 @@ Pruning keeps rows of each expert bank's stacked weights, columns of the
 router's projection (null-expert columns stay, after the kept experts) and
 entries of the aux-loss-free expert biases (remap.py); the router then only
 scores the kept experts. Every MoE layer keeps the same number of experts
-(ModelConfig has one MoE config), each its own. With renormalize=True the router's top-k weights are
-renormalised to sum to one (router.normalize_top_k), so a token keeps its
-full gate mass when an expert it used to pick is gone.
+(ModelConfig has one MoE config), each its own. With renormalize=True the
+router's top-k weights are renormalised to sum to one
+(router.normalize_top_k), so a token keeps its full gate mass when an expert
+it used to pick is gone.
 
 No pruning library fits moejax's stacked expert banks, so this is written
 here: it is indexing, not numerics.
@@ -46,13 +47,13 @@ def expert_statistics(config: ModelConfig, variables: dict, batches: Iterable,
   blocks = moe_blocks(config)
 
   @jax.jit
-  def stats(inputs):
+  def stats(variables, inputs):  # weights as arguments, not baked-in constants
     _, aux = model.apply(variables, inputs)
     return jnp.stack([aux[b].metrics[_METRIC[statistic]] for b in blocks])
 
   total = None
   for inputs in batches:
-    value = np.asarray(stats(jnp.asarray(inputs)), np.float64)
+    value = np.asarray(stats(variables, jnp.asarray(inputs)), np.float64)
     total = value if total is None else total + value
   if total is None:
     raise ValueError("no calibration batches: the calibration data is empty")

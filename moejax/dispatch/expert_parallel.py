@@ -102,12 +102,11 @@ def _grouped_buffer(recv_counts: jax.Array, rows_per_source: int, block_size: in
 
 def _exchange_rows_ragged(rows: jax.Array, counts: jax.Array, params, expert_fn: Callable,
                           num_shards: int, block_size: int) -> jax.Array:
-  """_exchange_rows_padded's result through ragged_all_to_all: slice i of
-  the send side is
-  expert i's rows (its device is i // E_loc), and each lands at its final
-  place in the receiver's grouped buffer (group start + rows from earlier
-  sources), so neither side gathers. The way back is the same call with the
-  roles swapped."""
+  """_exchange_rows_padded's result through ragged_all_to_all. Slice i of
+  the send side is expert i's rows (its device is i // E_loc), and each
+  lands at its final place in the receiver's grouped buffer (group start +
+  rows from earlier sources), so neither side gathers. The way back is the
+  same call with the roles swapped."""
   num_rows, d = rows.shape
   local_experts = counts.shape[0] // num_shards
   my_start = (jnp.cumsum(counts) - counts).astype(jnp.int32)           # [E] in rows
@@ -123,8 +122,9 @@ def _exchange_rows_ragged(rows: jax.Array, counts: jax.Array, params, expert_fn:
                               send_at, recv_counts, axis_name=EXPERT_AXIS)
   out = expert_fn(params, ExpertBatch(x=grouped, group_sizes=group_sizes)).x
   source_start = a2a(my_start.reshape(num_shards, local_experts)).reshape(-1)
-  return ragged_all_to_all(out, jnp.zeros((num_rows, out.shape[1]), out.dtype), recv_at.reshape(-1),
-                           recv_counts, source_start, counts, axis_name=EXPERT_AXIS)
+  back = jnp.zeros((num_rows, out.shape[1]), out.dtype)
+  return ragged_all_to_all(out, back, recv_at.reshape(-1), recv_counts, source_start, counts,
+                           axis_name=EXPERT_AXIS)
 
 
 def _exchange_rows_padded(rows: jax.Array, counts: jax.Array, params, expert_fn: Callable,

@@ -78,9 +78,20 @@ def combine_rows(y: jax.Array, slot: jax.Array, weight: jax.Array,
   return _weighted_rows(y, slot, weight.astype(y.dtype), dout=None)
 
 
+# Above this many assignments per token (expert choice has one per expert),
+# one [T, K, d] gather replaces the unrolled per-k loop, whose program grows
+# with K.
+_MAX_UNROLLED_K = 16
+
+
 def _weighted_rows(y, slot, weight, dout):
   """dout None: sum_k weight[:, k] * y[slot[:, k]] -> [T, d]. Otherwise
   [T, K] float32 dots <y[slot[t, k]], dout[t]>."""
+  if slot.shape[1] > _MAX_UNROLLED_K:
+    picked = _take(y, slot.reshape(-1)).reshape(*slot.shape, y.shape[-1])
+    if dout is None:
+      return jnp.sum(picked * weight[..., None], axis=1)
+    return jnp.einsum("tkd,td->tk", picked.astype(jnp.float32), dout.astype(jnp.float32))
   cols = []
   for k in range(slot.shape[1]):
     rows = _take(y, slot[:, k])

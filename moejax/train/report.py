@@ -18,7 +18,10 @@ def print_summary(summary, workdir: str) -> None:
   if summary.baseline_loss is not None:
     print(f"  unigram baseline {summary.baseline_loss:.4f} nats: eval loss is "
           f"{ev['loss'] / summary.baseline_loss:.0%} of it")
-  print(f"  throughput {summary.items_per_second / 1e3:.1f}k {summary.item_name}/s")
+  if summary.items_per_second > 0:
+    print(f"  throughput {summary.items_per_second / 1e3:.1f}k {summary.item_name}/s")
+  else:  # a resumed run that had nothing left to do, or a single step
+    print("  throughput not measured: fewer than 2 steps ran in this process")
   print(f"  checkpoints {summary.checkpoint_dir}")
   print(f"  metrics     {workdir}/metrics.jsonl, {workdir}/tensorboard")
   if summary.plots:
