@@ -298,6 +298,13 @@ class MoEConfig:
     shared_d_ff: hidden width of each shared expert (default d_ff).
     shared_expert_gate: scale the shared output by sigmoid(x w) (Qwen-MoE).
     use_bias: biases in the expert FFNs.
+    mh_heads: MH-MoE (Wu et al. 2024, multi-head MoE): > 1 splits each token
+      into mh_heads sub-tokens of d_model / mh_heads (after a d_model x
+      d_model projection), routes and computes each sub-token on its own
+      with experts of that width, and merges them back (concatenation and a
+      second projection). 1 = the plain layer.
+    mh_projections: MH-MoE's split and merge projections (False: the
+      sub-tokens are plain slices of the token).
     expert_quantization: None (float expert weights), 'int8' or 'int4': the
       routed experts' weights are stored as integers with float scales and
       dequantized (qwix) when the layer runs. For inference: such a model is
@@ -321,6 +328,8 @@ class MoEConfig:
   shared_d_ff: Optional[int] = None
   shared_expert_gate: bool = False
   use_bias: bool = False
+  mh_heads: int = 1
+  mh_projections: bool = True
   expert_quantization: Optional[str] = None
   expert_quantization_group: int = 0
   dtype: str = "float32"
@@ -350,6 +359,9 @@ class MoEConfig:
     if self.shared_expert_gate and not self.num_shared_experts:
       fail("shared_expert_gate", True, "needs num_shared_experts >= 1")
     check_choice("dtype", self.dtype, ("float32", "bfloat16", "float16", "float64"))
+    check_int("mh_heads", self.mh_heads, 1)
+    if self.d_model % self.mh_heads:
+      fail("mh_heads", self.mh_heads, f"must divide d_model={self.d_model}")
     check_choice("expert_quantization", self.expert_quantization, EXPERT_QUANTIZATIONS)
     check_int("expert_quantization_group", self.expert_quantization_group, 0)
     group = self.expert_quantization_group

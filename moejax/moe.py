@@ -19,6 +19,7 @@ deterministic=False.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
 from typing import Dict, Optional, Tuple
 
@@ -170,6 +171,51 @@ class MoELayer(nn.Module):
           "dispatch='dropless') for expert parallelism", stacklevel=2)
       return False
     return True
+
+
+class MultiHeadMoELayer(nn.Module):
+  """MH-MoE (Wu et al. 2024): each token becomes config.mh_heads sub-tokens
+  that a plain MoELayer routes and computes one by one. Same call as
+  MoELayer: x [..., S, d_model] -> (y [..., S, d_model], MoEAux).
+
+    u = x W_split                               [..., S, d]
+    sub-tokens: u as [..., S * h, d / h]        (a token's h sub-tokens adjacent)
+    y_sub = MoELayer with d_model = d / h       (any router, dispatch, EP)
+    y = concat of a token's sub-outputs W_merge [..., S, d]
+
+  Aux losses and routing metrics are those of the sub-token MoE layer.
+  Without projections (config.mh_projections False) the sub-tokens are plain
+  slices of the token.
+  """
+
+  config: MoEConfig
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, token_ids: Optional[jax.Array] = None,
+               deterministic: bool = True) -> Tuple[jax.Array, MoEAux]:
+    cfg = self.config
+    heads, width = cfg.mh_heads, cfg.d_model // cfg.mh_heads
+    if x.ndim < 2 or x.shape[-1] != cfg.d_model:
+      raise ValueError(f"MH-MoE input has shape {x.shape}: needs [..., tokens, "
+                       f"d_model={cfg.d_model}]")
+    dtype = jnp.dtype(cfg.dtype)
+    project = lambda name: nn.Dense(cfg.d_model, use_bias=False, dtype=dtype, name=name)
+    u = project("mh_split")(x) if cfg.mh_projections else x
+    subs = u.reshape(*x.shape[:-2], x.shape[-2] * heads, width)
+    ids = None if token_ids is None else jnp.repeat(token_ids, heads, axis=-1)
+    inner = dataclasses.replace(cfg, d_model=width, mh_heads=1)
+    y, aux = MoELayer(inner, name="sub_moe")(subs, token_ids=ids, deterministic=deterministic)
+    y = y.reshape(x.shape)
+    if cfg.mh_projections:
+      y = project("mh_merge")(y).astype(x.dtype)
+    return y, aux
+
+
+def moe_layer(config: MoEConfig, name: str) -> nn.Module:
+  """The MoE layer a block uses: MultiHeadMoELayer when config.mh_heads > 1."""
+  if config.mh_heads > 1:
+    return MultiHeadMoELayer(config, name=name)
+  return MoELayer(config, name=name)
 
 
 class DenseFFNLayer(nn.Module):

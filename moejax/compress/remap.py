@@ -36,6 +36,9 @@ def check_remappable(config: ModelConfig) -> int:
   if config.moe is None or not config.moe_layers:
     raise ValueError("the model has no MoE layers")
   router = config.moe.router
+  if config.moe.mh_heads > 1:
+    raise ValueError(f"model.moe.mh_heads={config.moe.mh_heads}: MH-MoE layers cannot be pruned, "
+                     "merged or quantized yet")
   if router.name not in REMAPPABLE_ROUTERS:
     raise ValueError(f"router.name={router.name!r} cannot be pruned or merged: valid routers "
                      "are " + ", ".join(REMAPPABLE_ROUTERS))

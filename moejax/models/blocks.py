@@ -8,7 +8,7 @@ from typing import Dict, Optional, Tuple
 import flax.linen as nn
 import jax
 
-from moejax.moe import DenseFFNLayer, MoEAux, MoELayer
+from moejax.moe import DenseFFNLayer, MoEAux, moe_layer
 from moejax.models.attention import Attention, block_norm, rotary_embedding
 from moejax.models.config import ModelConfig
 
@@ -34,7 +34,8 @@ class Block(nn.Module):
         block_norm(cfg, "attention_norm")(x), positions, decode=decode)
     h = block_norm(cfg, "ffn_norm")(x)
     if self.use_moe:
-      y, aux = MoELayer(cfg.moe, name="moe")(h, token_ids=token_ids, deterministic=deterministic)
+      y, aux = moe_layer(cfg.moe, name="moe")(h, token_ids=token_ids,
+                                               deterministic=deterministic)
     else:
       y, _ = DenseFFNLayer(cfg.d_model, cfg.dense_d_ff, cfg.activation, dtype=cfg.dtype,
                            name="ffn")(h)

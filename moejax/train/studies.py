@@ -119,6 +119,14 @@ STUDIES: Dict[str, Study] = {
                       "model.moe.router.drop_policy=position", "model.moe.dispatch=einsum")},
         (Claim("Soft MoE beats sparse top-k routing (Puigcerver et al.)", "eval_loss",
                "soft_moe", "top2_bpr"),)),
+    "mh_moe": Study(
+        "top-2 over 8 experts x (128 -> 256) vs MH-MoE: 4 sub-tokens of width 32, top-2 over "
+        "32 experts x (32 -> 256) (equal expert parameters and active expert FLOPs, + split / "
+        "merge projections), dropless, 2 blocks", lm_study,
+        {"top2_8x256": _DROPLESS,
+         "mh4_32x256": _DROPLESS + ("model.moe.mh_heads=4", "model.moe.router.num_experts=32")},
+        (Claim("MH-MoE beats the plain top-2 layer at equal expert parameters and compute "
+               "(Wu et al. 2024)", "eval_loss", "mh4_32x256", "top2_8x256"),)),
 }
 
 
