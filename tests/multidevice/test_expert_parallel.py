@@ -183,3 +183,13 @@ def test_dropless_exchange_lowers_for_accelerators(platform, exchange, collectiv
   else:
     # The rows forward and back, their transposes, and the counts.
     assert text.count(collective) == 5 and "ragged_all_to_all" not in text
+
+
+def test_mh_moe_runs_expert_parallel_like_one_device():
+  """MH-MoE's sub-token layer is a plain MoELayer: on a data x expert mesh
+  its dropless exchange gives the single-device outputs and gradients."""
+  from moejax import MultiHeadMoELayer
+  router = RouterConfig(num_experts=8, top_k=2, capacity_factor=None)
+  layer = MultiHeadMoELayer(MoEConfig(router=router, d_model=16, d_ff=24, activation="swiglu",
+                                      dispatch="dropless", gmm_block_size=8, mh_heads=2))
+  _compare(layer, MeshConfig(data=2, expert=4))
