@@ -73,13 +73,14 @@ def apply_override(config, assignment: str) -> None:
 def active_params(model_config, params) -> int:
   """Parameters a token uses: everything minus the experts it does not visit:
   top_k of num_experts (an upper bound with null experts); for expert choice
-  the average, capacity_factor; for Soft MoE 1 (a slot mixes many tokens).
+  the average, capacity_factor; for Soft MoE 1 (a slot mixes many tokens);
+  times mh_heads for MH-MoE (each sub-token visits its own experts).
   model_config: the ModelConfig of `params`."""
   total = sum(x.size for x in jax.tree.leaves(params))
   if not model_config.moe_layers:
     return total
   r = model_config.moe.router
-  per_token = r.family.experts_per_token(r)
+  per_token = r.family.experts_per_token(r) * model_config.moe.mh_heads
   expert_leaves = [x for path, x in jax.tree_util.tree_leaves_with_path(params)
                    if "experts" in jax.tree_util.keystr(path)]
   expert_total = sum(x.size for x in expert_leaves)
