@@ -120,8 +120,9 @@ _BLOCK_SIZE = flags.DEFINE_integer(
     "gmm_block_size", 128, "Row block of the 'blocked' and 'pallas' backends "
     "(MoEConfig.gmm_block_size; a power of two >= 16 for pallas).", lower_bound=1)
 _PHASES = flags.DEFINE_list(
-    "phases", "dropless_blocked", "Variants (of --variants) to break down into routing, "
-    "dispatch, experts and combine time (experiments/phase_rows.py); empty for none.")
+    "phases", None, "Variants (of --variants) to break down into routing, dispatch, experts "
+    "and combine time (experiments/phase_rows.py); empty for none. Default: dropless_blocked "
+    "when it is one of --variants.")
 _TRACE_DIR = flags.DEFINE_string(
     "trace_dir", None, "Write a jax.profiler trace (TensorBoard / Perfetto) of one forward + "
     "backward call of every row here, after the timing.")
@@ -254,7 +255,10 @@ def main(argv):
   if unknown:
     fail(2, f"--variants={unknown[0]!r} is invalid: valid values are "
              + ", ".join(VARIANTS))
-  unknown = [v for v in _PHASES.value if v not in _VARIANTS.value or VARIANTS[v][3]]
+  phases = _PHASES.value
+  if phases is None:
+    phases = [v for v in ("dropless_blocked",) if v in _VARIANTS.value]
+  unknown = [v for v in phases if v not in _VARIANTS.value or VARIANTS[v][3]]
   if unknown:
     fail(2, f"--phases={unknown[0]!r} is invalid: it must be one of --variants ("
              + ", ".join(_VARIANTS.value) + ") and not quantized")
@@ -355,7 +359,7 @@ def main(argv):
     both = lambda v, width: f"{'-':>{width}s}" if v is None else f"{v:{width}.2f}"
     print(f"{r['name']:22s} {cf:>6s} {r['fwd_ms']:9.2f} {both(r['fwd_bwd_ms'], 11)} "
           f"{r['fwd_ratio_vs_dense']:11.2f} {both(r['ratio_vs_dense'], 15)}")
-  for name in _PHASES.value:
+  for name in phases:
     if name in variants:
       print()
       rows += phase_rows(name, variants[name][1], x, _REPEATS.value, _WARMUP.value, common)

@@ -40,6 +40,9 @@ def test_benchmark_writes_rows(tmp_path):
 
 
 def test_benchmark_rejects_phases_of_a_variant_not_run():
+  # By default only dropless_blocked is broken down, and only when it runs.
+  out = _bench("--preset=tiny", "--tokens=64", "--repeats=1", "--warmup=0", "--variants=gather")
+  assert out.returncode == 0 and "phase of" not in out.stdout, out.stderr
   out = _bench("--preset=tiny", "--variants=gather", "--phases=dropless_blocked")
   assert out.returncode != 0
   assert out.stderr.strip().splitlines() == [
