@@ -166,14 +166,12 @@ def _layer_jobs(layer, x, variables=None):
 def _quantized_variables(layer, x):
   """Variables of a quantized-expert layer: the float layer's, with the expert
   matrices quantized as experiments/compress.py does."""
-  from moejax.compress.quantize import quantize_matrix
+  from moejax.compress.quantize import quantize_bank
   cfg = layer.config
   float_layer = MoELayer(dataclasses.replace(cfg, expert_quantization=None))
   variables = float_layer.init(jax.random.key(0), x)
-  experts = dict(variables["params"]["experts"])
-  for name in [n for n in experts if n.startswith("w_")]:
-    experts[f"{name}_q"], experts[f"{name}_scale"] = quantize_matrix(
-        experts.pop(name), cfg.expert_quantization, cfg.expert_quantization_group)
+  experts = quantize_bank(variables["params"]["experts"], cfg.expert_quantization,
+                          cfg.expert_quantization_group)
   return {**variables, "params": {**variables["params"], "experts": experts}}
 
 

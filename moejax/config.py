@@ -342,8 +342,9 @@ class MoEConfig:
     check_choice("activation", self.activation, ACTIVATIONS)
     check_choice("dispatch", self.dispatch, DISPATCHES)
     check_choice("gmm_backend", self.gmm_backend, GMM_BACKENDS)
-    if backend_problem(self.gmm_backend):
-      fail("gmm_backend", self.gmm_backend, backend_problem(self.gmm_backend))
+    problem = backend_problem(self.gmm_backend)
+    if problem:
+      fail("gmm_backend", self.gmm_backend, problem)
     check_choice("ep_exchange", self.ep_exchange, EP_EXCHANGES)
     check_int("gmm_block_size", self.gmm_block_size, 1)
     problem = block_size_problem(self.gmm_backend, self.gmm_block_size)

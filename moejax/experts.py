@@ -44,9 +44,14 @@ def quantized_scale_shape(shape, group: int) -> tuple:
   return (experts, k // group if group else 1, n)
 
 
+# Logical integer type of each MoEConfig.expert_quantization (values are
+# stored in int8 containers either way).
+QUANTIZED_TYPES = {"int8": jnp.int8, "int4": jnp.int4}
+
+
 def dequantize(q: jax.Array, scale: jax.Array, qtype: str, dtype) -> jax.Array:
   """[E, K, N] float weights of integer values q and their scales (qwix)."""
-  logical = {"int8": jnp.int8, "int4": jnp.int4}[qtype]
+  logical = QUANTIZED_TYPES[qtype]
   array = qwix.QArray(qvalue=q.astype(logical), scale=scale.astype(jnp.float32),
                       zero_point=None, qtype=logical)
   return qwix.dequantize(array).astype(dtype)

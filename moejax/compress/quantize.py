@@ -32,9 +32,9 @@ import numpy as np
 import qwix
 
 from moejax.compress.remap import check_remappable, moe_blocks
+from moejax.experts import QUANTIZED_TYPES
 from moejax.models.config import ModelConfig
 
-QTYPES = {"int8": jnp.int8, "int4": jnp.int4}
 BITS = {"int8": 8, "int4": 4}
 MATRICES = ("w_in", "w_gate", "w_out")
 
@@ -42,9 +42,19 @@ MATRICES = ("w_in", "w_gate", "w_out")
 def quantize_matrix(w, qtype: str, group: int) -> Tuple[np.ndarray, np.ndarray]:
   """(values int8 [E, K, N], scales float32 [E, K / group or 1, N]) of w."""
   tiles = {1: group} if group else None
-  q = qwix.quantize(jnp.asarray(w, jnp.float32), QTYPES[qtype], channelwise_axes=(0, 2),
-                    tiled_axes=tiles)
+  q = qwix.quantize(jnp.asarray(w, jnp.float32), QUANTIZED_TYPES[qtype],
+                    channelwise_axes=(0, 2), tiled_axes=tiles)
   return np.asarray(q.qvalue.astype(jnp.int8)), np.asarray(q.scale, np.float32)
+
+
+def quantize_bank(experts: dict, qtype: str, group: int) -> dict:
+  """An ExpertBank's params with each matrix (w_in, w_gate, w_out) replaced
+  by '<name>_q' values and '<name>_scale' scales; biases unchanged."""
+  out = dict(experts)
+  for matrix in MATRICES:
+    if matrix in out:
+      out[f"{matrix}_q"], out[f"{matrix}_scale"] = quantize_matrix(out.pop(matrix), qtype, group)
+  return out
 
 
 def quantize_experts(config: ModelConfig, variables: dict, qtype: str,
@@ -52,9 +62,9 @@ def quantize_experts(config: ModelConfig, variables: dict, qtype: str,
   """(config with moe.expert_quantization=qtype, variables with each expert
   matrix replaced by '<name>_q' values and '<name>_scale' scales)."""
   check_remappable(config)
-  if qtype not in QTYPES:
+  if qtype not in QUANTIZED_TYPES:
     raise ValueError(f"qtype={qtype!r} is invalid: valid values are "
-                     + ", ".join(repr(q) for q in QTYPES))
+                     + ", ".join(repr(q) for q in QUANTIZED_TYPES))
   if config.moe.expert_quantization is not None:
     raise ValueError(f"the experts are already quantized "
                      f"(model.moe.expert_quantization={config.moe.expert_quantization!r})")
@@ -66,12 +76,8 @@ def quantize_experts(config: ModelConfig, variables: dict, qtype: str,
   params = dict(variables["params"])
   for name in moe_blocks(config):
     block = dict(params[name])
-    experts = dict(block["moe"]["experts"])
-    for matrix in MATRICES:
-      if matrix in experts:
-        experts[f"{matrix}_q"], experts[f"{matrix}_scale"] = quantize_matrix(
-            experts.pop(matrix), qtype, group)
-    block["moe"] = {**block["moe"], "experts": experts}
+    block["moe"] = {**block["moe"], "experts": quantize_bank(block["moe"]["experts"], qtype,
+                                                             group)}
     params[name] = block
   return dataclasses.replace(config, moe=moe), {**variables, "params": params}
 

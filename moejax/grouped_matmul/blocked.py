@@ -59,12 +59,12 @@ def tile_schedule(group_sizes: jax.Array, block_size: int) -> Tiles:
   return Tiles(first, touched, starts, ends)
 
 
-def _acc_dtype(dtype):
+def acc_dtype(dtype):
   """Accumulate in at least float32 (float64 stays float64)."""
   return jnp.promote_types(dtype, jnp.float32)
 
 
-def _for_group_blocks(tiles: Tiles, g, block_size: int, body, carry):
+def for_group_blocks(tiles: Tiles, g, block_size: int, body, carry):
   """carry = body(row0, keep, carry) over the blocks group g touches; row0 is
   the block's first row, keep its [b, 1] mask of rows in group g."""
 
@@ -76,7 +76,7 @@ def _for_group_blocks(tiles: Tiles, g, block_size: int, body, carry):
   return jax.lax.fori_loop(0, tiles.num_blocks[g], step, carry)
 
 
-def _pad_rows(a: jax.Array, rows: int) -> jax.Array:
+def pad_rows(a: jax.Array, rows: int) -> jax.Array:
   return a if a.shape[0] == rows else jnp.pad(a, ((0, rows - a.shape[0]), (0, 0)))
 
 
@@ -85,7 +85,7 @@ def _blocked_matmul(lhs, rhs, tiles: Tiles, block_size: int, transpose_rhs: bool
   a multiple of block_size; rhs: [G, K, N] ([G, N, K] if transposed)."""
   n = rhs.shape[1] if transpose_rhs else rhs.shape[2]
   contract = 1 if transpose_rhs else 0  # the rhs dim summed against lhs columns
-  acc_dtype = _acc_dtype(lhs.dtype)
+  acc = acc_dtype(lhs.dtype)
 
   def group(g, out):
     w = jax.lax.dynamic_index_in_dim(rhs, g, keepdims=False)
@@ -93,11 +93,11 @@ def _blocked_matmul(lhs, rhs, tiles: Tiles, block_size: int, transpose_rhs: bool
     def block(row0, keep, out):
       xb = jax.lax.dynamic_slice_in_dim(lhs, row0, keep.shape[0])
       yb = jax.lax.dot_general(xb, w, (((1,), (contract,)), ((), ())),
-                               preferred_element_type=acc_dtype).astype(out_dtype)
+                               preferred_element_type=acc).astype(out_dtype)
       current = jax.lax.dynamic_slice_in_dim(out, row0, keep.shape[0])
       return jax.lax.dynamic_update_slice_in_dim(out, jnp.where(keep, yb, current), row0, 0)
 
-    return _for_group_blocks(tiles, g, block_size, block, out)
+    return for_group_blocks(tiles, g, block_size, block, out)
 
   out = jnp.zeros((lhs.shape[0], n), out_dtype)
   return jax.lax.fori_loop(0, rhs.shape[0], group, out)
@@ -106,24 +106,24 @@ def _blocked_matmul(lhs, rhs, tiles: Tiles, block_size: int, transpose_rhs: bool
 def _blocked_tmatmul(lhs, dy, tiles: Tiles, num_groups: int, block_size: int):
   """out[g] = lhs[rows of g]ᵀ @ dy[rows of g]: [G, K, N], accumulated in at
   least float32."""
-  acc_dtype = _acc_dtype(lhs.dtype)
+  acc_type = acc_dtype(lhs.dtype)
 
   def group(g, acc):
     def block(row0, keep, acc_g):
       xb = jnp.where(keep, jax.lax.dynamic_slice_in_dim(lhs, row0, keep.shape[0]), 0)
       yb = jax.lax.dynamic_slice_in_dim(dy, row0, keep.shape[0])
       return acc_g + jax.lax.dot_general(xb, yb, (((0,), (0,)), ((), ())),
-                                         preferred_element_type=acc_dtype)
+                                         preferred_element_type=acc_type)
 
-    acc_g = jnp.zeros((lhs.shape[1], dy.shape[1]), acc_dtype)
-    acc_g = _for_group_blocks(tiles, g, block_size, block, acc_g)
+    acc_g = jnp.zeros((lhs.shape[1], dy.shape[1]), acc_type)
+    acc_g = for_group_blocks(tiles, g, block_size, block, acc_g)
     return jax.lax.dynamic_update_index_in_dim(acc, acc_g, g, 0)
 
-  acc = jnp.zeros((num_groups, lhs.shape[1], dy.shape[1]), acc_dtype)
+  acc = jnp.zeros((num_groups, lhs.shape[1], dy.shape[1]), acc_type)
   return jax.lax.fori_loop(0, num_groups, group, acc)
 
 
-def _schedule(group_sizes, num_rows, block_size):
+def block_schedule(group_sizes, num_rows, block_size):
   """(block size, padded row count, Tiles)."""
   b = effective_block_size(num_rows, block_size)
   return b, -(-num_rows // b) * b, tile_schedule(group_sizes.astype(jnp.int32), b)
@@ -134,8 +134,8 @@ def blocked_gmm(lhs: jax.Array, rhs: jax.Array, group_sizes: jax.Array,
                 block_size: int = DEFAULT_BLOCK_SIZE) -> jax.Array:
   """lhs: [M, K] rows sorted by group; rhs: [G, K, N]; group_sizes: [G].
   Returns [M, N] in lhs's dtype; rows past sum(group_sizes) are zero."""
-  b, padded, tiles = _schedule(group_sizes, lhs.shape[0], block_size)
-  out = _blocked_matmul(_pad_rows(lhs, padded), rhs, tiles, b, False, lhs.dtype)
+  b, padded, tiles = block_schedule(group_sizes, lhs.shape[0], block_size)
+  out = _blocked_matmul(pad_rows(lhs, padded), rhs, tiles, b, False, lhs.dtype)
   return out[:lhs.shape[0]]
 
 
@@ -145,8 +145,8 @@ def _fwd(lhs, rhs, group_sizes, block_size):
 
 def _bwd(block_size, residual, dy):
   lhs, rhs, group_sizes = residual
-  b, padded, tiles = _schedule(group_sizes, lhs.shape[0], block_size)
-  lhs_p, dy_p = _pad_rows(lhs, padded), _pad_rows(dy, padded)
+  b, padded, tiles = block_schedule(group_sizes, lhs.shape[0], block_size)
+  lhs_p, dy_p = pad_rows(lhs, padded), pad_rows(dy, padded)
   d_lhs = _blocked_matmul(dy_p, rhs, tiles, b, True, lhs.dtype)[:lhs.shape[0]]
   d_rhs = _blocked_tmatmul(lhs_p, dy_p, tiles, rhs.shape[0], b).astype(rhs.dtype)
   return d_lhs, d_rhs, None

@@ -23,8 +23,8 @@ from typing import Callable, Optional
 import jax
 import jax.numpy as jnp
 
-from moejax.grouped_matmul.blocked import (_acc_dtype, _for_group_blocks, _pad_rows,
-                                           _schedule)
+from moejax.grouped_matmul.blocked import (acc_dtype, for_group_blocks, pad_rows,
+                                           block_schedule)
 
 
 def _hidden(act, xb, w_in, w_gate, b_in, acc):
@@ -64,9 +64,9 @@ def blocked_ffn(act: Callable, block_size: int, x: jax.Array, w_in: jax.Array,
 def _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_out, group_sizes, keep_pre=False):
   """y [M, d], and with keep_pre the pre-activations ([P, f] each, P = M
   rounded up to whole blocks) that the backward pass reads."""
-  b, padded, tiles = _schedule(group_sizes, x.shape[0], block_size)
-  xp = _pad_rows(x, padded)
-  acc = _acc_dtype(x.dtype)
+  b, padded, tiles = block_schedule(group_sizes, x.shape[0], block_size)
+  xp = pad_rows(x, padded)
+  acc = acc_dtype(x.dtype)
   put = lambda buf, row0, keep, block: jax.lax.dynamic_update_slice_in_dim(
       buf, jnp.where(keep, block, jax.lax.dynamic_slice_in_dim(buf, row0, b)), row0, 0)
 
@@ -87,7 +87,7 @@ def _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_out, group_sizes, 
                      for buf, p in zip(pres, pre))
       return put(out, row0, keep, yb), pres
 
-    return _for_group_blocks(tiles, g, b, block, carry)
+    return for_group_blocks(tiles, g, b, block, carry)
 
   f = w_in.shape[2]
   pres = (jnp.zeros((padded, f), x.dtype) if keep_pre else None,
@@ -104,9 +104,9 @@ def _fwd(act, block_size, x, w_in, w_gate, w_out, b_in, b_out, group_sizes):
 
 def _bwd(act, block_size, residual, dy):
   x, w_in, w_gate, w_out, b_in, b_out, group_sizes, (pre_all, gate_all) = residual
-  b, padded, tiles = _schedule(group_sizes, x.shape[0], block_size)
-  xp, dyp = _pad_rows(x, padded), _pad_rows(dy, padded)
-  acc = _acc_dtype(x.dtype)
+  b, padded, tiles = block_schedule(group_sizes, x.shape[0], block_size)
+  xp, dyp = pad_rows(x, padded), pad_rows(dy, padded)
+  acc = acc_dtype(x.dtype)
   tdot = lambda a, c: jax.lax.dot_general(a, c, (((0,), (0,)), ((), ())),
                                           preferred_element_type=acc)
   ndot = lambda a, w: jax.lax.dot_general(a, w.astype(a.dtype), (((1,), (1,)), ((), ())),
@@ -141,7 +141,7 @@ def _bwd(act, block_size, residual, dy):
       return dx, (d_wi, d_wg, d_wo, d_bi, d_bo)
 
     group_grads = tuple(zeros(w) for w in (w_in, w_gate, w_out, b_in, b_out))
-    dx, group_grads = _for_group_blocks(tiles, g, b, block, (dx, group_grads))
+    dx, group_grads = for_group_blocks(tiles, g, b, block, (dx, group_grads))
     grads = jax.tree.map(lambda all_g, one: jax.lax.dynamic_update_index_in_dim(all_g, one, g, 0),
                          grads, group_grads)
     return dx, grads
