@@ -43,6 +43,7 @@ ROUTER_FAMILIES: Dict[str, RouterFamily] = {f.name: f for f in (
     RouterFamily("sparsemixer"),
     RouterFamily("hash"),
     RouterFamily("expert_choice", causal=False, experts_per_token=lambda r: r.capacity_factor),
+    RouterFamily("expert_threshold"),
     RouterFamily("sinkhorn", causal=False),
     RouterFamily("soft_moe", sparse=False, causal=False, experts_per_token=lambda r: 1),
 )}
@@ -71,9 +72,13 @@ class RouterConfig:
       token ids), 'threshold' (XMoE dynamic-k: experts until the cumulative
       probability reaches `threshold`, at most `top_k`), 'sparsemixer'
       (Phi-3.5-MoE: experts picked one by one, each weighted by a softmax over
-      the near-tied logits; moejax.routing.sparsemixer).
+      the near-tied logits; moejax.routing.sparsemixer), 'expert_threshold'
+      (causal expert choice: each expert takes the tokens whose probability
+      reaches its threshold, a running estimate of expert choice's cutoff for
+      top_k experts per token on average; moejax.routing.expert_threshold).
     num_experts: routed experts E (null experts are extra, see below).
-    top_k: experts per token (an upper bound for 'threshold').
+    top_k: experts per token (an upper bound for 'threshold'; the average
+      for 'expert_threshold').
     score_fn: 'softmax' or 'sigmoid' (DeepSeek-V3) scores over experts.
     normalize_top_k: renormalise the chosen weights to sum to one. With
       softmax scores this is Mixtral's top-k-then-softmax; without it,
@@ -121,6 +126,9 @@ class RouterConfig:
     sparsemixer_eps: relative logit gap (x2) inside which experts share a
       'sparsemixer' pick's weight (Phi-3.5-MoE's router_jitter_noise, 0.01).
     hash_seed: seed of the fixed token-id -> expert hash.
+    expert_threshold_rate: 'expert_threshold': the thresholds are the running
+      mean of the training calls' cutoffs for the first 1 / rate calls, then
+      an exponential moving average with this rate (0 = keep them fixed).
     routing_groups: the tokens of a call are split into this many equal,
       contiguous groups that are routed independently (capacity, expert
       choice and drop decisions are per group, as in GShard). 1 = all tokens
@@ -153,6 +161,7 @@ class RouterConfig:
   sinkhorn_iterations: int = 8
   sparsemixer_eps: float = 0.01
   hash_seed: int = 0
+  expert_threshold_rate: float = 0.01
   routing_groups: int = 1
 
   def __post_init__(self):
@@ -199,6 +208,9 @@ class RouterConfig:
     check_int("router.num_slots", self.num_slots, 1)
     check_int("router.sinkhorn_iterations", self.sinkhorn_iterations, 1)
     check_float("router.sparsemixer_eps", self.sparsemixer_eps, 0.0, True)
+    check_float("router.expert_threshold_rate", self.expert_threshold_rate, 0.0, True)
+    if self.expert_threshold_rate > 1:
+      fail("router.expert_threshold_rate", self.expert_threshold_rate, "must be in [0, 1]")
     check_int("router.routing_groups", self.routing_groups, 1)
     check_choice("router.soft_moe_grouping", self.soft_moe_grouping, SOFT_MOE_GROUPINGS)
     if self.name == "soft_moe" and self.routing_groups > 1:
@@ -232,6 +244,10 @@ class RouterConfig:
     if self.name != "soft_moe" and self.soft_moe_normalize:
       fail("router.soft_moe_normalize", True, f"only used by router.name='soft_moe' "
            f"(name={self.name!r}); leave it False")
+    if self.name == "expert_threshold" and self.capacity_factor is not None:
+      fail("router.capacity_factor", self.capacity_factor,
+           "router.name='expert_threshold' never drops; leave it None (top_k = average "
+           "experts per token)")
     if self.name == "soft_moe" and self.capacity_factor is not None:
       fail("router.capacity_factor", self.capacity_factor,
            "router.name='soft_moe' never drops; leave it None (slots via num_slots)")
@@ -372,6 +388,9 @@ class MoEConfig:
     if not self.router.is_sparse and self.dispatch != "einsum":
       fail("dispatch", self.dispatch,
            f"router.name={self.router.name!r} gives dense weights; use dispatch='einsum'")
+    if self.dispatch == "gather" and self.router.name == "expert_threshold":
+      fail("dispatch", "gather", "router.name='expert_threshold' never drops; use "
+           "'dropless' or 'einsum'")
     if self.dispatch == "gather" and self.router.capacity(1) is None:
       fail("dispatch", "gather",
            "needs router.capacity_factor (a number > 0); for dropless use dispatch='dropless'")

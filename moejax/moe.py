@@ -10,6 +10,9 @@ Variables:
       gradients: on a training call (deterministic=False) with 'router_state'
       mutable, the layer applies moejax.routing.update_expert_bias with the
       batch's load and router.expert_bias_update_rate)
+  router_state/router/expert_threshold [E], threshold_updates []
+      (router.name='expert_threshold'; likewise updated on training calls by
+      moejax.routing.expert_threshold.update_expert_threshold)
   params/experts/{w_in, w_gate, w_out, b_in, b_out}  stacked over experts
   params/shared/...  and params/shared_gate/kernel  (shared experts)
 
@@ -36,6 +39,7 @@ from moejax.experts import ExpertBank, FeedForward
 from moejax.parallel.mesh import axis_size, current_mesh
 from moejax.routing import (RouterOutput, aux_losses, route_in_groups, routing_metrics,
                             update_expert_bias, zero_losses)
+from moejax.routing.expert_threshold import batch_cutoff, update_expert_threshold
 from moejax.routing.types import Routing, at_least_f32
 
 
@@ -88,12 +92,23 @@ class Router(nn.Module):
       bias_var = self.variable("router_state", "expert_bias", jnp.zeros,
                                (cfg.num_experts,), jnp.float32)
       expert_bias = bias_var.value
+    threshold_var = None
+    if cfg.name == "expert_threshold":
+      threshold_var = self.variable("router_state", "expert_threshold", jnp.zeros,
+                                    (cfg.num_experts,), jnp.float32)
+      updates_var = self.variable("router_state", "threshold_updates", jnp.zeros, (), jnp.int32)
     out = route_in_groups(cfg, logits, token_ids=token_ids, expert_bias=expert_bias,
+                          expert_threshold=None if threshold_var is None else threshold_var.value,
                           noise_std=noise_std, rng=rng, groups=groups)
-    if (bias_var is not None and not deterministic and cfg.expert_bias_update_rate > 0
-        and self.is_mutable_collection("router_state") and not self.is_initializing()):
+    updating = (not deterministic and self.is_mutable_collection("router_state")
+                and not self.is_initializing())
+    if bias_var is not None and updating and cfg.expert_bias_update_rate > 0:
       load = jax.lax.stop_gradient(out.routing.tokens_per_expert())
       bias_var.value = update_expert_bias(bias_var.value, load, cfg.expert_bias_update_rate)
+    if threshold_var is not None and updating and cfg.expert_threshold_rate > 0:
+      threshold_var.value, updates_var.value = update_expert_threshold(
+          threshold_var.value, updates_var.value, batch_cutoff(out.probs, cfg.top_k),
+          cfg.expert_threshold_rate)
     return out
 
 

@@ -28,6 +28,7 @@ from moejax.routing.types import DenseRouting, Routing, RouterOutput
 def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
                     token_ids: Optional[jax.Array] = None,
                     expert_bias: Optional[jax.Array] = None,
+                    expert_threshold: Optional[jax.Array] = None,
                     noise_std: Optional[jax.Array] = None,
                     rng: Optional[jax.Array] = None,
                     groups: Optional[int] = None) -> RouterOutput:
@@ -39,7 +40,7 @@ def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
   groups = config.routing_groups if groups is None else groups
   if groups == 1:
     return route(config, logits, token_ids=token_ids, expert_bias=expert_bias,
-                 noise_std=noise_std, rng=rng)
+                 expert_threshold=expert_threshold, noise_std=noise_std, rng=rng)
   per_token = {"logits": logits, "token_ids": token_ids, "noise_std": noise_std}
   per_token = {k: v for k, v in per_token.items() if v is not None}
   num_tokens = next(iter(per_token.values())).shape[0]
@@ -52,7 +53,8 @@ def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
 
   def one_group(args, key):
     return route(config, args.get("logits"), token_ids=args.get("token_ids"),
-                 expert_bias=expert_bias, noise_std=args.get("noise_std"), rng=key)
+                 expert_bias=expert_bias, expert_threshold=expert_threshold,
+                 noise_std=args.get("noise_std"), rng=key)
 
   out = jax.vmap(one_group)(split, keys)
   r = out.routing

@@ -30,6 +30,9 @@ ZOO = {
     "expert_choice": ("each expert picks its top tokens, 2 per token on average (Zhou et al.)",
                       ["model.moe.router.name=expert_choice", "model.moe.dispatch=gather",
                        "model.moe.router.capacity_factor=2.0"]),
+    "expert_threshold": ("causal expert choice: each expert takes the tokens above its "
+                         "running threshold, 2 per token on average",
+                         _DROPLESS + ["model.moe.router.name=expert_threshold"]),
     "soft_moe": ("Soft MoE, slots per sequence: 32 per expert = 2 per token (Puigcerver et al.)",
                  ["model.moe.router.name=soft_moe", "model.moe.router.top_k=1",
                   "model.moe.router.capacity_factor=None", "model.moe.router.num_slots=32",

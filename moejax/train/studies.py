@@ -127,6 +127,16 @@ STUDIES: Dict[str, Study] = {
          "mh4_32x256": _DROPLESS + ("model.moe.mh_heads=4", "model.moe.router.num_experts=32")},
         (Claim("MH-MoE beats the plain top-2 layer at equal expert parameters and compute "
                "(Wu et al. 2024)", "eval_loss", "mh4_32x256", "top2_8x256"),)),
+    "causal_expert_choice": Study(
+        "top-2 token choice vs expert choice (capacity factor 2, non-causal: a token's experts "
+        "depend on later tokens) vs causal expert choice by per-expert thresholds (2 experts per "
+        "token on average), 8 experts x 256, 2 blocks", lm_study,
+        {"top2": _DROPLESS,
+         "expert_choice": ("model.moe.router.name=expert_choice", "model.moe.dispatch=gather",
+                           "model.moe.router.capacity_factor=2.0"),
+         "expert_threshold": _DROPLESS + ("model.moe.router.name=expert_threshold",)},
+        (Claim("expert choice's gain over top-2 token choice (Zhou et al. 2022) survives making "
+               "it causal: expert_threshold < top2", "eval_loss", "expert_threshold", "top2"),)),
 }
 
 
