@@ -126,6 +126,10 @@ class RouterConfig:
     sparsemixer_eps: relative logit gap (x2) inside which experts share a
       'sparsemixer' pick's weight (Phi-3.5-MoE's router_jitter_noise, 0.01).
     hash_seed: seed of the fixed token-id -> expert hash.
+    dense_training: DS-MoE (moejax.routing.dense_training): training calls
+      (deterministic=False) send every token to every routed expert weighted
+      by its score; inference calls route sparsely as configured ('top_k' or
+      'threshold'). Pair with train.mutual_information_weight.
     expert_threshold_rate: 'expert_threshold': the thresholds are the running
       mean of the training calls' cutoffs for the first 1 / rate calls, then
       an exponential moving average with this rate (0 = keep them fixed).
@@ -161,6 +165,7 @@ class RouterConfig:
   sinkhorn_iterations: int = 8
   sparsemixer_eps: float = 0.01
   hash_seed: int = 0
+  dense_training: bool = False
   expert_threshold_rate: float = 0.01
   routing_groups: int = 1
 
@@ -227,6 +232,7 @@ class RouterConfig:
         "noisy_top_k": (self.noisy_top_k, False),
         "second_expert_sampling": (self.second_expert_sampling, False),
         "num_null_experts": (self.num_null_experts, 0),
+        "dense_training": (self.dense_training, False),
     }
     if self.name not in ("top_k", "threshold"):
       for field, (value, default) in token_choice_only.items():
@@ -388,6 +394,9 @@ class MoEConfig:
     if not self.router.is_sparse and self.dispatch != "einsum":
       fail("dispatch", self.dispatch,
            f"router.name={self.router.name!r} gives dense weights; use dispatch='einsum'")
+    if self.dispatch == "gather" and self.router.dense_training:
+      fail("dispatch", "gather", "router.dense_training sends every token to every expert; "
+           "use 'dropless' or 'einsum'")
     if self.dispatch == "gather" and self.router.name == "expert_threshold":
       fail("dispatch", "gather", "router.name='expert_threshold' never drops; use "
            "'dropless' or 'einsum'")

@@ -39,6 +39,7 @@ from moejax.experts import ExpertBank, FeedForward
 from moejax.parallel.mesh import axis_size, current_mesh
 from moejax.routing import (RouterOutput, aux_losses, route_in_groups, routing_metrics,
                             update_expert_bias, zero_losses)
+from moejax.routing.dense_training import dense_training_routing
 from moejax.routing.expert_threshold import batch_cutoff, update_expert_threshold
 from moejax.routing.types import Routing, at_least_f32
 
@@ -137,16 +138,20 @@ class MoELayer(nn.Module):
     ids = None if token_ids is None else token_ids.reshape(-1)
     out = Router(cfg.router, name="router")(tokens, token_ids=ids, deterministic=deterministic,
                                             groups=self._routing_groups(x))
+    # DS-MoE trains with every expert; losses and metrics stay the sparse rule's.
+    routing = out.routing
+    if cfg.router.dense_training and not deterministic:
+      routing = dense_training_routing(out.logits, cfg.router)
     experts = ExpertBank.from_config(cfg, name="experts")
     compute_tokens = tokens.astype(dtype)
     layout = experts.row_layout()
     mesh = None if self.is_initializing() else current_mesh()
-    if mesh is not None and self._expert_parallel_ok(mesh, out.routing, layout):
-      y = expert_parallel(compute_tokens, out.routing, experts.weights(), experts.pure_fn(),
+    if mesh is not None and self._expert_parallel_ok(mesh, routing, layout):
+      y = expert_parallel(compute_tokens, routing, experts.weights(), experts.pure_fn(),
                           dispatch=cfg.dispatch, layout=layout, mesh=mesh,
                           exchange=cfg.ep_exchange)
     else:
-      y = get_strategy(cfg.dispatch, layout)(compute_tokens, out.routing, experts)
+      y = get_strategy(cfg.dispatch, layout)(compute_tokens, routing, experts)
     if cfg.num_shared_experts:
       shared_ff = cfg.num_shared_experts * (cfg.shared_d_ff or cfg.d_ff)
       shared = FeedForward(cfg.d_model, shared_ff, cfg.activation, cfg.use_bias, dtype,

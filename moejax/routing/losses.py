@@ -46,6 +46,19 @@ def importance_loss(probs: jax.Array) -> jax.Array:
   return jnp.var(importance) / jnp.maximum(jnp.square(jnp.mean(importance)), 1e-9)
 
 
+def mutual_information_loss(probs: jax.Array) -> jax.Array:
+  """DS-MoE's mutual-information loss: minus the mutual information between
+  tokens and experts, mean_t H(probs[t]) - H(mean_t probs[t]) (nats).
+
+  Lowest (-log N) when every token is sure of one output and the outputs are
+  used evenly; 0 when every token has the same distribution. The first term
+  sharpens routing, which keeps a densely trained layer close to its sparse
+  inference; the second balances it. probs: [T, N].
+  """
+  entropy = lambda p: -jnp.sum(p * jnp.log(jnp.maximum(p, 1e-30)), axis=-1)
+  return entropy(probs).mean() - entropy(probs.mean(axis=0))
+
+
 def update_expert_bias(bias: jax.Array, tokens_per_expert: jax.Array, rate: float) -> jax.Array:
   """Aux-loss-free balancing (DeepSeek-V3): bias += rate * sign(mean_load - load).
 
@@ -56,7 +69,7 @@ def update_expert_bias(bias: jax.Array, tokens_per_expert: jax.Array, rate: floa
   return bias + rate * jnp.sign(load.mean() - load)
 
 
-LOSS_NAMES = ("load_balance", "z_loss", "importance")
+LOSS_NAMES = ("load_balance", "z_loss", "importance", "mutual_information")
 
 
 def zero_losses() -> dict:
@@ -73,4 +86,5 @@ def aux_losses(out: RouterOutput) -> dict:
       "load_balance": load_balance_loss(out.probs, out.choice_counts) if sparse else zero,
       "z_loss": router_z_loss(out.logits) if out.logits is not None else zero,
       "importance": importance_loss(out.probs),
+      "mutual_information": mutual_information_loss(out.probs),
   }

@@ -12,7 +12,7 @@ import importlib.util
 import ast
 import json
 import os
-from typing import Dict, List
+from typing import Dict, List, Optional
 
 import jax
 import numpy as np
@@ -70,17 +70,20 @@ def apply_override(config, assignment: str) -> None:
     raise ValueError(f"--set={assignment!r} is invalid: {err}") from None
 
 
-def active_params(model_config, params) -> int:
+def active_params(model_config, params, experts_per_token: Optional[float] = None) -> int:
   """Parameters a token uses: everything minus the experts it does not visit:
   top_k of num_experts (an upper bound with null experts); for expert choice
   the average, capacity_factor; for Soft MoE 1 (a slot mixes many tokens);
   times mh_heads for MH-MoE (each sub-token visits its own experts).
-  model_config: the ModelConfig of `params`."""
+  model_config: the ModelConfig of `params`; experts_per_token: a measured
+  average to use instead of the router's (dynamic-k routers)."""
   total = sum(x.size for x in jax.tree.leaves(params))
   if not model_config.moe_layers:
     return total
   r = model_config.moe.router
-  per_token = r.family.experts_per_token(r) * model_config.moe.mh_heads
+  if experts_per_token is None:
+    experts_per_token = r.family.experts_per_token(r)
+  per_token = experts_per_token * model_config.moe.mh_heads
   expert_leaves = [x for path, x in jax.tree_util.tree_leaves_with_path(params)
                    if "experts" in jax.tree_util.keystr(path)]
   expert_total = sum(x.size for x in expert_leaves)

@@ -32,8 +32,11 @@ class TrainConfig:
     weight_decay: AdamW decoupled weight decay (applied to matrices only).
     b1, b2, eps: AdamW moments.
     grad_clip_norm: clip the global gradient norm to this; 0 = no clipping.
-    load_balance_weight, z_loss_weight, importance_weight: weights of the
-      MoE aux losses, each averaged over the MoE blocks, added to the loss.
+    load_balance_weight, z_loss_weight, importance_weight,
+      mutual_information_weight: weights of the MoE aux losses (Switch load
+      balance, ST-MoE z-loss, V-MoE importance, DS-MoE mutual information;
+      moejax/routing/losses.py), each averaged over the MoE blocks, added to
+      the loss.
     log_every: progress line + train metrics every N steps.
     eval_every: evaluation every N steps (and at the end); 0 = only at the end.
     checkpoint_every: checkpoint every N steps (and at the end / on SIGTERM).
@@ -60,6 +63,7 @@ class TrainConfig:
   load_balance_weight: float = 1e-2
   z_loss_weight: float = 1e-3
   importance_weight: float = 0.0
+  mutual_information_weight: float = 0.0
   log_every: int = 50
   eval_every: int = 250
   checkpoint_every: int = 250
@@ -85,7 +89,8 @@ class TrainConfig:
         fail(f"train.{name}", value, "must be in [0, 1)")
     check_float("train.eps", self.eps, 0.0, False)
     check_float("train.grad_clip_norm", self.grad_clip_norm, 0.0, True)
-    for name in ("load_balance_weight", "z_loss_weight", "importance_weight"):
+    for name in ("load_balance_weight", "z_loss_weight", "importance_weight",
+                 "mutual_information_weight"):
       check_float(f"train.{name}", getattr(self, name), 0.0, True)
     check_int("train.log_every", self.log_every, 1)
     check_int("train.eval_every", self.eval_every, 0)

@@ -63,7 +63,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
                     config: TrainConfig, seed: int):
   """(state, batch) -> (state, metrics). Router noise uses fold_in(seed, step)."""
   weights = {"load_balance": config.load_balance_weight, "z_loss": config.z_loss_weight,
-             "importance": config.importance_weight}
+             "importance": config.importance_weight,
+             "mutual_information": config.mutual_information_weight}
 
   def loss_fn(params, state, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state["step"])

@@ -137,6 +137,19 @@ STUDIES: Dict[str, Study] = {
          "expert_threshold": _DROPLESS + ("model.moe.router.name=expert_threshold",)},
         (Claim("expert choice's gain over top-2 token choice (Zhou et al. 2022) survives making "
                "it causal: expert_threshold < top2", "eval_loss", "expert_threshold", "top2"),)),
+    "ds_moe": Study(
+        "top-2 over 8 experts x 256 trained sparsely vs DS-MoE: trained with all 8 experts "
+        "(4x the expert FLOPs), evaluated top-2 (equal inference parameters), with and without "
+        "the mutual-information loss (1e-2), dropless, 2 blocks", lm_study,
+        {"top2": _DROPLESS,
+         "ds_moe_top2": _DROPLESS + ("model.moe.router.dense_training=True",
+                                     "train.mutual_information_weight=0.01"),
+         "ds_moe_top2_no_mi": _DROPLESS + ("model.moe.router.dense_training=True",)},
+        (Claim("dense training makes a better sparse model at equal inference active parameters "
+               "(DS-MoE, Pan et al. 2024): ds_moe_top2 < top2", "eval_loss", "ds_moe_top2",
+               "top2"),
+         Claim("the mutual-information loss helps DS-MoE's sparse inference: with < without",
+               "eval_loss", "ds_moe_top2", "ds_moe_top2_no_mi"))),
 }
 
 
