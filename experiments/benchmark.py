@@ -17,7 +17,11 @@ forward + backward (grads w.r.t. params and input). ratio_vs_dense =
 variant time / dense time for the same pass. The 'dense_expert_shape' row runs
 the experts' matmul shapes ([tokens * top_k, d] x [d, d_ff]) with no routing:
 the part of any MoE row's ratio that comes from narrower matmuls, not from
-routing or dispatch.
+routing or dispatch. 'rows/tok' counts the token-expert pairs that reach an
+FFN on the benchmark input (dropped tokens and MoE++ zero-computation choices
+excluded) and 'FFN GFLOP' the forward FFN work they cost: the
+dropless_moe_plus_plus variant (same 8 FFN experts and top-k, plus 1 zero, 1
+copy and 2 constant experts) shows what its zero-computation experts save.
 
 Expert-parallel mode (--expert_parallel=N): the same layer (capacity 'gather'
 with router.routing_groups=N, and 'dropless' with the padded exchange and,
@@ -78,6 +82,13 @@ VARIANTS = {
     "dropless_int8": ("dropless", "blocked", False, "int8"),
     "dropless_int4": ("dropless", "blocked", False, "int4"),
 }
+# Variants whose router differs from the others' (same E FFN experts, same top_k):
+# MoE++ adds 1 zero, 1 copy and 2 constant experts, whose choices skip the FFN.
+ROUTER_OVERRIDES = {
+    "dropless_moe_plus_plus": dict(num_null_experts=1, num_copy_experts=1,
+                                   num_constant_experts=2),
+}
+VARIANTS["dropless_moe_plus_plus"] = ("dropless", "blocked", False, None)
 # The one-hot einsum materialises [tokens, experts, capacity]; past this many
 # elements it is skipped rather than allowed to exhaust memory.
 MAX_ONE_HOT = 2e8
@@ -320,7 +331,8 @@ def main(argv):
   for name in _VARIANTS.value:
     dispatch, backend, uses_capacity, quantization = VARIANTS[name]
     cf = _CAPACITY.value if uses_capacity else None
-    router = dataclasses.replace(base.router, capacity_factor=cf)
+    router = dataclasses.replace(base.router, capacity_factor=cf,
+                                 **ROUTER_OVERRIDES.get(name, {}))
     cfg = dataclasses.replace(base, router=router, dispatch=dispatch, gmm_backend=backend,
                               expert_quantization=quantization)
     capacity = router.capacity(shape["tokens"]) or shape["tokens"]
@@ -342,20 +354,22 @@ def main(argv):
       jobs[name, pass_name] = job
   ms = round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
   rows = []
-  for name, (fields, _, _) in variants.items():
+  for name, (fields, layer, inputs) in variants.items():
     fwd_bwd = ms.get((name, "fwd_bwd"))
     rows.append(dict(name=name, **fields, fwd_ms=ms[name, "fwd"], fwd_bwd_ms=fwd_bwd,
                      ratio_vs_dense=fwd_bwd and fwd_bwd / ms["dense", "fwd_bwd"],
-                     fwd_ratio_vs_dense=ms[name, "fwd"] / ms["dense", "fwd"], **common))
+                     fwd_ratio_vs_dense=ms[name, "fwd"] / ms["dense", "fwd"],
+                     **_expert_work(name, layer, inputs, shape), **common))
 
-  header = f"{'variant':22s} {'cap.f':>6s} {'fwd ms':>9s} {'fwd+bwd ms':>11s} " \
-           f"{'fwd x dense':>11s} {'fwd+bwd x dense':>15s}"
+  header = f"{'variant':22s} {'cap.f':>6s} {'rows/tok':>8s} {'FFN GFLOP':>9s} {'fwd ms':>9s} " \
+           f"{'fwd+bwd ms':>11s} {'fwd x dense':>11s} {'fwd+bwd x dense':>15s}"
   print(header)
   print("-" * len(header))
   for r in rows:
     cf = "-" if r["capacity_factor"] is None else f"{r['capacity_factor']:.2f}"
     both = lambda v, width: f"{'-':>{width}s}" if v is None else f"{v:{width}.2f}"
-    print(f"{r['name']:22s} {cf:>6s} {r['fwd_ms']:9.2f} {both(r['fwd_bwd_ms'], 11)} "
+    print(f"{r['name']:22s} {cf:>6s} {r['ffn_rows_per_token']:8.2f} {r['ffn_gflop']:9.2f} "
+          f"{r['fwd_ms']:9.2f} {both(r['fwd_bwd_ms'], 11)} "
           f"{r['fwd_ratio_vs_dense']:11.2f} {both(r['ratio_vs_dense'], 15)}")
   for name in phases:
     if name in variants:
@@ -364,6 +378,22 @@ def main(argv):
   if _TRACE_DIR.value:
     _trace(jobs, _TRACE_DIR.value)
   _write_json(rows)
+
+
+def _expert_work(name, layer, x, shape) -> dict:
+  """FFN rows per token (token-expert pairs that reach an FFN, measured on x:
+  drops and zero-computation choices excluded) and the forward FFN GFLOP."""
+  matrices = 3 if _ACTIVATION.value in ("swiglu", "geglu") else 2
+  if name.startswith("dense"):
+    width = layer.d_ff
+    rows_per_token = x.shape[0] / shape["tokens"]
+  else:
+    width = shape["d_ff"]
+    variables = layer.init(jax.random.key(0), x)
+    load = jax.jit(lambda v, x: layer.apply(v, x)[1].metrics["tokens_per_expert"])(variables, x)
+    rows_per_token = float(load.sum()) / shape["tokens"]
+  flops = 2 * matrices * rows_per_token * shape["tokens"] * shape["d_model"] * width
+  return {"ffn_rows_per_token": rows_per_token, "ffn_gflop": flops / 1e9}
 
 
 def _trace(jobs, trace_dir: str) -> None:

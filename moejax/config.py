@@ -9,6 +9,7 @@ so they can be attributes of Flax modules and static arguments of `jax.jit`.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Callable, Dict, Optional
 
 from moejax.grouped_matmul import BACKENDS as GMM_BACKENDS, backend_problem, block_size_problem
@@ -44,6 +45,7 @@ ROUTER_FAMILIES: Dict[str, RouterFamily] = {f.name: f for f in (
     RouterFamily("hash"),
     RouterFamily("expert_choice", causal=False, experts_per_token=lambda r: r.capacity_factor),
     RouterFamily("expert_threshold"),
+    RouterFamily("product_key", experts_per_token=lambda r: r.top_k * r.peer_heads),
     RouterFamily("sinkhorn", causal=False),
     RouterFamily("soft_moe", sparse=False, causal=False, experts_per_token=lambda r: 1),
 )}
@@ -51,7 +53,7 @@ ROUTERS = tuple(ROUTER_FAMILIES)
 SCORE_FNS = ("softmax", "sigmoid")
 SOFT_MOE_GROUPINGS = ("example", "call")
 DROP_POLICIES = ("position", "probability")
-DISPATCHES = ("einsum", "gather", "dropless")
+DISPATCHES = ("einsum", "gather", "dropless", "retrieval")
 # How expert-parallel dropless dispatch moves rows between devices
 # (moejax/dispatch/expert_parallel.py).
 EP_EXCHANGES = ("auto", "padded", "ragged")
@@ -75,10 +77,13 @@ class RouterConfig:
       the near-tied logits; moejax.routing.sparsemixer), 'expert_threshold'
       (causal expert choice: each expert takes the tokens whose probability
       reaches its threshold, a running estimate of expert choice's cutoff for
-      top_k experts per token on average; moejax.routing.expert_threshold).
+      top_k experts per token on average; moejax.routing.expert_threshold),
+      'product_key' (PEER: top_k of num_experts = n^2 experts per head by
+      product-key retrieval, never scoring all of them; pair with tiny
+      experts (d_ff 1) and dispatch='retrieval'; moejax.routing.product_keys).
     num_experts: routed experts E (null experts are extra, see below).
     top_k: experts per token (an upper bound for 'threshold'; the average
-      for 'expert_threshold').
+      for 'expert_threshold'; per head for 'product_key').
     score_fn: 'softmax' or 'sigmoid' (DeepSeek-V3) scores over experts.
     normalize_top_k: renormalise the chosen weights to sum to one. With
       softmax scores this is Mixtral's top-k-then-softmax; without it,
@@ -102,6 +107,14 @@ class RouterConfig:
       min(1, 2 * w2) where w2 is its weight normalised over the top two.
     num_null_experts: extra "null" experts (AdaMoE / MoE++ zero-computation
       experts): choosing one costs nothing and contributes zero output.
+    num_copy_experts: MoE++ copy experts: choosing one adds weight * x (the
+      token itself); no FFN, never dispatched.
+    num_constant_experts: MoE++ constant experts: expert j adds weight *
+      (a1 x + a2 v_j) with a trained vector v_j and [a1, a2] = softmax(x W_j);
+      no FFN, never dispatched.
+    gating_residual: MoE++ gating residual: a layer's router logits add the
+      previous MoE layer's logits times a trained [outputs, outputs] matrix
+      (initialised to zero, so the layer starts as without it).
     threshold: cumulative-probability threshold in (0, 1] for 'threshold'.
     capacity_factor: slots per expert = ceil(capacity_factor * tokens * top_k /
       num_experts); tokens beyond it are dropped. None = dropless. For
@@ -126,6 +139,10 @@ class RouterConfig:
     sparsemixer_eps: relative logit gap (x2) inside which experts share a
       'sparsemixer' pick's weight (Phi-3.5-MoE's router_jitter_noise, 0.01).
     hash_seed: seed of the fixed token-id -> expert hash.
+    peer_heads: 'product_key' retrieval heads H, each with its own query and
+      sub-keys, sharing the experts (a token visits H * top_k experts).
+    peer_key_dim: 'product_key' query / key width per head (even; each
+      sub-key table holds sqrt(num_experts) keys of peer_key_dim / 2).
     dense_training: DS-MoE (moejax.routing.dense_training): training calls
       (deterministic=False) send every token to every routed expert weighted
       by its score; inference calls route sparsely as configured ('top_k' or
@@ -155,6 +172,9 @@ class RouterConfig:
   noisy_top_k: bool = False
   second_expert_sampling: bool = False
   num_null_experts: int = 0
+  num_copy_experts: int = 0
+  num_constant_experts: int = 0
+  gating_residual: bool = False
   threshold: float = 0.5
   capacity_factor: Optional[float] = None
   min_capacity: int = 1
@@ -165,6 +185,8 @@ class RouterConfig:
   sinkhorn_iterations: int = 8
   sparsemixer_eps: float = 0.01
   hash_seed: int = 0
+  peer_heads: int = 1
+  peer_key_dim: int = 32
   dense_training: bool = False
   expert_threshold_rate: float = 0.01
   routing_groups: int = 1
@@ -173,10 +195,12 @@ class RouterConfig:
     check_choice("router.name", self.name, ROUTERS)
     check_int("router.num_experts", self.num_experts, 1)
     check_int("router.top_k", self.top_k, 1)
-    if self.top_k > self.num_experts + self.num_null_experts:
+    for field in ("num_null_experts", "num_copy_experts", "num_constant_experts"):
+      check_int(f"router.{field}", getattr(self, field), 0)
+    if self.top_k > self.num_experts + self.num_zero_computation_experts:
       fail("router.top_k", self.top_k,
-           f"must be <= num_experts + num_null_experts = "
-           f"{self.num_experts + self.num_null_experts}")
+           f"must be <= num_experts + zero-computation (null, copy, constant) experts = "
+           f"{self.num_experts + self.num_zero_computation_experts}")
     check_choice("router.score_fn", self.score_fn, SCORE_FNS)
     check_float("router.routed_scaling_factor", self.routed_scaling_factor, 0.0, False)
     check_int("router.num_expert_groups", self.num_expert_groups, 1)
@@ -193,16 +217,16 @@ class RouterConfig:
         fail("router.top_k", self.top_k,
              f"must be <= top_k_groups * experts per group = "
              f"{self.top_k_groups * per_group} when group-limited")
-      if self.num_null_experts:
+      if self.num_zero_computation_experts:
         fail("router.num_null_experts", self.num_null_experts,
-             "must be 0 when num_expert_groups > 1")
+             "zero-computation (null, copy, constant) experts must be 0 when "
+             "num_expert_groups > 1")
     check_float("router.expert_bias_update_rate", self.expert_bias_update_rate, 0.0, True)
     check_float("router.jitter_noise", self.jitter_noise, 0.0, True)
     if self.jitter_noise >= 1:
       fail("router.jitter_noise", self.jitter_noise, "must be in [0, 1)")
     if self.second_expert_sampling and self.top_k != 2:
       fail("router.second_expert_sampling", True, f"needs top_k=2, got top_k={self.top_k}")
-    check_int("router.num_null_experts", self.num_null_experts, 0)
     check_float("router.threshold", self.threshold, 0.0, False)
     if self.threshold > 1:
       fail("router.threshold", self.threshold, "must be in (0, 1]")
@@ -232,6 +256,9 @@ class RouterConfig:
         "noisy_top_k": (self.noisy_top_k, False),
         "second_expert_sampling": (self.second_expert_sampling, False),
         "num_null_experts": (self.num_null_experts, 0),
+        "num_copy_experts": (self.num_copy_experts, 0),
+        "num_constant_experts": (self.num_constant_experts, 0),
+        "gating_residual": (self.gating_residual, False),
         "dense_training": (self.dense_training, False),
     }
     if self.name not in ("top_k", "threshold"):
@@ -250,6 +277,30 @@ class RouterConfig:
     if self.name != "soft_moe" and self.soft_moe_normalize:
       fail("router.soft_moe_normalize", True, f"only used by router.name='soft_moe' "
            f"(name={self.name!r}); leave it False")
+    check_int("router.peer_heads", self.peer_heads, 1)
+    check_int("router.peer_key_dim", self.peer_key_dim, 2)
+    if self.name == "product_key":
+      n = math.isqrt(self.num_experts)
+      if n * n != self.num_experts:
+        fail("router.num_experts", self.num_experts,
+             "router.name='product_key' needs a perfect square (n^2 experts, n sub-keys per "
+             f"half), e.g. {n * n} or {(n + 1) ** 2}")
+      if self.top_k > n:
+        fail("router.top_k", self.top_k, f"router.name='product_key' picks top_k of each "
+             f"half's sqrt(num_experts)={n} sub-keys: must be <= {n}")
+      if self.peer_key_dim % 2:
+        fail("router.peer_key_dim", self.peer_key_dim, "must be even (two sub-key halves)")
+      if self.capacity_factor is not None:
+        fail("router.capacity_factor", self.capacity_factor,
+             "router.name='product_key' is dropless; leave it None")
+      if self.routing_groups != 1:
+        fail("router.routing_groups", self.routing_groups,
+             "router.name='product_key' routes each token alone; leave it 1")
+    else:
+      for field, default in (("peer_heads", 1), ("peer_key_dim", 32)):
+        if getattr(self, field) != default:
+          fail(f"router.{field}", getattr(self, field), "only used by router.name="
+               f"'product_key' (name={self.name!r}); leave it {default}")
     if self.name == "expert_threshold" and self.capacity_factor is not None:
       fail("router.capacity_factor", self.capacity_factor,
            "router.name='expert_threshold' never drops; leave it None (top_k = average "
@@ -268,10 +319,18 @@ class RouterConfig:
 
   @property
   def num_router_outputs(self) -> int:
-    """Width of the router projection: one logit per expert, null or slot."""
+    """Width of the router projection: one logit per routed or
+    zero-computation expert, or slot (for 'product_key', the heads' queries)."""
     if self.name == "soft_moe":
       return self.num_experts * self.num_slots
-    return self.num_experts + self.num_null_experts
+    if self.name == "product_key":  # the queries of every head
+      return self.peer_heads * self.peer_key_dim
+    return self.num_experts + self.num_zero_computation_experts
+
+  @property
+  def num_zero_computation_experts(self) -> int:
+    """Router outputs past the routed experts: null, then copy, then constant."""
+    return self.num_null_experts + self.num_copy_experts + self.num_constant_experts
 
   def capacity(self, num_tokens: int) -> Optional[int]:
     """Slots per expert for `num_tokens` tokens; None when dropless."""
@@ -394,6 +453,13 @@ class MoEConfig:
     if not self.router.is_sparse and self.dispatch != "einsum":
       fail("dispatch", self.dispatch,
            f"router.name={self.router.name!r} gives dense weights; use dispatch='einsum'")
+    if self.router.name == "product_key" and self.dispatch == "gather":
+      fail("dispatch", "gather", "router.name='product_key' is dropless; use 'retrieval' (or "
+           "'dropless' / 'einsum' for small num_experts)")
+    r = self.router
+    if r.dense_training and r.num_copy_experts + r.num_constant_experts:
+      fail("router.dense_training", True, "trains only the routed experts densely; leave "
+           "num_copy_experts and num_constant_experts at 0")
     if self.dispatch == "gather" and self.router.dense_training:
       fail("dispatch", "gather", "router.dense_training sends every token to every expert; "
            "use 'dropless' or 'einsum'")

@@ -199,3 +199,32 @@ class FeedForward(nn.Module):
     h = dense(self.d_ff, "w_in")(x)
     gate = dense(self.d_ff, "w_gate")(x) if is_glu(self.activation) else None
     return dense(self.d_model, "w_out")(hidden_activation(self.activation, h, gate))
+
+
+class ZeroComputationExperts(nn.Module):
+  """MoE++ copy and constant experts (moejax.routing.zero_computation): no
+  FFN, never dispatched. Call: (x [T, d], weight [T, copy + constant]) ->
+  [T, d] = sum_copy w x + sum_j w_j (a_j1 x + a_j2 v_j), [a_j1, a_j2] =
+  softmax(x W_j).
+
+  Params: constant_vectors v [constant, d], constant_gates W [constant, d, 2]
+  (zero: each constant expert starts as (x + v_j) / 2).
+  """
+
+  num_copy: int
+  num_constant: int
+  dtype: jnp.dtype = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, weight: jax.Array) -> jax.Array:
+    weight = weight.astype(x.dtype)
+    y = weight[:, :self.num_copy].sum(-1, keepdims=True) * x
+    if self.num_constant:
+      shape = (self.num_constant, x.shape[-1])
+      vectors = self.param("constant_vectors", nn.initializers.normal(0.02), shape)
+      gates = self.param("constant_gates", nn.initializers.zeros, (*shape, 2))
+      mix = jax.nn.softmax(jnp.einsum("td,jdc->tjc", x, gates.astype(x.dtype)), axis=-1)
+      w = weight[:, self.num_copy:]                                       # [T, constant]
+      y = (y + (w * mix[..., 0]).sum(-1, keepdims=True) * x
+           + jnp.einsum("tj,jd->td", w * mix[..., 1], vectors.astype(x.dtype)))
+    return y

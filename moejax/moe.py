@@ -6,6 +6,8 @@ Variables:
   params/router/kernel        [d_model, router outputs]
   params/router/noise_kernel  [d_model, router outputs]  (noisy_top_k)
   params/router/scale         []  (soft_moe_normalize)
+  params/router/sub_keys      [heads, 2, sqrt(E), key_dim / 2]  (product_key;
+      the kernel is then the query projection [d_model, heads * key_dim])
   router_state/router/expert_bias [E]  (use_expert_bias; not trained by
       gradients: on a training call (deterministic=False) with 'router_state'
       mutable, the layer applies moejax.routing.update_expert_bias with the
@@ -14,7 +16,11 @@ Variables:
       (router.name='expert_threshold'; likewise updated on training calls by
       moejax.routing.expert_threshold.update_expert_threshold)
   params/experts/{w_in, w_gate, w_out, b_in, b_out}  stacked over experts
+  params/router/gating_residual [outputs, outputs]  (gating_residual, in MoE
+      layers after the first)
   params/shared/...  and params/shared_gate/kernel  (shared experts)
+  params/zero_computation/{constant_vectors, constant_gates}  (MoE++
+      constant experts)
 
 RNG streams: 'router' (jitter, logit noise, second-expert sampling), only when
 deterministic=False.
@@ -23,6 +29,7 @@ deterministic=False.
 from __future__ import annotations
 
 import dataclasses
+import math
 import warnings
 from typing import Dict, Optional, Tuple
 
@@ -33,9 +40,10 @@ from flax import struct
 
 from moejax.config import MoEConfig, RouterConfig
 from moejax.dispatch import get_strategy
+from moejax.dispatch.retrieval import retrieval_ffn
 from moejax.dispatch.expert_parallel import (EP_DISPATCHES, EXPERT_AXIS, expert_parallel,
                                              token_shards)
-from moejax.experts import ExpertBank, FeedForward
+from moejax.experts import ExpertBank, FeedForward, ZeroComputationExperts
 from moejax.parallel.mesh import axis_size, current_mesh
 from moejax.routing import (RouterOutput, aux_losses, route_in_groups, routing_metrics,
                             update_expert_bias, zero_losses)
@@ -50,10 +58,13 @@ def _l2_normalize(x: jax.Array, axis: int) -> jax.Array:
 
 @struct.dataclass
 class MoEAux:
-  """Aux losses (unweighted scalars) and routing metrics of one layer call."""
+  """Aux losses (unweighted scalars) and routing metrics of one layer call;
+  router_logits [tokens, outputs] only with router.gating_residual (for the
+  next MoE layer)."""
 
   losses: Dict[str, jax.Array]
   metrics: Dict[str, jax.Array]
+  router_logits: Optional[jax.Array] = None
 
 
 class Router(nn.Module):
@@ -63,9 +74,12 @@ class Router(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, token_ids: Optional[jax.Array] = None,
-               deterministic: bool = True, groups: Optional[int] = None) -> RouterOutput:
+               deterministic: bool = True, groups: Optional[int] = None,
+               prev_logits: Optional[jax.Array] = None) -> RouterOutput:
     """x: [T, d_model]; token_ids: [T] (hash routing only); groups: routed
-    groups of consecutive tokens (default config.routing_groups)."""
+    groups of consecutive tokens (default config.routing_groups);
+    prev_logits: [T, outputs] the previous MoE layer's logits (gating
+    residual)."""
     cfg = self.config
     x = at_least_f32(x)
     stochastic = cfg.jitter_noise > 0 or cfg.noisy_top_k or cfg.second_expert_sampling
@@ -75,7 +89,12 @@ class Router(nn.Module):
       if cfg.jitter_noise > 0:
         x = x * jax.random.uniform(jitter_rng, x.shape, minval=1.0 - cfg.jitter_noise,
                                    maxval=1.0 + cfg.jitter_noise)
-    logits = noise_std = expert_bias = None
+    logits = noise_std = expert_bias = sub_keys = None
+    if cfg.name == "product_key":
+      n = math.isqrt(cfg.num_experts)
+      half = cfg.peer_key_dim // 2
+      sub_keys = self.param("sub_keys", nn.initializers.normal(half ** -0.5),
+                            (cfg.peer_heads, 2, n, half))
     if cfg.name != "hash":
       init = nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal")
       kernel = self.param("kernel", init, (x.shape[-1], cfg.num_router_outputs))
@@ -84,6 +103,10 @@ class Router(nn.Module):
         logits = scale * (_l2_normalize(x, axis=-1) @ _l2_normalize(kernel, axis=0))
       else:
         logits = x @ kernel
+      if cfg.gating_residual and prev_logits is not None:
+        residual = self.param("gating_residual", nn.initializers.zeros,
+                              (cfg.num_router_outputs, cfg.num_router_outputs))
+        logits = logits + at_least_f32(prev_logits) @ residual
     if cfg.noisy_top_k:
       noise_kernel = self.param("noise_kernel", nn.initializers.zeros,
                                 (x.shape[-1], cfg.num_router_outputs))
@@ -100,7 +123,7 @@ class Router(nn.Module):
       updates_var = self.variable("router_state", "threshold_updates", jnp.zeros, (), jnp.int32)
     out = route_in_groups(cfg, logits, token_ids=token_ids, expert_bias=expert_bias,
                           expert_threshold=None if threshold_var is None else threshold_var.value,
-                          noise_std=noise_std, rng=rng, groups=groups)
+                          sub_keys=sub_keys, noise_std=noise_std, rng=rng, groups=groups)
     updating = (not deterministic and self.is_mutable_collection("router_state")
                 and not self.is_initializing())
     if bias_var is not None and updating and cfg.expert_bias_update_rate > 0:
@@ -129,7 +152,10 @@ class MoELayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, token_ids: Optional[jax.Array] = None,
-               deterministic: bool = True) -> Tuple[jax.Array, MoEAux]:
+               deterministic: bool = True,
+               prev_router_logits: Optional[jax.Array] = None) -> Tuple[jax.Array, MoEAux]:
+    """prev_router_logits: the previous MoE layer's MoEAux.router_logits
+    (router.gating_residual; None for the first MoE layer)."""
     cfg = self.config
     if x.shape[-1] != cfg.d_model:
       raise ValueError(f"input last dim {x.shape[-1]} != d_model={cfg.d_model}")
@@ -137,7 +163,8 @@ class MoELayer(nn.Module):
     tokens = x.reshape(-1, cfg.d_model)
     ids = None if token_ids is None else token_ids.reshape(-1)
     out = Router(cfg.router, name="router")(tokens, token_ids=ids, deterministic=deterministic,
-                                            groups=self._routing_groups(x))
+                                            groups=self._routing_groups(x),
+                                            prev_logits=prev_router_logits)
     # DS-MoE trains with every expert; losses and metrics stay the sparse rule's.
     routing = out.routing
     if cfg.router.dense_training and not deterministic:
@@ -146,7 +173,9 @@ class MoELayer(nn.Module):
     compute_tokens = tokens.astype(dtype)
     layout = experts.row_layout()
     mesh = None if self.is_initializing() else current_mesh()
-    if mesh is not None and self._expert_parallel_ok(mesh, routing, layout):
+    if cfg.dispatch == "retrieval":
+      y = retrieval_ffn(compute_tokens, routing, experts.weights(), cfg.activation)
+    elif mesh is not None and self._expert_parallel_ok(mesh, routing, layout):
       y = expert_parallel(compute_tokens, routing, experts.weights(), experts.pure_fn(),
                           dispatch=cfg.dispatch, layout=layout, mesh=mesh,
                           exchange=cfg.ep_exchange)
@@ -160,7 +189,13 @@ class MoELayer(nn.Module):
         gate = nn.Dense(1, use_bias=False, name="shared_gate")(at_least_f32(tokens))
         shared = shared * jax.nn.sigmoid(gate).astype(dtype)
       y = y + shared
-    aux = MoEAux(losses=aux_losses(out), metrics=routing_metrics(out))
+    if out.zero_computation_weight is not None:  # MoE++ copy / constant experts
+      r = cfg.router
+      y = y + ZeroComputationExperts(r.num_copy_experts, r.num_constant_experts, dtype,
+                                     name="zero_computation")(compute_tokens,
+                                                              out.zero_computation_weight)
+    aux = MoEAux(losses=aux_losses(out), metrics=routing_metrics(out),
+                 router_logits=out.logits if cfg.router.gating_residual else None)
     return y.reshape(x.shape).astype(x.dtype), aux
 
   def _routing_groups(self, x: jax.Array) -> int:
@@ -212,7 +247,8 @@ class MultiHeadMoELayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, token_ids: Optional[jax.Array] = None,
-               deterministic: bool = True) -> Tuple[jax.Array, MoEAux]:
+               deterministic: bool = True,
+               prev_router_logits: Optional[jax.Array] = None) -> Tuple[jax.Array, MoEAux]:
     cfg = self.config
     heads, width = cfg.mh_heads, cfg.d_model // cfg.mh_heads
     if x.ndim < 2 or x.shape[-1] != cfg.d_model:
@@ -224,7 +260,8 @@ class MultiHeadMoELayer(nn.Module):
     subs = u.reshape(*x.shape[:-2], x.shape[-2] * heads, width)
     ids = None if token_ids is None else jnp.repeat(token_ids, heads, axis=-1)
     inner = dataclasses.replace(cfg, d_model=width, mh_heads=1)
-    y, aux = MoELayer(inner, name="sub_moe")(subs, token_ids=ids, deterministic=deterministic)
+    y, aux = MoELayer(inner, name="sub_moe")(subs, token_ids=ids, deterministic=deterministic,
+                                             prev_router_logits=prev_router_logits)
     y = y.reshape(x.shape)
     if cfg.mh_projections:
       y = project("mh_merge")(y).astype(x.dtype)
@@ -249,8 +286,8 @@ class DenseFFNLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, token_ids: Optional[jax.Array] = None,
-               deterministic: bool = True) -> Tuple[jax.Array, MoEAux]:
-    del token_ids, deterministic
+               deterministic: bool = True, prev_router_logits=None) -> Tuple[jax.Array, MoEAux]:
+    del token_ids, deterministic, prev_router_logits
     y = FeedForward(self.d_model, self.d_ff, self.activation, self.use_bias,
                     jnp.dtype(self.dtype), name="ffn")(x.astype(jnp.dtype(self.dtype)))
     return y.astype(x.dtype), MoEAux(losses=zero_losses(), metrics={})

@@ -2,7 +2,8 @@
 data, train, mesh) and the converters: a bad value raises one ValueError
 that names the field, the value and what is valid, e.g.
 
-  ValueError: router.top_k=9 is invalid: must be <= num_experts + num_null_experts = 8
+  ValueError: router.top_k=9 is invalid: must be <= num_experts + zero-computation
+  (null, copy, constant) experts = 8
 """
 
 from __future__ import annotations

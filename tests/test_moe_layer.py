@@ -90,7 +90,7 @@ def test_dense_baseline_has_same_interface():
     v = jax.jit(layer.init)(jax.random.key(0), x)
     y, aux = layer.apply(v, x, token_ids=None, deterministic=False)
     assert y.shape == x.shape
-    assert set(aux.losses) == {"load_balance", "z_loss", "importance"}
+    assert set(aux.losses) == {"load_balance", "z_loss", "importance", "mutual_information"}
 
 
 def test_bfloat16_experts_close_to_float32():

@@ -6,7 +6,8 @@ expert active is run with top-k or a probability threshold. The sweep also
 applies to any token-choice model (a top-2 model run with top-1). Each
 variant replaces only the router's inference rule:
 
-  'dense'        every routed expert (top_k = E)
+  'dense'        every routed expert (top_k = E; not with zero-computation
+                 experts)
   'top-k'        the k best experts
   'threshold p'  XMoE dynamic-k: best experts until their probability
                  reaches p (softmax routers)
@@ -51,14 +52,14 @@ def routing_variants(config: ModelConfig, top_ks: Sequence[int] = (),
       raise ValueError(f"threshold={p} is invalid: must be in (0, 1]")
 
   def variant(**fields):
-    r = dataclasses.replace(router, **{"capacity_factor": None, "num_null_experts": 0,
-                                       **fields})
+    r = dataclasses.replace(router, capacity_factor=None, **fields)
     return dataclasses.replace(config, moe=dataclasses.replace(moe, router=r))
-  null = router.num_null_experts
-  rows = [("dense", variant(name="top_k", top_k=experts))] if not null else []
-  rows += [(f"top-{k}", variant(name="top_k", top_k=k, num_null_experts=null)) for k in top_ks]
-  rows += [(f"threshold {p:g}", variant(name="threshold", top_k=experts + null, threshold=p,
-                                        num_null_experts=null)) for p in thresholds]
+  # 'dense' = every routed expert; with zero-computation experts top-E is not that.
+  zero = router.num_zero_computation_experts
+  rows = [("dense", variant(name="top_k", top_k=experts))] if not zero else []
+  rows += [(f"top-{k}", variant(name="top_k", top_k=k)) for k in top_ks]
+  rows += [(f"threshold {p:g}", variant(name="threshold", top_k=experts + zero, threshold=p))
+           for p in thresholds]
   return rows
 
 

@@ -39,6 +39,9 @@ def check_remappable(config: ModelConfig) -> int:
   if config.moe.mh_heads > 1:
     raise ValueError(f"model.moe.mh_heads={config.moe.mh_heads}: MH-MoE layers cannot be pruned, "
                      "merged or quantized yet")
+  if router.gating_residual:
+    raise ValueError("router.gating_residual=True: layers with MoE++'s gating residual cannot "
+                     "be pruned or merged yet (its [outputs, outputs] matrix is not remapped)")
   if router.name not in REMAPPABLE_ROUTERS:
     raise ValueError(f"router.name={router.name!r} cannot be pruned or merged: valid routers "
                      "are " + ", ".join(REMAPPABLE_ROUTERS))

@@ -28,14 +28,17 @@ class Block(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, positions: Optional[jax.Array] = None,
                token_ids: Optional[jax.Array] = None, deterministic: bool = True,
-               decode: bool = False) -> Tuple[jax.Array, Optional[MoEAux]]:
+               decode: bool = False,
+               prev_router_logits: Optional[jax.Array] = None
+               ) -> Tuple[jax.Array, Optional[MoEAux]]:
     cfg = self.config
     x = x + Attention(cfg, self.causal, name="attention")(
         block_norm(cfg, "attention_norm")(x), positions, decode=decode)
     h = block_norm(cfg, "ffn_norm")(x)
     if self.use_moe:
       y, aux = moe_layer(cfg.moe, name="moe")(h, token_ids=token_ids,
-                                               deterministic=deterministic)
+                                               deterministic=deterministic,
+                                               prev_router_logits=prev_router_logits)
     else:
       y, _ = DenseFFNLayer(cfg.d_model, cfg.dense_d_ff, cfg.activation, dtype=cfg.dtype,
                            name="ffn")(h)
@@ -54,10 +57,12 @@ def run_blocks(config: ModelConfig, x: jax.Array, *, causal: bool,
   moejax.models.attention).
   """
   aux = {}
+  router_logits = None  # the last MoE layer's, for MoE++'s gating residual
   for i in range(config.num_layers):
     x, layer_aux = Block(config, config.is_moe_layer(i), causal, name=f"block_{i}")(
         x, positions=positions, token_ids=token_ids, deterministic=deterministic,
-        decode=decode)
+        decode=decode, prev_router_logits=router_logits)
     if layer_aux is not None:
       aux[f"block_{i}"] = layer_aux
+      router_logits = layer_aux.router_logits
   return x, aux

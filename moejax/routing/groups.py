@@ -29,6 +29,7 @@ def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
                     token_ids: Optional[jax.Array] = None,
                     expert_bias: Optional[jax.Array] = None,
                     expert_threshold: Optional[jax.Array] = None,
+                    sub_keys: Optional[jax.Array] = None,
                     noise_std: Optional[jax.Array] = None,
                     rng: Optional[jax.Array] = None,
                     groups: Optional[int] = None) -> RouterOutput:
@@ -40,7 +41,8 @@ def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
   groups = config.routing_groups if groups is None else groups
   if groups == 1:
     return route(config, logits, token_ids=token_ids, expert_bias=expert_bias,
-                 expert_threshold=expert_threshold, noise_std=noise_std, rng=rng)
+                 expert_threshold=expert_threshold, sub_keys=sub_keys, noise_std=noise_std,
+                 rng=rng)
   per_token = {"logits": logits, "token_ids": token_ids, "noise_std": noise_std}
   per_token = {k: v for k, v in per_token.items() if v is not None}
   num_tokens = next(iter(per_token.values())).shape[0]
@@ -69,9 +71,10 @@ def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
                     position=flat(r.position + offset), valid=flat(r.valid),
                     num_experts=r.num_experts,
                     capacity=None if r.capacity is None else groups * r.capacity)
+  maybe_flat = lambda a: None if a is None else flat(a)
   return RouterOutput(routing=routing, probs=flat(out.probs),
-                      choice_counts=out.choice_counts.sum(0),
-                      logits=None if out.logits is None else flat(out.logits))
+                      choice_counts=out.choice_counts.sum(0), logits=maybe_flat(out.logits),
+                      zero_computation_weight=maybe_flat(out.zero_computation_weight))
 
 
 def _block_diagonal(r: DenseRouting) -> DenseRouting:

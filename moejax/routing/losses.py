@@ -79,12 +79,17 @@ def zero_losses() -> dict:
 
 def aux_losses(out: RouterOutput) -> dict:
   """All aux losses of a RouterOutput, unweighted (scalars; 0 where a loss
-  does not apply: no logits for hash, no balance loss for dense routing)."""
+  does not apply: no logits for hash, no balance loss for dense routing,
+  only the z-loss (if logits) without probabilities: product keys)."""
   zero = jnp.zeros((), jnp.float32)
   sparse = isinstance(out.routing, Routing)
+  z_loss = router_z_loss(out.logits) if out.logits is not None else zero
+  if out.probs is None:  # product-key retrieval: no distribution over all experts
+    return {"load_balance": zero, "z_loss": z_loss, "importance": zero,
+            "mutual_information": zero}
   return {
       "load_balance": load_balance_loss(out.probs, out.choice_counts) if sparse else zero,
-      "z_loss": router_z_loss(out.logits) if out.logits is not None else zero,
+      "z_loss": z_loss,
       "importance": importance_loss(out.probs),
       "mutual_information": mutual_information_loss(out.probs),
   }

@@ -17,8 +17,10 @@ def routing_metrics(out: RouterOutput) -> Dict[str, jax.Array]:
     weight_per_expert: [E] gate weight of those assignments (combine mass for
       dense routing): what expert pruning ranks by (moejax/compress).
     fraction_dropped: share of real-expert choices dropped for capacity.
-    fraction_null: share of choices that went to null experts.
-    router_entropy: mean per-token entropy of the router distribution (nats).
+    fraction_null: share of choices that went to zero-computation experts
+      (null, copy and constant: no FFN ran for them).
+    router_entropy: mean per-token entropy of the router distribution (nats;
+      for product keys, of the normalised weights of the chosen experts).
     balance: max load / mean load (1 = perfectly balanced).
   """
   load = out.routing.tokens_per_expert()
@@ -30,6 +32,9 @@ def routing_metrics(out: RouterOutput) -> Dict[str, jax.Array]:
     dropped = jnp.zeros(())
   null = out.choice_counts[num_experts:].sum() / jnp.maximum(out.choice_counts.sum(), 1.0)
   probs = out.probs
+  if probs is None:  # product keys: the entropy of the chosen experts' weights
+    probs = jnp.where(out.routing.valid, out.routing.weight, 0.0)
+    probs = probs / jnp.maximum(probs.sum(-1, keepdims=True), 1e-9)
   entropy = -jnp.sum(jnp.where(probs > 0, probs * jnp.log(jnp.maximum(probs, 1e-30)), 0.0), -1)
   return {
       "tokens_per_expert": load,

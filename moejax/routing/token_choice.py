@@ -3,8 +3,8 @@
 Covers Switch/GShard (softmax, then top-k), Mixtral (top-k, then softmax),
 DeepSeek-V3 (sigmoid scores, renormalised, routed scaling, group-limited
 top-k, selection-only expert bias), noisy top-k, GShard's sampled second
-expert, null experts (AdaMoE / MoE++), and XMoE's threshold (dynamic-k)
-routing.
+expert, null / copy / constant experts (AdaMoE / MoE++; zero_computation.py),
+and XMoE's threshold (dynamic-k) routing.
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import jax.numpy as jnp
 from moejax.config import RouterConfig
 from moejax.routing.capacity import finish_assignments
 from moejax.routing.types import RouterOutput, at_least_f32
+from moejax.routing.zero_computation import zero_computation_weights
 
 
 def _scores(logits: jax.Array, config: RouterConfig) -> jax.Array:
@@ -89,7 +90,9 @@ def top_k_route(logits: jax.Array, config: RouterConfig, *,
     assigned = assigned.at[:, 1].set(keep)
   routing, counts = finish_assignments(config, expert_index, weight, assigned, num_tokens)
   return RouterOutput(routing=routing, probs=_loss_probs(scores, config),
-                      choice_counts=counts, logits=logits)
+                      choice_counts=counts, logits=logits,
+                      zero_computation_weight=zero_computation_weights(
+                          config, expert_index, weight, assigned))
 
 
 def threshold_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
@@ -108,4 +111,6 @@ def threshold_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
   if config.normalize_top_k:
     weight = weight / jnp.maximum(weight.sum(-1, keepdims=True), 1e-9)
   routing, counts = finish_assignments(config, expert_index, weight, assigned, logits.shape[0])
-  return RouterOutput(routing=routing, probs=probs, choice_counts=counts, logits=logits)
+  return RouterOutput(routing=routing, probs=probs, choice_counts=counts, logits=logits,
+                      zero_computation_weight=zero_computation_weights(
+                          config, expert_index, weight, assigned))

@@ -108,17 +108,22 @@ class RouterOutput:
     routing: what dispatch consumes.
     probs: [tokens, outputs] float32 router probabilities that sum to 1 per
       token (outputs = experts + null experts; experts for Soft MoE, where
-      it is each token's combine mass per expert).
+      it is each token's combine mass per expert), or None where no router
+      scores every expert (product-key retrieval).
     choice_counts: [outputs] float32 tokens choosing each output *before*
       capacity dropping (null experts included).
     logits: [tokens, router outputs] float32 raw router logits, or None for
       routers without a learned projection (hash).
+    zero_computation_weight: [tokens, copy + constant experts] gate weight
+      of each token's MoE++ copy and constant experts (which the Routing
+      leaves out), or None (moejax.routing.zero_computation).
   """
 
   routing: AnyRouting
-  probs: jax.Array
+  probs: Optional[jax.Array]
   choice_counts: jax.Array
   logits: Optional[jax.Array]
+  zero_computation_weight: Optional[jax.Array] = None
 
 
 def at_least_f32(x: jax.Array) -> jax.Array:

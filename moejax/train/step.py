@@ -20,6 +20,9 @@ from moejax.train.config import TrainConfig
 # Per-MoE-block routing metrics logged by the trainer (each [num_moe_blocks]),
 # plus 'expert_load' [num_moe_blocks, E]: each expert's share of assignments.
 LAYER_METRICS = ("balance", "fraction_dropped", "fraction_null", "router_entropy")
+# Per-expert loads go into every metrics line up to this many experts (PEER's
+# pools of 10^5-10^6 would make each line megabytes).
+MAX_LOGGED_EXPERTS = 4096
 
 
 def init_state(model: nn.Module, optimizer: optax.GradientTransformation, rng: jax.Array,
@@ -55,7 +58,8 @@ def _aux_summary(aux: Dict) -> Tuple[Dict[str, jax.Array], Dict[str, jax.Array]]
             for name in LOSS_NAMES}
   metrics = {name: jnp.stack([aux[b].metrics[name] for b in blocks]) for name in LAYER_METRICS}
   load = jnp.stack([aux[b].metrics["tokens_per_expert"] for b in blocks])
-  metrics["expert_load"] = load / jnp.maximum(load.sum(-1, keepdims=True), 1e-9)
+  if load.shape[-1] <= MAX_LOGGED_EXPERTS:
+    metrics["expert_load"] = load / jnp.maximum(load.sum(-1, keepdims=True), 1e-9)
   return losses, metrics
 
 

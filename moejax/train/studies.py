@@ -150,6 +150,21 @@ STUDIES: Dict[str, Study] = {
                "top2"),
          Claim("the mutual-information loss helps DS-MoE's sparse inference: with < without",
                "eval_loss", "ds_moe_top2", "ds_moe_top2_no_mi"))),
+    "peer": Study(
+        "PEER: 48^2 = 2304 single-neuron experts, 8 heads x top-16 by product keys (128 expert "
+        "neurons per token) vs top-2 of 8 experts x 64 (equal active expert parameters) and "
+        "top-2 of 8 x 256 (about equal total expert parameters), 2 blocks", lm_study,
+        {"top2_8x64": _DROPLESS + ("model.moe.d_ff=64",),
+         "top2_8x256": _DROPLESS,
+         "peer_2304x1": ("model.moe.router.name=product_key",
+                         "model.moe.router.num_experts=2304", "model.moe.router.top_k=16",
+                         "model.moe.router.peer_heads=8", "model.moe.router.peer_key_dim=32",
+                         "model.moe.router.capacity_factor=None", "model.moe.d_ff=1",
+                         "model.moe.dispatch=retrieval", "train.load_balance_weight=0.0")},
+        (Claim("PEER beats a coarse MoE at equal active expert parameters (He 2024)",
+               "eval_loss", "peer_2304x1", "top2_8x64"),
+         Claim("... and at equal total expert parameters, with a quarter of the active ones",
+               "eval_loss", "peer_2304x1", "top2_8x256"))),
 }
 
 

@@ -1,0 +1,73 @@
+"""Product-key retrieval (PEER: He 2024, "Mixture of A Million Experts";
+product keys from Lample et al. 2019): top-k among N = n^2 experts without
+scoring all N.
+
+Expert i = a * n + b has key [c_a ; c'_b], the concatenation of sub-key a of
+one table and sub-key b of the other, so a query q = [q1 ; q2] scores it
+q1 . c_a + q2 . c'_b. The top-k of all N is among the k x k sums of the top-k
+of each half, so retrieval scores 2n sub-keys and k^2 candidates per head:
+memory O(T * H * (n + k^2)) = O(T * H * sqrt(N)), never [T, N].
+
+Each of H heads has its own query (a slice of the router projection) and its
+own sub-key tables (as in Lample et al.'s multi-head memory); all heads share
+the expert pool. A head's k weights are a softmax over its k scores (PEER);
+a token's output sums over heads.
+
+Left out: PEER's batch-normalised query network (the query is a plain linear
+projection of the token).
+"""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import jax
+import jax.numpy as jnp
+
+from moejax.config import RouterConfig
+from moejax.routing.capacity import assign_positions
+from moejax.routing.types import Routing, RouterOutput, at_least_f32
+
+
+def product_key_top_k(queries: jax.Array, sub_keys: jax.Array,
+                      k: int) -> Tuple[jax.Array, jax.Array]:
+  """Top-k experts per head, best first.
+
+  Args:
+    queries: [T, H, key_dim].
+    sub_keys: [H, 2, n, key_dim / 2]: per head, the two sub-key tables.
+    k: experts per head (<= n).
+  Returns:
+    scores [T, H, k] and expert indices [T, H, k] in [0, n^2).
+  """
+  num_tokens, heads, key_dim = queries.shape
+  n = sub_keys.shape[2]
+  halves = queries.reshape(num_tokens, heads, 2, key_dim // 2)
+  half_scores = jnp.einsum("thcd,hcnd->thcn", halves, sub_keys)          # [T, H, 2, n]
+  top_scores, top_index = jax.lax.top_k(half_scores, k)                  # [T, H, 2, k]
+  candidates = top_scores[:, :, 0, :, None] + top_scores[:, :, 1, None, :]  # [T, H, k, k]
+  scores, flat = jax.lax.top_k(candidates.reshape(num_tokens, heads, k * k), k)
+  first = jnp.take_along_axis(top_index[:, :, 0], flat // k, axis=-1)
+  second = jnp.take_along_axis(top_index[:, :, 1], flat % k, axis=-1)
+  return scores, (first * n + second).astype(jnp.int32)
+
+
+def product_key_route(queries: jax.Array, sub_keys: jax.Array,
+                      config: RouterConfig) -> RouterOutput:
+  """Args: queries: [T, H * key_dim] (the router projection); sub_keys as in
+  product_key_top_k. Returns a Routing with k = H * top_k columns (head-major),
+  capacity None, and no [T, N] probabilities (probs and logits None)."""
+  queries = at_least_f32(queries)
+  num_tokens = queries.shape[0]
+  heads, experts = config.peer_heads, config.num_experts
+  scores, index = product_key_top_k(queries.reshape(num_tokens, heads, -1),
+                                    sub_keys.astype(queries.dtype), config.top_k)
+  weight = jax.nn.softmax(scores, axis=-1) * config.routed_scaling_factor
+  expert_index = index.reshape(num_tokens, heads * config.top_k)
+  assigned = jnp.ones(expert_index.shape, jnp.bool_)
+  position, valid = assign_positions(expert_index, assigned, experts, None)
+  routing = Routing(expert_index=expert_index, weight=weight.reshape(expert_index.shape),
+                    position=position, valid=valid, num_experts=experts, capacity=None)
+  counts = jnp.zeros((experts,), jnp.float32).at[expert_index].add(1.0)
+  return RouterOutput(routing=routing, probs=None, choice_counts=counts, logits=None)
+
