@@ -30,6 +30,7 @@ FAMILIES = {
                     model__moe__router__num_experts=64, model__moe__router__top_k=4,
                     model__moe__router__peer_heads=2, model__moe__router__peer_key_dim=8,
                     model__moe__d_ff=1, model__moe__dispatch="retrieval"),
+    "lm_switchhead": dict(kind="lm", model__attention_experts=4, model__attention_top_k=2),
     "lm_ds_moe": dict(kind="lm", model__moe__router__dense_training=True,
                       train__mutual_information_weight=1e-2),
     "vit_moe_bpr": dict(kind="vit", model__moe__dispatch="gather",
@@ -173,3 +174,18 @@ def test_every_config_file_validates(path):
     return
   exp = experiment_from_config(config)
   assert exp.model.num_layers >= 1
+
+
+def test_every_router_zoo_and_study_row_validates():
+  from moejax.train.comparison import apply_override
+  from moejax.train.router_zoo import ZOO, zoo_configs
+  from moejax.train.presets import lm_tiny
+  from moejax.train.studies import STUDIES
+  for name, config in zoo_configs(lm_tiny(), list(ZOO)):
+    assert experiment_from_config(config).model.moe_layers, name
+  for study in STUDIES.values():
+    for overrides in study.rows.values():
+      config = study.base()
+      for assignment in overrides:
+        apply_override(config, assignment)
+      experiment_from_config(config)

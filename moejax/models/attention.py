@@ -1,6 +1,7 @@
 """Self-attention for the Transformer blocks: RoPE, grouped-query attention
 (with optional q/k norms and biases), DeepSeek's multi-head latent attention,
-and a key/value cache for autoregressive decoding.
+SwitchHead's expert value / output projections (switchhead.py), and a
+key/value cache for autoregressive decoding.
 
 Decoding: call with `decode=True` and the 'cache' collection mutable. Each
 layer keeps `cache/{cached_key, cached_value}: [B, max_len, kv heads, head width]` and
@@ -19,6 +20,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.models.config import ModelConfig
+from moejax.models.switchhead import RoutedProjection
 
 # DeepSeek-V3 normalises its query / key-value latents with this epsilon
 # whatever the model's norm_eps is.
@@ -102,6 +104,11 @@ class Attention(nn.Module):
       k, v, k_positions = self._update_cache(k, v, index)
     out = attend(q, k, v, q_positions=q_positions, k_positions=k_positions,
                  causal=self.causal, window=cfg.attention_window, scale=scale)
+    if cfg.attention_experts:  # SwitchHead: the output mix is chosen per destination token
+      b, t, heads, _ = out.shape
+      y = self._switchhead("out", x.reshape(b * t, -1), out.reshape(b * t, heads, -1),
+                           cfg.d_model)
+      return y.sum(axis=1).reshape(b, t, cfg.d_model)
     use_bias = cfg.attention_out_bias
     return nn.DenseGeneral(cfg.d_model, axis=(-2, -1), use_bias=use_bias,
                            dtype=jnp.dtype(cfg.dtype), name="out")(out)
@@ -114,7 +121,14 @@ class Attention(nn.Module):
                                                name=name)
     q = proj(cfg.num_heads, "query")(x)          # [B, T, N, H]
     k = proj(cfg.kv_heads, "key")(x)             # [B, T, K, H]
-    v = proj(cfg.kv_heads, "value")(x)
+    if cfg.attention_experts:  # SwitchHead: each source token's values mix its experts
+      b, t, d = x.shape
+      tokens = x.reshape(b * t, d)
+      per_head = jnp.broadcast_to(tokens[:, None, :], (b * t, cfg.num_heads, d))
+      v = self._switchhead("value", tokens, per_head, cfg.head_size).reshape(
+          b, t, cfg.num_heads, cfg.head_size)
+    else:
+      v = proj(cfg.kv_heads, "value")(x)
     if cfg.qk_norm == "head":
       q = nn.RMSNorm(epsilon=cfg.norm_eps, name="query_norm")(q)
       k = nn.RMSNorm(epsilon=cfg.norm_eps, name="key_norm")(k)
@@ -126,6 +140,16 @@ class Attention(nn.Module):
       q = rotary_embedding(q, positions, cfg.lm.rope_theta)
       k = rotary_embedding(k, positions, cfg.lm.rope_theta)
     return q, k, v, None
+
+  def _switchhead(self, name, router_input, inputs, d_out):
+    """RoutedProjection `name`: [rows, d] router input, [rows, heads, d_in]
+    inputs -> [rows, heads, d_out]."""
+    cfg = self.config
+    moe = cfg.moe
+    backend, block = (moe.gmm_backend, moe.gmm_block_size) if moe else ("auto", 128)
+    return RoutedProjection(cfg.num_heads, cfg.attention_experts, cfg.attention_top_k, d_out,
+                            backend, block, jnp.dtype(cfg.dtype), name=name)(router_input,
+                                                                            inputs)
 
   def _mla_qkv(self, x, positions):
     """DeepSeek MLA. Queries: [B, T, N, nope + rope]; keys: per-head nope part

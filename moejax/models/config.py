@@ -131,6 +131,11 @@ class ModelConfig:
       key/value latent, shaped by `mla`; num_kv_heads and head_dim unused).
     attention_window: a causal query sees only the last `attention_window`
       keys (sliding-window attention, Mistral-style); 0 = all of them.
+    attention_experts: SwitchHead (moejax/models/switchhead.py): each head's
+      value and output projections become this many linear experts, of
+      which each token uses attention_top_k (sigmoid gates); 0 = dense
+      projections. attention='mha' without GQA or projection biases.
+    attention_top_k: experts per head and token for attention_experts.
     dense_d_ff: hidden width of the FFN in dense (non-MoE) blocks.
     activation: FFN activation of dense blocks ('relu', 'gelu', 'silu',
       'swiglu', 'geglu'); MoE blocks use moe.activation.
@@ -164,6 +169,8 @@ class ModelConfig:
   qk_norm: str = "none"
   attention: str = "mha"
   attention_window: int = 0
+  attention_experts: int = 0
+  attention_top_k: int = 2
   dense_d_ff: int = 512
   activation: str = "gelu"
   moe_every: int = 1
@@ -215,6 +222,23 @@ class ModelConfig:
     check_choice("model.attention", self.attention, ATTENTIONS)
     check_choice("model.qk_norm", self.qk_norm, QK_NORMS)
     check_int("model.attention_window", self.attention_window, 0)
+    check_int("model.attention_experts", self.attention_experts, 0)
+    check_int("model.attention_top_k", self.attention_top_k, 1)
+    if self.attention_experts:
+      if self.attention_top_k > self.attention_experts:
+        fail("model.attention_top_k", self.attention_top_k,
+             f"must be <= attention_experts={self.attention_experts}")
+      refusals = (("attention", self.attention, "mha", "SwitchHead experts are for "
+                   "attention='mha'"),
+                  ("num_kv_heads", self.num_kv_heads, 0, "SwitchHead routes each head's own "
+                   "values; leave it 0 (no grouped-query attention)"),
+                  ("attention_bias", self.attention_bias, False, "SwitchHead's linear experts "
+                   "have no biases; leave it False"),
+                  ("attention_out_bias", self.attention_out_bias, False, "SwitchHead's linear "
+                   "experts have no biases; leave it False"))
+      for field, value, default, why in refusals:
+        if value != default and not (field == "num_kv_heads" and value == self.num_heads):
+          fail(f"model.{field}", value, f"with model.attention_experts > 0: {why}")
     if self.attention == "mla":
       if self.kind != "lm":
         fail("model.attention", "mla", "is for kind='lm'")

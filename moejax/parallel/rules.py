@@ -28,6 +28,9 @@ PARAM_LOGICAL_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
     (r"experts/b_out$", ("expert", "embed")),
     (r"attention/(query|key|value)/kernel$", ("embed", "heads", None)),
     (r"attention/out/kernel$", ("heads", None, "embed")),
+    # SwitchHead experts (models/switchhead.py): [heads, experts, in, out].
+    (r"attention/value/kernel$", ("heads", "expert", "embed", None)),
+    (r"attention/out/kernel$", ("heads", "expert", None, "embed")),
     (r"(w_in|w_gate)/kernel$", ("embed", "mlp")),
     (r"(w_in|w_gate)/bias$", ("mlp",)),
     (r"w_out/kernel$", ("mlp", "embed")),
