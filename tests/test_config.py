@@ -79,3 +79,16 @@ def test_checkpoint_compatibility_ignores_the_moe_fields_of_a_dense_model():
       "model.moe.dispatch": ("gather", "dropless")}
   assert set(incompatible_fields(config(0, "gather"), config(1, "gather"))) == {
       "model.moe_every"}
+
+
+def test_a_checkpoint_from_before_a_field_existed_is_compatible_at_its_default():
+  """A field a checkpoint's saved config lacks (added to moejax later) only
+  conflicts when the current config sets it away from its default."""
+  from moejax.train.config import incompatible_fields
+  from moejax.train.defaults import experiment_config
+  current = experiment_config().to_dict()
+  saved = experiment_config().to_dict()
+  del saved["model"]["attention_experts"], saved["model"]["moe"]["router"]["dense_training"]
+  assert incompatible_fields(saved, current) == {}
+  current["model"]["attention_experts"] = 4
+  assert incompatible_fields(saved, current) == {"model.attention_experts": (None, 4)}

@@ -160,8 +160,15 @@ STATE_DEFINING = ("seed", "model.", "data.name", "data.train_split", "data.batch
 
 
 def incompatible_fields(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[str, tuple]:
-  """{field: (saved value, current value)} for state-defining fields that differ."""
+  """{field: (saved value, current value)} for state-defining fields that differ.
+
+  A field the saved config lacks (a checkpoint from before the field existed)
+  is compatible when the current value is the field's default: the older code
+  behaved as that default does."""
+  from moejax.train.defaults import experiment_config
   a, b = flatten(saved), flatten(current)
+  defaults = flatten(experiment_config().to_dict())
+  a.update({k: defaults[k] for k in b if k not in a and k in defaults and b[k] == defaults[k]})
   keys = sorted(k for k in set(a) | set(b)
                 if any(k == p or (p.endswith(".") and k.startswith(p)) for p in STATE_DEFINING))
   if a.get("model.moe_every") == b.get("model.moe_every") == 0:

@@ -165,6 +165,19 @@ STUDIES: Dict[str, Study] = {
                "eval_loss", "peer_2304x1", "top2_8x64"),
          Claim("... and at equal total expert parameters, with a quarter of the active ones",
                "eval_loss", "peer_2304x1", "top2_8x256"))),
+    "switchhead": Study(
+        "attention: 4 dense heads of 32 vs 2 dense heads of 32 vs SwitchHead: 2 heads of 32, "
+        "each with 4 value and 4 output experts, top-2 (value / output FLOPs of the 4 dense "
+        "heads, half their attention-matrix FLOPs); MoE FFN top-2 dropless, 2 blocks", lm_study,
+        {"dense_4_heads": _DROPLESS,
+         "dense_2_heads": _DROPLESS + ("model.num_heads=2", "model.head_dim=32"),
+         "switchhead_2_heads": _DROPLESS + ("model.num_heads=2", "model.head_dim=32",
+                                            "model.attention_experts=4",
+                                            "model.attention_top_k=2")},
+        (Claim("SwitchHead with half the heads beats the same heads without experts "
+               "(Csordás et al. 2023)", "eval_loss", "switchhead_2_heads", "dense_2_heads"),
+         Claim("... and matches the dense model with twice the heads: switchhead < dense 4 "
+               "heads", "eval_loss", "switchhead_2_heads", "dense_4_heads"))),
 }
 
 
