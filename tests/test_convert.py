@@ -121,6 +121,23 @@ def test_export_refuses_what_the_family_cannot_express(saved, tmp_path):
   assert not os.path.exists(tmp_path / "x")
 
 
+def test_export_takes_a_ds_moe_model_and_refuses_moe_plus_plus_experts(saved, tmp_path):
+  """DS-MoE's dense training does not change what the weights compute at
+  inference, so a Mixtral trained that way exports as Mixtral; copy experts
+  have no HF counterpart."""
+  import dataclasses
+  model = load_hf(saved["mixtral"][1])
+  moe, router = model.config.moe, model.config.moe.router
+  with_router = lambda **r: dataclasses.replace(model.config, moe=dataclasses.replace(
+      moe, router=dataclasses.replace(router, **r)))
+  save_hf(str(tmp_path / "ds"), with_router(dense_training=True), model.variables, "mixtral")
+  assert load_hf(str(tmp_path / "ds")).config == model.config
+  with pytest.raises(UnsupportedModelError, match=r"^model\.moe\.router\.num_copy_experts=1 "
+                                                  r"cannot be exported as mixtral"):
+    save_hf(str(tmp_path / "pp"), with_router(num_copy_experts=1), model.variables, "mixtral")
+  assert not os.path.exists(tmp_path / "pp")
+
+
 def _copy_without(folder, dst, drop=None, config_update=None):
   shutil.copytree(folder, dst)
   if drop:

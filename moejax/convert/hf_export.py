@@ -34,7 +34,8 @@ ARCHITECTURES = {
 # Settings that change how a model trains, not what its weights compute.
 _ROUTER_TRAINING = dict(capacity_factor=None, min_capacity=1, drop_policy="position",
                         jitter_noise=0.0, noisy_top_k=False, second_expert_sampling=False,
-                        expert_bias_update_rate=1e-3, routing_groups=1)
+                        expert_bias_update_rate=1e-3, routing_groups=1,
+                        dense_training=False)  # DS-MoE infers with the sparse rule
 _MOE_TRAINING = dict(dispatch="dropless", gmm_backend="auto", gmm_block_size=128,
                      dtype="float32")
 

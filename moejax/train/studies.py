@@ -165,6 +165,17 @@ STUDIES: Dict[str, Study] = {
                "eval_loss", "peer_2304x1", "top2_8x64"),
          Claim("... and at equal total expert parameters, with a quarter of the active ones",
                "eval_loss", "peer_2304x1", "top2_8x256"))),
+    "moe_plus_plus": Study(
+        "top-2 over 8 experts x 256 vs MoE++: the same 8 FFN experts plus 1 zero, 1 copy and 2 "
+        "constant experts, top-2 over all 12, gating residual (fewer FFN rows per token), "
+        "dropless, 2 blocks", lm_study,
+        {"top2": _DROPLESS,
+         "moe_plus_plus": _DROPLESS + ("model.moe.router.num_null_experts=1",
+                                       "model.moe.router.num_copy_experts=1",
+                                       "model.moe.router.num_constant_experts=2",
+                                       "model.moe.router.gating_residual=True")},
+        (Claim("MoE++ beats the plain MoE while running fewer FFN experts per token (Jin et al. "
+               "2024)", "eval_loss", "moe_plus_plus", "top2"),)),
     "switchhead": Study(
         "attention: 4 dense heads of 32 vs 2 dense heads of 32 vs SwitchHead: 2 heads of 32, "
         "each with 4 value and 4 output experts, top-2 (value / output FLOPs of the 4 dense "
