@@ -4,9 +4,11 @@ scoring all N.
 
 Expert i = a * n + b has key [c_a ; c'_b], the concatenation of sub-key a of
 one table and sub-key b of the other, so a query q = [q1 ; q2] scores it
-q1 . c_a + q2 . c'_b. The top-k of all N is among the k x k sums of the top-k
-of each half, so retrieval scores 2n sub-keys and k^2 candidates per head:
-memory O(T * H * (n + k^2)) = O(T * H * sqrt(N)), never [T, N].
+q1 . c_a + q2 . c'_b. The top-k of all N is among the sums of the top-k of
+each half, and only the ~k ln k pairs of ranks with (a + 1)(b + 1) <= k can
+reach it (`candidate_ranks`), so retrieval scores 2n sub-keys and ~k ln k
+candidates per head: memory O(T * H * (n + k ln k)) = O(T * H * sqrt(N)),
+never [T, N].
 
 Each of H heads has its own query (a slice of the router projection) and its
 own sub-key tables (as in Lample et al.'s multi-head memory); all heads share
@@ -23,6 +25,7 @@ from typing import Tuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from moejax.config import RouterConfig
 from moejax.routing.capacity import assign_positions
@@ -45,11 +48,21 @@ def product_key_top_k(queries: jax.Array, sub_keys: jax.Array,
   halves = queries.reshape(num_tokens, heads, 2, key_dim // 2)
   half_scores = jnp.einsum("thcd,hcnd->thcn", halves, sub_keys)          # [T, H, 2, n]
   top_scores, top_index = jax.lax.top_k(half_scores, k)                  # [T, H, 2, k]
-  candidates = top_scores[:, :, 0, :, None] + top_scores[:, :, 1, None, :]  # [T, H, k, k]
-  scores, flat = jax.lax.top_k(candidates.reshape(num_tokens, heads, k * k), k)
-  first = jnp.take_along_axis(top_index[:, :, 0], flat // k, axis=-1)
-  second = jnp.take_along_axis(top_index[:, :, 1], flat % k, axis=-1)
+  first_rank, second_rank = candidate_ranks(k)                           # [P] each
+  candidates = top_scores[:, :, 0, first_rank] + top_scores[:, :, 1, second_rank]  # [T, H, P]
+  scores, pick = jax.lax.top_k(candidates, k)
+  first = jnp.take_along_axis(top_index[:, :, 0], jnp.asarray(first_rank)[pick], axis=-1)
+  second = jnp.take_along_axis(top_index[:, :, 1], jnp.asarray(second_rank)[pick], axis=-1)
   return scores, (first * n + second).astype(jnp.int32)
+
+
+def candidate_ranks(k: int) -> Tuple[np.ndarray, np.ndarray]:
+  """The (rank in half 1, rank in half 2) pairs that can reach the top-k of
+  the sums: pair (a, b) is outscored by the (a + 1)(b + 1) - 1 pairs of lower
+  ranks in both halves, so it can only be in the top-k when (a + 1)(b + 1)
+  <= k. About k ln k pairs instead of k^2 (k = 16: 50 of 256)."""
+  pairs = [(a, b) for a in range(k) for b in range(k) if (a + 1) * (b + 1) <= k]
+  return (np.array([a for a, _ in pairs], np.int32), np.array([b for _, b in pairs], np.int32))
 
 
 def product_key_route(queries: jax.Array, sub_keys: jax.Array,
