@@ -217,10 +217,10 @@ class RouterConfig:
         fail("router.top_k", self.top_k,
              f"must be <= top_k_groups * experts per group = "
              f"{self.top_k_groups * per_group} when group-limited")
-      if self.num_zero_computation_experts:
-        fail("router.num_null_experts", self.num_null_experts,
-             "zero-computation (null, copy, constant) experts must be 0 when "
-             "num_expert_groups > 1")
+      for field in ("num_null_experts", "num_copy_experts", "num_constant_experts"):
+        if getattr(self, field):
+          fail(f"router.{field}", getattr(self, field), "zero-computation (null, copy, "
+               "constant) experts must be 0 when num_expert_groups > 1")
     check_float("router.expert_bias_update_rate", self.expert_bias_update_rate, 0.0, True)
     check_float("router.jitter_noise", self.jitter_noise, 0.0, True)
     if self.jitter_noise >= 1:
@@ -301,6 +301,9 @@ class RouterConfig:
         if getattr(self, field) != default:
           fail(f"router.{field}", getattr(self, field), "only used by router.name="
                f"'product_key' (name={self.name!r}); leave it {default}")
+    if self.dense_training and self.num_copy_experts + self.num_constant_experts:
+      fail("router.dense_training", True, "trains only the routed experts densely; leave "
+           "num_copy_experts and num_constant_experts at 0")
     if self.name == "expert_threshold" and self.capacity_factor is not None:
       fail("router.capacity_factor", self.capacity_factor,
            "router.name='expert_threshold' never drops; leave it None (top_k = average "
@@ -456,10 +459,6 @@ class MoEConfig:
     if self.router.name == "product_key" and self.dispatch == "gather":
       fail("dispatch", "gather", "router.name='product_key' is dropless; use 'retrieval' (or "
            "'dropless' / 'einsum' for small num_experts)")
-    r = self.router
-    if r.dense_training and r.num_copy_experts + r.num_constant_experts:
-      fail("router.dense_training", True, "trains only the routed experts densely; leave "
-           "num_copy_experts and num_constant_experts at 0")
     if self.dispatch == "gather" and self.router.dense_training:
       fail("dispatch", "gather", "router.dense_training sends every token to every expert; "
            "use 'dropless' or 'einsum'")

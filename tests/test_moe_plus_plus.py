@@ -131,7 +131,7 @@ def test_zero_initialised_gating_residual_starts_as_the_plain_model_and_stays_ca
      "router.num_copy_experts=1 is invalid: only used by router.name='top_k' or 'threshold'"),
     (lambda: RouterConfig(num_experts=4, num_expert_groups=2, top_k_groups=1,
                           num_constant_experts=1),
-     "router.num_null_experts=0 is invalid: zero-computation .* must be 0"),
+     "router.num_constant_experts=1 is invalid: zero-computation .* must be 0"),
     (lambda: RouterConfig(num_experts=2, top_k=4, num_copy_experts=1),
      "router.top_k=4 is invalid: must be <= num_experts \\+ zero-computation"),
     (lambda: dataclasses.replace(_config(), router=dataclasses.replace(
