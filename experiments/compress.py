@@ -34,7 +34,7 @@ import os
 
 from absl import flags
 
-from moejax.cli import fail, run, write_rows
+from moejax.cli import data_config_or_exit, fail, run, write_rows
 
 _SRC = flags.DEFINE_string("src", None, "Training workdir, moejax model folder or HF folder.")
 _OUT = flags.DEFINE_string("out", None, "Model folder to write (must not exist); omit to only "
@@ -113,15 +113,11 @@ def main(argv):
   from moejax.compress.measure import evaluate, size_row
   from moejax.compress.pipeline import compress_model
   from moejax.convert.sources import load_any
-  from moejax.data.config import data_config_from_mapping
   from moejax.data.pipeline import make_datasets
 
-  try:
-    data_config = data_config_from_mapping(dict(
-        name=_DATA.value, data_dir=_DATA_DIR.value, seq_len=_SEQ_LEN.value,
-        batch_size=_BATCH_SIZE.value, eval_batches=_EVAL_BATCHES.value))
-  except ValueError as err:
-    fail(2, str(err))
+  data_config = data_config_or_exit(name=_DATA.value, data_dir=_DATA_DIR.value,
+                                    seq_len=_SEQ_LEN.value, batch_size=_BATCH_SIZE.value,
+                                    eval_batches=_EVAL_BATCHES.value)
   try:
     config, variables, hf = load_any(_SRC.value)
     num_experts = config.moe.router.num_experts if config.moe else 0

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from moejax.cli import fail, run, write_rows
+from moejax.cli import data_config_or_exit, fail, run, write_rows
 
 _SRC = flags.DEFINE_string("src", None, "Training workdir, moejax model folder or HF folder.")
 _TOP_K = flags.DEFINE_list("top_k", ["1", "2"], "Experts per token for the top-k rows.")
@@ -59,15 +59,11 @@ def main(argv):
   thresholds = _numbers("thresholds", _THRESHOLDS.value, float)
   from moejax.compress.inference_routing import routing_variants, sweep
   from moejax.convert.sources import load_any
-  from moejax.data.config import data_config_from_mapping
   from moejax.data.pipeline import make_datasets
 
-  try:
-    data_config = data_config_from_mapping(dict(
-        name=_DATA.value, data_dir=_DATA_DIR.value, seq_len=_SEQ_LEN.value,
-        batch_size=_BATCH_SIZE.value, eval_batches=_EVAL_BATCHES.value))
-  except ValueError as err:
-    fail(2, str(err))
+  data_config = data_config_or_exit(name=_DATA.value, data_dir=_DATA_DIR.value,
+                                    seq_len=_SEQ_LEN.value, batch_size=_BATCH_SIZE.value,
+                                    eval_batches=_EVAL_BATCHES.value)
   try:
     config, variables, _ = load_any(_SRC.value)
     variants = routing_variants(config, top_ks, thresholds)

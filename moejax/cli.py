@@ -192,3 +192,13 @@ def write_rows(path: str, rows) -> None:
     with open(path, "w") as f:
       json.dump(rows, f, indent=1)
     print(f"wrote {path}")
+
+
+def data_config_or_exit(**fields):
+  """moejax.data.DataConfig from `fields` (name, data_dir, seq_len, ...); a
+  bad value exits 2 with its one line (binaries that evaluate a model)."""
+  from moejax.data.config import data_config_from_mapping
+  try:
+    return data_config_from_mapping(fields)
+  except ValueError as err:
+    fail(2, str(err))

@@ -7,11 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from moejax.generate import generate
 from moejax.models import ModelConfig, TransformerLM
 from moejax.models.attention import Attention
 from moejax.models.config import LMConfig
 from moejax.models.switchhead import RoutedProjection
+from lm_checks import assert_causal, assert_generates_like_recomputation
 
 D, HEADS, E, K = 16, 2, 4, 2
 
@@ -86,18 +86,8 @@ def test_lm_with_switchhead_is_causal_and_generates():
   model = TransformerLM(_config())
   tokens = jax.random.randint(jax.random.key(6), (2, 10), 0, 256)
   variables = model.init(jax.random.key(7), tokens)
-  forward = jax.jit(lambda t: model.apply(variables, t)[0])
-  logits = forward(tokens)
-  changed = forward(tokens.at[:, 6].set((tokens[:, 6] + 1) % 256))
-  np.testing.assert_allclose(logits[:, :6], changed[:, :6], atol=1e-6)
-  assert float(jnp.abs(logits[:, 6:] - changed[:, 6:]).max()) > 1e-4
-  prompt = np.asarray(tokens[:, :3], np.int32)
-  out = generate(model, variables, prompt, max_new_tokens=4)
-  seq = np.zeros((2, 7), np.int32)
-  seq[:, :3] = prompt
-  for t in range(3, 7):
-    seq[:, t] = np.argmax(np.asarray(forward(seq))[:, t - 1], -1)
-  np.testing.assert_array_equal(out, seq)
+  assert_causal(jax.jit(lambda t: model.apply(variables, t)[0]), tokens, 6)
+  assert_generates_like_recomputation(model, variables, np.asarray(tokens[:, :3], np.int32), 4)
 
 
 @pytest.mark.parametrize("fields, message", [
