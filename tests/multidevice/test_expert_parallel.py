@@ -28,26 +28,29 @@ def _layer(dispatch, capacity_factor, groups, activation="swiglu", use_bias=True
                             use_bias=use_bias, dispatch=dispatch, **{"gmm_block_size": 8, **moe}))
 
 
-def _loss_and_grads(layer, variables, x, probe):
+def _loss_and_grads(layer, variables, x, probe, deterministic=True):
   def loss(params, x):
-    y, aux = layer.apply({"params": params}, x)
+    y, aux = layer.apply({**variables, "params": params}, x, deterministic=deterministic)
     return jnp.sum(y * probe) + aux.losses["load_balance"], y
   (value, y), grads = jax.value_and_grad(loss, argnums=(0, 1), has_aux=True)(
       variables["params"], x)
   return value, y, grads
 
 
-def _compare(layer, mesh_config, tokens=64):
+def _compare(layer, mesh_config, tokens=64, deterministic=True, set_state=None):
+  """set_state: variables -> variables (e.g. non-zero router thresholds)."""
   rng = jax.random.key(0)
   x = jax.random.normal(rng, (tokens, 16))
   probe = jax.random.normal(jax.random.key(1), (tokens, 16))
   variables = jax.jit(layer.init)(rng, x)
-  ref = jax.jit(lambda v, x: _loss_and_grads(layer, v, x, probe))(variables, x)
+  if set_state is not None:
+    variables = set_state(variables)
+  ref = jax.jit(lambda v, x: _loss_and_grads(layer, v, x, probe, deterministic))(variables, x)
   mesh = make_mesh(mesh_config)
   with jax.set_mesh(mesh):
     sharded = jax.device_put(variables, tree_shardings(variables, mesh))
     xs = jax.device_put(x, NamedSharding(mesh, P(("data", "fsdp", "expert"))))
-    got = jax.jit(lambda v, x: _loss_and_grads(layer, v, x, probe))(sharded, xs)
+    got = jax.jit(lambda v, x: _loss_and_grads(layer, v, x, probe, deterministic))(sharded, xs)
   for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=ATOL, rtol=1e-5)
   return ref
@@ -193,3 +196,29 @@ def test_mh_moe_runs_expert_parallel_like_one_device():
   layer = MultiHeadMoELayer(MoEConfig(router=router, d_model=16, d_ff=24, activation="swiglu",
                                       dispatch="dropless", gmm_block_size=8, mh_heads=2))
   _compare(layer, MeshConfig(data=2, expert=4))
+
+
+@pytest.mark.parametrize("router, dispatch, deterministic", [
+    (dict(num_null_experts=1, num_copy_experts=1, num_constant_experts=2), "dropless", True),
+    (dict(dense_training=True), "dropless", False),
+    (dict(name="expert_threshold"), "dropless", True),
+    (dict(name="product_key", num_experts=64, top_k=4, peer_heads=2, peer_key_dim=8),
+     "retrieval", True),
+], ids=["moe_plus_plus", "ds_moe_training", "expert_threshold", "peer_partitioner"])
+def test_literature_designs_on_a_mesh_equal_one_device(router, dispatch, deterministic):
+  """MoE++, DS-MoE's dense training call and causal expert choice run the
+  expert-parallel exchange; PEER's retrieval runs through XLA's partitioner.
+  Outputs and gradients equal the single-device layer's."""
+  fields = {"num_experts": 8, "top_k": 2, "capacity_factor": None, **router}
+  layer = MoELayer(MoEConfig(router=RouterConfig(**fields), d_model=16,
+                             d_ff=1 if dispatch == "retrieval" else 24, activation="gelu",
+                             dispatch=dispatch, gmm_block_size=8))
+
+  def thresholds(variables):  # expert_threshold: sparse, data-dependent routing
+    if "router_state" not in variables:
+      return variables
+    state = {"router": {"expert_threshold": jnp.full((8,), 0.12),
+                        "threshold_updates": jnp.asarray(3, jnp.int32)}}
+    return {**variables, "router_state": state}
+  _compare(layer, MeshConfig(data=2, expert=4), deterministic=deterministic,
+           set_state=thresholds)
