@@ -19,10 +19,12 @@ import os
 from absl import flags
 
 from moejax.cli import fail, require_workdir, run
-from moejax.train.router_zoo import ZOO
+from moejax.train.router_zoo import DEFAULT_ROUTERS, SLOW_ON_CPU, ZOO
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs (required).")
-_ROUTERS = flags.DEFINE_list("routers", list(ZOO), f"Which entries to run; any of {', '.join(ZOO)}.")
+_ROUTERS = flags.DEFINE_list("routers", list(DEFAULT_ROUTERS), "Which entries to run; any of "
+                             f"{', '.join(ZOO)} (default: all but {', '.join(SLOW_ON_CPU)}, "
+                             "which is slow on CPU).")
 _BASE = flags.DEFINE_string("base_config", "configs/lm_tiny.py", "Config every entry starts from.")
 _SET = flags.DEFINE_multi_string("set", [], "field=value applied to every run after the entry's "
                                  "own overrides, e.g. --set=train.num_steps=300 (repeatable).")

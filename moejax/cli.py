@@ -114,6 +114,7 @@ def run(main: Callable) -> None:
       _none_overrides.append(match.group(1))
     else:
       argv.append(arg)
+  app.define_help_flags()  # --help / --helpfull: app.run would define them, but parses later
   try:
     remaining = flags.FLAGS(argv)
   except Exception as err:

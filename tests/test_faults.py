@@ -259,6 +259,15 @@ def test_bad_flags_are_one_line(binary, args, code, expected):
   assert not os.path.exists("/nonexistent/never")
 
 
+@pytest.mark.parametrize("binary, flag", [("train", "--config"), ("peer_benchmark", "--experts")])
+def test_helpfull_lists_the_flags(binary, flag):
+  proc = subprocess.run([sys.executable, f"experiments/{binary}.py", "--helpfull"], cwd=ROOT,
+                        capture_output=True, text=True, timeout=300,
+                        env={**os.environ, "JAX_PLATFORMS": "cpu"})
+  assert f"  {flag}:" in proc.stdout and "Unknown command line flag" not in proc.stderr, (
+      proc.stdout[-500:], proc.stderr)
+
+
 @pytest.mark.parametrize("args,code,expected", [
     (["--prompt=def ", "--max_new_tokens=1000000000"], 1, "GiB, more than the"),
     (["--prompt=def ", "--max_new_tokens=1000000000000"], 1, "positions are int32"),
