@@ -99,3 +99,13 @@ def test_lm_with_switchhead_is_causal_and_generates():
 def test_impossible_combinations_are_refused_in_one_line(fields, message):
   with pytest.raises(ValueError, match=message):
     _config(**fields)
+
+
+def test_active_parameters_count_top_k_of_each_heads_experts():
+  from moejax.train.comparison import active_params
+  config = _config()
+  params = TransformerLM(config).init(jax.random.key(8), jnp.zeros((1, 4), jnp.int32))["params"]
+  total = sum(x.size for x in jax.tree.leaves(params))
+  kernels = sum(params[f"block_{i}"]["attention"][name]["kernel"].size
+                for i in range(2) for name in ("value", "out"))
+  assert active_params(config, params) == total - kernels * (E - K) // E
