@@ -59,8 +59,8 @@ ZOO = {
 }
 
 
-# Entries left out unless named: PEER's CPU steps are ~10x top-2's (the backward
-# scatter-adds into all 2304 experts dominate on XLA:CPU).
+# Entries left out unless named: PEER's CPU steps are ~9x top-2's (retrieval's top-k
+# and the backward's scatter-adds into all 2304 experts, on XLA:CPU).
 SLOW_ON_CPU = ("peer",)
 DEFAULT_ROUTERS = tuple(name for name in ZOO if name not in SLOW_ON_CPU)
 
