@@ -81,6 +81,8 @@ VARIANTS = {
     # inference only, so forward only.
     "dropless_int8": ("dropless", "blocked", False, "int8"),
     "dropless_int4": ("dropless", "blocked", False, "int4"),
+    # MoE++: + 1 zero, 1 copy and 2 constant experts (ROUTER_OVERRIDES).
+    "dropless_moe_plus_plus": ("dropless", "blocked", False, None),
 }
 # Variants whose router differs from the others' (same E FFN experts, same top_k):
 # MoE++ adds 1 zero, 1 copy and 2 constant experts, whose choices skip the FFN.
@@ -88,7 +90,6 @@ ROUTER_OVERRIDES = {
     "dropless_moe_plus_plus": dict(num_null_experts=1, num_copy_experts=1,
                                    num_constant_experts=2),
 }
-VARIANTS["dropless_moe_plus_plus"] = ("dropless", "blocked", False, None)
 # The one-hot einsum materialises [tokens, experts, capacity]; past this many
 # elements it is skipped rather than allowed to exhaust memory.
 MAX_ONE_HOT = 2e8

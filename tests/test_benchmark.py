@@ -20,12 +20,22 @@ def _bench(*args):
 def test_benchmark_writes_rows(tmp_path):
   out_file = tmp_path / "bench.json"
   out = _bench("--preset=tiny", "--tokens=64", "--repeats=1", "--warmup=0",
-               "--variants=gather,dropless_blocked,dropless_int8", "--phases=",
-               f"--json_out={out_file}")
+               "--variants=gather,dropless_blocked,dropless_moe_plus_plus,dropless_int8",
+               "--phases=", f"--json_out={out_file}")
   assert out.returncode == 0, out.stderr
   rows = json.loads(out_file.read_text())
   assert [r["name"] for r in rows] == ["dense", "dense_expert_shape", "gather",
-                                       "dropless_blocked", "dropless_int8"]
+                                       "dropless_blocked", "dropless_moe_plus_plus",
+                                       "dropless_int8"]
+  # FFN work: every top-2 choice reaches an FFN, except MoE++'s zero-computation ones.
+  by_name = {r["name"]: r for r in rows}
+  assert by_name["dropless_blocked"]["ffn_rows_per_token"] == 2.0
+  plus = by_name.pop("dropless_moe_plus_plus")
+  rows.remove(plus)
+  assert 0 < plus["ffn_rows_per_token"] < 2.0
+  ratio = plus["ffn_gflop"] / by_name["dropless_blocked"]["ffn_gflop"]
+  assert abs(ratio - plus["ffn_rows_per_token"] / 2.0) < 1e-9
+  assert by_name["dense"]["ffn_gflop"] == by_name["dropless_blocked"]["ffn_gflop"]
   # Quantized experts are for inference: forward only.
   int8 = rows.pop()
   assert int8["fwd_ms"] > 0 and int8["fwd_bwd_ms"] is None and int8["ratio_vs_dense"] is None
@@ -98,7 +108,7 @@ def test_benchmark_rejects_unknown_variant():
   assert out.stderr.strip().splitlines() == [
       "error: --variants='warp_drive' is invalid: valid values are einsum, gather, "
       "dropless_blocked, dropless_ragged_dot, dropless_tokamax, dropless_einsum, dropless_pallas, "
-      "dropless_int8, dropless_int4"]
+      "dropless_int8, dropless_int4, dropless_moe_plus_plus"]
 
 
 def test_kernel_mode_writes_rows(tmp_path):
