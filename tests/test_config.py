@@ -92,3 +92,16 @@ def test_a_checkpoint_from_before_a_field_existed_is_compatible_at_its_default()
   assert incompatible_fields(saved, current) == {}
   current["model"]["attention_experts"] = 4
   assert incompatible_fields(saved, current) == {"model.attention_experts": (None, 4)}
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(rope_scaling="yarn"), "model.lm.rope_scaling='yarn' is invalid"),
+    (dict(rope_scaling="linear", rope_factor=0.5),
+     "model.lm.rope_factor=0.5 is invalid: must be >= 1"),
+    (dict(rope_scaling="llama3", rope_low_freq_factor=4.0, rope_high_freq_factor=1.0),
+     "model.lm.rope_high_freq_factor=1.0 is invalid: must be > rope_low_freq_factor=4.0"),
+])
+def test_bad_rope_scaling_is_one_line(fields, message):
+  from moejax.models.config import LMConfig
+  with pytest.raises(ValueError, match=message):
+    LMConfig(**fields)

@@ -112,6 +112,32 @@ def test_export_round_trip_through_transformers(saved, family, layout, tmp_path)
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.parametrize("rope", [
+    dict(rope_type="linear", factor=2.0),
+    # Head width 8: wavelengths 6.3, 63, 628, 6283 fall in the short (kept),
+    # medium (blended) and long (scaled) bands of a 64-position original context.
+    dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+         original_max_position_embeddings=64),
+], ids=["linear", "llama3"])
+def test_rope_scaling_imports_and_exports_with_logit_parity(rope, tmp_path):
+  import dataclasses
+  torch_model = tiny_hf_model("mixtral", rope_parameters={**rope, "rope_theta": 10000.0})
+  torch_model.save_pretrained(tmp_path / "hf")
+  model = load_hf(str(tmp_path / "hf"))
+  assert (model.config.lm.rope_scaling, model.config.lm.rope_factor) == (rope["rope_type"],
+                                                                         rope["factor"])
+  ids = np.random.default_rng(1).integers(0, VOCAB, size=(2, 40))  # positions up to 39
+  ref = hf_logits(torch_model, ids)
+  np.testing.assert_allclose(_our_logits(model, ids), ref, atol=1e-4, rtol=0)
+  unscaled = dataclasses.replace(model.config, lm=dataclasses.replace(model.config.lm,
+                                                                      rope_scaling="none"))
+  assert np.abs(_our_logits(dataclasses.replace(model, config=unscaled), ids) - ref).max() > 1e-2
+  save_hf(str(tmp_path / "out"), model.config, model.variables, "mixtral")
+  reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"),
+                                                  attn_implementation="eager").eval()
+  np.testing.assert_allclose(hf_logits(reloaded, ids), ref, atol=1e-5, rtol=0)
+
+
 def test_export_refuses_what_the_family_cannot_express(saved, tmp_path):
   model = load_hf(saved["qwen3_moe"][1])
   # Qwen3-MoE's per-head q/k norms and its dense block: no Mixtral has them.

@@ -45,15 +45,33 @@ def _refuse(hf: dict, key: str, value: Any, valid: str) -> None:
                               f"supported: {valid}")
 
 
-def rope_theta(hf: dict) -> float:
-  """RoPE base from rope_parameters (transformers >= 5) or rope_theta; only
-  unscaled RoPE is supported."""
-  params = hf.get("rope_parameters") or {}
-  scaling = hf.get("rope_scaling") or {}
-  kind = params.get("rope_type") or scaling.get("rope_type") or scaling.get("type") or "default"
-  if kind != "default":
-    _refuse(hf, "rope_type", kind, "only unscaled RoPE ('default') is implemented")
-  return float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))
+def rope_fields(hf: dict) -> dict:
+  """LMConfig's RoPE fields from rope_parameters (transformers >= 5) or
+  rope_theta / rope_scaling. Types without a parity test are refused."""
+  params = {**(hf.get("rope_scaling") or {}), **(hf.get("rope_parameters") or {})}
+  kind = params.get("rope_type") or params.get("type") or "default"
+  fields = {"rope_theta": float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))}
+  if kind == "default":
+    return fields
+  if kind not in ("linear", "llama3"):
+    _refuse(hf, "rope_type", kind, "implemented: 'default', 'linear', 'llama3'")
+  fields.update(rope_scaling=kind, rope_factor=float(params.get("factor", 1.0)))
+  if kind == "llama3":
+    fields.update(rope_low_freq_factor=float(params["low_freq_factor"]),
+                  rope_high_freq_factor=float(params["high_freq_factor"]),
+                  rope_original_max_positions=int(params["original_max_position_embeddings"]))
+  return fields
+
+
+def rope_parameters(lm) -> dict:
+  """config.json's rope_parameters for an LMConfig (the inverse of rope_fields)."""
+  if lm.rope_scaling == "none":
+    return {"rope_theta": lm.rope_theta, "rope_type": "default"}
+  out = {"rope_theta": lm.rope_theta, "rope_type": lm.rope_scaling, "factor": lm.rope_factor}
+  if lm.rope_scaling == "llama3":
+    out.update(low_freq_factor=lm.rope_low_freq_factor, high_freq_factor=lm.rope_high_freq_factor,
+               original_max_position_embeddings=lm.rope_original_max_positions)
+  return out
 
 
 def _window(hf: dict) -> int:
@@ -84,7 +102,7 @@ def _backbone(hf: dict, unembed_bias: bool = False, **overrides) -> Dict[str, An
       attention_out_bias=bool(hf.get("attention_bias", False)),
       attention_window=_window(hf), dense_d_ff=_get(hf, "intermediate_size"),
       activation="swiglu", norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
-      lm=LMConfig(vocab_size=_get(hf, "vocab_size"), rope_theta=rope_theta(hf),
+      lm=LMConfig(vocab_size=_get(hf, "vocab_size"), **rope_fields(hf),
                   tie_embeddings=False, unembed_bias=unembed_bias),
       moe_every=0)
   fields.update(overrides)

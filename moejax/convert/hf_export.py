@@ -18,7 +18,8 @@ import numpy as np
 from flax.traverse_util import flatten_dict
 
 from moejax.config import MoEConfig, RouterConfig
-from moejax.convert.families import FAMILIES, UnsupportedModelError, model_config_from_hf
+from moejax.convert.families import (FAMILIES, UnsupportedModelError, model_config_from_hf,
+                                     rope_parameters)
 from moejax.convert.layout import Experts, Linear, tensor_plan
 from moejax.convert.safetensors_io import write_checkpoint_dir
 from moejax.models.config import ModelConfig
@@ -82,7 +83,7 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str,
       num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads,
       head_dim=cfg.head_size, intermediate_size=cfg.dense_d_ff, hidden_act="silu",
       rms_norm_eps=cfg.norm_eps, rope_theta=cfg.lm.rope_theta,
-      rope_parameters={"rope_theta": cfg.lm.rope_theta, "rope_type": "default"},
+      rope_parameters=rope_parameters(cfg.lm),
       tie_word_embeddings=False, sliding_window=cfg.attention_window or None,
       use_sliding_window=bool(cfg.attention_window), attention_bias=cfg.attention_bias,
       dtype="float32")

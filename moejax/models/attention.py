@@ -18,8 +18,9 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from moejax.models.config import ModelConfig
+from moejax.models.config import LMConfig, ModelConfig
 from moejax.models.switchhead import RoutedProjection
 
 # DeepSeek-V3 normalises its query / key-value latents with this epsilon
@@ -27,13 +28,36 @@ from moejax.models.switchhead import RoutedProjection
 MLA_LATENT_EPS = 1e-6
 
 
-def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float) -> jax.Array:
+def rope_frequencies(lm: LMConfig, half: int) -> jax.Array:
+  """[half] RoPE angular frequencies theta^(-i / half), scaled as
+  lm.rope_scaling says (the formulas of transformers' rope_type 'linear' and
+  'llama3'; both keep attention unscaled)."""
+  freqs = lm.rope_theta ** (-np.arange(half, dtype=np.float64) / half)
+  if lm.rope_scaling == "linear":
+    freqs = freqs / lm.rope_factor
+  elif lm.rope_scaling == "llama3":
+    wavelength = 2 * np.pi / freqs
+    context = lm.rope_original_max_positions
+    long_cut, short_cut = context / lm.rope_low_freq_factor, context / lm.rope_high_freq_factor
+    # 0 at the long-wavelength cut (fully scaled) .. 1 at the short one (kept).
+    blend = ((context / wavelength - lm.rope_low_freq_factor)
+             / (lm.rope_high_freq_factor - lm.rope_low_freq_factor))
+    medium = (1 - blend) * freqs / lm.rope_factor + blend * freqs
+    freqs = np.where(wavelength > long_cut, freqs / lm.rope_factor,
+                     np.where(wavelength < short_cut, freqs, medium))
+  return jnp.asarray(freqs, jnp.float32)
+
+
+def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float,
+                     frequencies: Optional[jax.Array] = None) -> jax.Array:
   """Rotates channel pairs (i, i + H/2) by position-dependent angles (RoPE).
 
-  x: [B, T, N, H] with H even; positions: [B, T] (or [T]). Computed in float32.
+  x: [B, T, N, H] with H even; positions: [B, T] (or [T]); frequencies:
+  [H/2] (default theta^(-i / (H/2)), unscaled). Computed in float32.
   """
   half = x.shape[-1] // 2
-  freqs = theta ** (-jnp.arange(half, dtype=jnp.float32) / half)           # [H/2]
+  freqs = (theta ** (-jnp.arange(half, dtype=jnp.float32) / half) if frequencies is None
+           else frequencies)                                                 # [H/2]
   angles = positions[..., None].astype(jnp.float32) * freqs                  # [..., T, H/2]
   sin, cos = jnp.sin(angles)[..., None, :], jnp.cos(angles)[..., None, :]   # [..., T, 1, H/2]
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
@@ -137,8 +161,9 @@ class Attention(nn.Module):
           a.reshape(*a.shape[:2], -1)).reshape(a.shape)
       q, k = flat_norm(q, "query_norm"), flat_norm(k, "key_norm")
     if positions is not None:
-      q = rotary_embedding(q, positions, cfg.lm.rope_theta)
-      k = rotary_embedding(k, positions, cfg.lm.rope_theta)
+      freqs = rope_frequencies(cfg.lm, q.shape[-1] // 2)
+      q = rotary_embedding(q, positions, cfg.lm.rope_theta, freqs)
+      k = rotary_embedding(k, positions, cfg.lm.rope_theta, freqs)
     return q, k, v, None
 
   def _switchhead(self, name, router_input, inputs, d_out):
@@ -174,8 +199,9 @@ class Attention(nn.Module):
     q_nope, q_rope = q[..., :nope], q[..., nope:]
     k_rope = k_rope[:, :, None, :]                                   # [B, T, 1, rope]
     if positions is not None:
-      q_rope = rotary_embedding(q_rope, positions, cfg.lm.rope_theta)
-      k_rope = rotary_embedding(k_rope, positions, cfg.lm.rope_theta)
+      freqs = rope_frequencies(cfg.lm, rope // 2)
+      q_rope = rotary_embedding(q_rope, positions, cfg.lm.rope_theta, freqs)
+      k_rope = rotary_embedding(k_rope, positions, cfg.lm.rope_theta, freqs)
     q = jnp.concatenate([q_nope, q_rope], axis=-1)
     k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rope, (*k_nope.shape[:3], rope))], axis=-1)
     return q, k, v, (nope + rope) ** -0.5

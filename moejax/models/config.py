@@ -19,6 +19,7 @@ POOLS = ("mean", "cls")
 NORMS = ("rms", "layer")
 QK_NORMS = ("none", "head", "full")
 ATTENTIONS = ("mha", "mla")
+ROPE_SCALINGS = ("none", "linear", "llama3")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,6 +29,16 @@ class LMConfig:
   Attributes:
     vocab_size: token vocabulary (256 for the byte-level data).
     rope_theta: RoPE base frequency.
+    rope_scaling: 'none', 'linear' (positions divided by rope_factor) or
+      'llama3' (Llama 3.1: long wavelengths divided by rope_factor, short
+      ones kept, a smooth blend between; moejax.models.attention.
+      rope_frequencies). The others are refused until they have a parity
+      test against transformers.
+    rope_factor: the context-extension factor of rope_scaling (>= 1).
+    rope_low_freq_factor, rope_high_freq_factor: 'llama3': wavelengths
+      above original_max_positions / low are scaled, below
+      original_max_positions / high kept.
+    rope_original_max_positions: 'llama3': the pre-extension context.
     tie_embeddings: the output projection is the transposed embedding,
       scaled by 1/sqrt(d_model).
     unembed_bias: a bias on the untied output projection.
@@ -35,12 +46,27 @@ class LMConfig:
 
   vocab_size: int = 256
   rope_theta: float = 10000.0
+  rope_scaling: str = "none"
+  rope_factor: float = 1.0
+  rope_low_freq_factor: float = 1.0
+  rope_high_freq_factor: float = 4.0
+  rope_original_max_positions: int = 8192
   tie_embeddings: bool = True
   unembed_bias: bool = False
 
   def __post_init__(self):
     check_int("model.lm.vocab_size", self.vocab_size, 2)
     check_float("model.lm.rope_theta", self.rope_theta, 0.0, False)
+    check_choice("model.lm.rope_scaling", self.rope_scaling, ROPE_SCALINGS)
+    check_float("model.lm.rope_factor", self.rope_factor, 0.0, False)
+    if self.rope_factor < 1:
+      fail("model.lm.rope_factor", self.rope_factor, "must be >= 1 (a context extension)")
+    check_float("model.lm.rope_low_freq_factor", self.rope_low_freq_factor, 0.0, False)
+    check_float("model.lm.rope_high_freq_factor", self.rope_high_freq_factor, 0.0, False)
+    if self.rope_scaling == "llama3" and self.rope_high_freq_factor <= self.rope_low_freq_factor:
+      fail("model.lm.rope_high_freq_factor", self.rope_high_freq_factor,
+           f"must be > rope_low_freq_factor={self.rope_low_freq_factor}")
+    check_int("model.lm.rope_original_max_positions", self.rope_original_max_positions, 1)
 
 
 @dataclasses.dataclass(frozen=True)
