@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.config import RouterConfig
+from moejax.routing.token_choice import router_scores
 from moejax.routing.types import Routing, at_least_f32
 
 
@@ -30,11 +31,7 @@ def dense_training_routing(logits: jax.Array, config: RouterConfig) -> Routing:
   index (each expert takes all T tokens), capacity None."""
   logits = at_least_f32(logits)
   num_tokens, num_experts = logits.shape[0], config.num_experts
-  if config.score_fn == "sigmoid":
-    scores = jax.nn.sigmoid(logits)
-  else:
-    scores = jax.nn.softmax(logits, axis=-1)
-  weight = scores[:, :num_experts]
+  weight = router_scores(logits, config)[:, :num_experts]
   if config.normalize_top_k:  # renormalised over the experts a token uses: all of them
     weight = weight / jnp.maximum(weight.sum(-1, keepdims=True), 1e-9)
   return Routing(

@@ -56,7 +56,7 @@ def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
   def one_group(args, key):
     return route(config, args.get("logits"), token_ids=args.get("token_ids"),
                  expert_bias=expert_bias, expert_threshold=expert_threshold,
-                 noise_std=args.get("noise_std"), rng=key)
+                 sub_keys=sub_keys, noise_std=args.get("noise_std"), rng=key)
 
   out = jax.vmap(one_group)(split, keys)
   r = out.routing

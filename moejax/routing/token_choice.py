@@ -20,7 +20,8 @@ from moejax.routing.types import RouterOutput, at_least_f32
 from moejax.routing.zero_computation import zero_computation_weights
 
 
-def _scores(logits: jax.Array, config: RouterConfig) -> jax.Array:
+def router_scores(logits: jax.Array, config: RouterConfig) -> jax.Array:
+  """Per-output scores: softmax over the outputs, or elementwise sigmoid."""
   if config.score_fn == "sigmoid":
     return jax.nn.sigmoid(logits)
   return jax.nn.softmax(logits, axis=-1)
@@ -69,7 +70,7 @@ def top_k_route(logits: jax.Array, config: RouterConfig, *,
     noise_rng, sample_rng = jax.random.split(rng)
   if noise_std is not None and rng is not None:
     logits = logits + jax.random.normal(noise_rng, logits.shape) * noise_std
-  scores = _scores(logits, config)
+  scores = router_scores(logits, config)
   selection = scores
   if expert_bias is not None:
     pad = config.num_router_outputs - config.num_experts
