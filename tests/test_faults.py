@@ -192,6 +192,27 @@ def test_failed_async_checkpoint_is_one_line_and_keeps_the_previous_one(damaged,
   assert sorted(os.listdir(damaged / "checkpoints")) == ["3"]  # no tmp folder, step 3 kept
 
 
+@pytest.mark.parametrize("text", [
+    'OUT_OF_RANGE: Error writing "a/0.0" in OCDBT database at local file "/w/ocdbt.process_0/": '
+    'Failed writing: "/w/ocdbt.process_0/d/9e92": Failed to write 79375 bytes to file 7: '
+    "File too large [os_error_code='27']",
+    'OUT_OF_RANGE: Error opening "zarr" driver: Error writing "params.k/.zarray" in OCDBT '
+    'database at local file "/w/ocdbt.process_0/": Error writing local file "/w/ocdbt.process_0/d/9e92": '
+    "[os_error_code=27] File too large [source locations='x.cc:1']",
+])
+def test_tensorstore_write_failures_read_as_the_os_error(text):
+  """tensorstore words a failed write differently depending on which write hit
+  it; each wording reduces to the errno and the file."""
+  from moejax.train.checkpoint import _write_failure
+  try:
+    try:
+      raise ValueError(text)
+    except ValueError as inner:
+      raise RuntimeError("Encountered error while writing") from inner
+  except RuntimeError as err:
+    assert _write_failure(err) == "[Errno 27] File too large: /w/ocdbt.process_0/d/9e92"
+
+
 def _read_losses(workdir):
   rows = [json.loads(l) for l in (workdir / "metrics.jsonl").read_text().splitlines()]
   return {r["step"]: r["loss"] for r in rows if r["split"] == "train"}

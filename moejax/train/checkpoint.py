@@ -47,10 +47,22 @@ def _one_line(err: BaseException) -> str:
   return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
 
 
-# tensorstore reports a failed write as a ValueError with the OS error inside:
-# ... Failed writing: "<path>": Failed to write N bytes to file 11: <strerror> [os_error_code='27']
-_TENSORSTORE_OS_ERROR = re.compile(
-    r'Failed writing: "(?P<path>[^"]+)".*?: (?P<strerror>[^:\[]+?) \[os_error_code=\'(?P<errno>\d+)\'\]')
+# tensorstore reports a failed write as a ValueError whose text nests the OS
+# error at some depth, in wordings that vary with the write that failed, e.g.
+#   ... Failed writing: "<path>": Failed to write N bytes to file 11: File too large [os_error_code='27']
+#   ... Error opening "zarr" driver: Error writing "<key>" in OCDBT database at local file "<dir>": ...
+# Only the error code is reliable: take it, and the last absolute path quoted before it.
+_TENSORSTORE_OS_ERROR_CODE = re.compile(r"os_error_code='?(?P<errno>\d+)'?")
+_QUOTED_ABSOLUTE_PATH = re.compile(r'"(/[^"]+)"')
+
+
+def _tensorstore_os_error(text: str) -> Optional[str]:
+  code = _TENSORSTORE_OS_ERROR_CODE.search(text)
+  if not code:
+    return None
+  errno = int(code["errno"])
+  paths = _QUOTED_ABSOLUTE_PATH.findall(text[:code.start()]) or _QUOTED_ABSOLUTE_PATH.findall(text)
+  return f"[Errno {errno}] {os.strerror(errno)}: {paths[-1] if paths else '?'}"
 
 
 def _write_failure(err: BaseException) -> str:
@@ -60,9 +72,9 @@ def _write_failure(err: BaseException) -> str:
   while err is not None and id(err) not in seen:
     if isinstance(err, OSError) and err.errno:
       return f"[Errno {err.errno}] {err.strerror}: {err.filename}"
-    match = _TENSORSTORE_OS_ERROR.search(str(err))
-    if match:
-      return f"[Errno {match['errno']}] {match['strerror']}: {match['path']}"
+    found = _tensorstore_os_error(str(err))
+    if found:
+      return found
     seen.add(id(err))
     err = err.__cause__ or err.__context__
   return _one_line(original)
