@@ -10,6 +10,7 @@ dense models into MoE models.
   python experiments/convert.py --mode=upcycle --src=/tmp/dense_workdir --out=/tmp/moe \
       --num_experts=8 --top_k=2 [--granularity=2 --noise_std=0.01]
 
+The source's tokenizer (tokenizer.json, tokenizer_config.json, ...) is copied along.
 Supported HF families: mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v3, phimoe and the
 dense llama, mistral, qwen2, qwen3. Only safetensors are read (pickle `.bin` checkpoints
 are refused). --out must not exist; it appears only once fully written.
@@ -70,14 +71,19 @@ def main(argv):
   from moejax.convert.hf_export import save_hf
   from moejax.convert.model_dir import save_model_dir
   from moejax.convert.sources import load_any
+  from moejax.convert.tokenizer import tokenizer_for_model
   from moejax.convert.upcycle import upcycle
   try:
     config, variables, hf = load_any(_SRC.value)
+    # The source's tokenizer files travel with the model; read them first so a
+    # broken one stops the conversion before anything is written.
+    tokenizer = tokenizer_for_model(_SRC.value, config.lm.vocab_size)
+    with_tokenizer = "" if tokenizer is None else f" + tokenizer ({tokenizer.vocab_size} tokens)"
     if _MODE.value == "import":
-      save_model_dir(_OUT.value, config, variables, hf)
+      save_model_dir(_OUT.value, config, variables, hf, tokenizer_from=_SRC.value)
       print(f"imported {hf.get('model_type') if hf else 'moejax'} model: {config.num_layers} "
-            f"blocks ({len(config.moe_layers)} MoE), {_count(variables):,} parameters -> "
-            f"{_OUT.value}")
+            f"blocks ({len(config.moe_layers)} MoE), {_count(variables):,} parameters"
+            f"{with_tokenizer} -> {_OUT.value}")
     elif _MODE.value == "export":
       model_type = _MODEL_TYPE.value or (hf or {}).get("model_type")
       if not model_type:
@@ -85,8 +91,10 @@ def main(argv):
       dtype = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16,
                "float16": np.float16}[_DTYPE.value]
       save_hf(_OUT.value, config, variables, model_type, base=hf, layout=_LAYOUT.value,
-              dtype=dtype, max_shard_bytes=_MAX_SHARD_MB.value * 2**20)
-      print(f"exported as {model_type} ({_LAYOUT.value}, {_DTYPE.value}) -> {_OUT.value}")
+              dtype=dtype, max_shard_bytes=_MAX_SHARD_MB.value * 2**20,
+              tokenizer_from=_SRC.value)
+      print(f"exported as {model_type} ({_LAYOUT.value}, {_DTYPE.value}){with_tokenizer} -> "
+            f"{_OUT.value}")
     else:
       d_ff = config.dense_d_ff // max(_GRANULARITY.value, 1)
       moe = MoEConfig(router=RouterConfig(num_experts=_NUM_EXPERTS.value, top_k=_TOP_K.value,
@@ -97,10 +105,10 @@ def main(argv):
                                   moe_every=_MOE_EVERY.value, granularity=_GRANULARITY.value,
                                   noise_std=_NOISE_STD.value,
                                   router_init_std=_ROUTER_STD.value)
-      save_model_dir(_OUT.value, config, variables)
+      save_model_dir(_OUT.value, config, variables, tokenizer_from=_SRC.value)
       print(f"upcycled: {len(config.moe_layers)} MoE blocks x {_NUM_EXPERTS.value} experts "
-            f"(d_ff {moe.d_ff}, top-{_TOP_K.value}), {_count(variables):,} parameters -> "
-            f"{_OUT.value}")
+            f"(d_ff {moe.d_ff}, top-{_TOP_K.value}), {_count(variables):,} parameters"
+            f"{with_tokenizer} -> {_OUT.value}")
   except (ValueError, FileNotFoundError, FileExistsError) as err:
     fail(1, str(err).splitlines()[0])
 

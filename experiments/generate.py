@@ -2,13 +2,17 @@
 
   python experiments/generate.py --model=/tmp/moejax_lm_tiny --prompt="def " \
       [--max_new_tokens=200 --temperature=0.8 --top_k=40 --num_samples=2 --seed=0]
+  python experiments/generate.py --model=/tmp/mixtral --prompt="Hello" [--chat]
   python experiments/generate.py --model=/tmp/mixtral --prompt_ids=1,15,27
 
 --model: a training workdir (latest checkpoint), a moejax model folder from
-experiments/convert.py, or a HuggingFace folder. Byte-level models (vocab 256, the
-embedded corpus) take --prompt as text and print text; others take --prompt_ids and
-print ids (moejax ships no tokenizers). Greedy at --temperature=0. MoE layers route
-without capacity limits while generating (moejax.generate.for_generation).
+experiments/convert.py, or a HuggingFace folder. --prompt is text: a folder with a
+tokenizer.json (moejax.convert.tokenizer) encodes it with that tokenizer, and a
+byte-level model (vocab 256, the embedded corpus) takes its UTF-8 bytes. --chat wraps
+the prompt as one user message in the tokenizer's chat template. Text output stops
+at the tokenizer's eos token. --prompt_ids takes and prints token ids. Greedy at
+--temperature=0. MoE layers route without capacity limits while generating
+(moejax.generate.for_generation).
 Exit codes: 0 done; 1 the model cannot generate; 2 bad flags. Errors are one line.
 """
 
@@ -20,7 +24,10 @@ from absl import flags
 from moejax.cli import fail, run
 
 _MODEL = flags.DEFINE_string("model", None, "Training workdir, moejax model folder or HF folder.")
-_PROMPT = flags.DEFINE_string("prompt", None, "Prompt text (byte-level models, vocab 256).")
+_PROMPT = flags.DEFINE_string("prompt", None, "Prompt text: encoded by the model folder's "
+                              "tokenizer.json, or as UTF-8 bytes for byte-level models.")
+_CHAT = flags.DEFINE_bool("chat", False, "Wrap --prompt as a user message in the tokenizer's "
+                          "chat template (with the generation prompt).")
 _PROMPT_IDS = flags.DEFINE_list("prompt_ids", None, "Prompt token ids, comma-separated.")
 _MAX_NEW = flags.DEFINE_integer("max_new_tokens", 100, "Tokens to generate per sample.",
                                 lower_bound=1)
@@ -42,19 +49,20 @@ def main(argv):
     fail(2, "give exactly one of --prompt (text) and --prompt_ids")
   if _NUM_SAMPLES.value < 1:
     fail(2, f"--num_samples={_NUM_SAMPLES.value} is invalid: must be >= 1")
+  if _CHAT.value and _PROMPT.value is None:
+    fail(2, "--chat needs --prompt (text)")
   import jax
   import numpy as np
   from moejax.convert.sources import load_any
+  from moejax.convert.tokenizer import tokenizer_for_model
   from moejax.generate import generate
   from moejax.models import TransformerLM
   try:
     config, variables, _ = load_any(_MODEL.value)
-    byte_level = config.lm.vocab_size == 256
+    tokenizer = tokenizer_for_model(_MODEL.value, config.lm.vocab_size)
+    byte_level = tokenizer is None and config.lm.vocab_size == 256
     if _PROMPT.value is not None:
-      if not byte_level:
-        fail(2, f"--prompt is text for byte-level models; this one has vocab_size="
-              f"{config.lm.vocab_size}: use --prompt_ids")
-      ids = list(_PROMPT.value.encode("utf-8"))
+      ids = _encode_prompt(tokenizer, byte_level, config.lm.vocab_size)
     else:
       try:
         ids = [int(t) for t in _PROMPT_IDS.value]
@@ -73,11 +81,32 @@ def main(argv):
   except (ValueError, FileNotFoundError) as err:
     fail(1, str(err).splitlines()[0])
   for i, row in enumerate(np.asarray(out)):
-    new = row[len(ids):]
-    shown = bytes(new.astype(np.uint8).tolist()).decode("utf-8", "replace") if byte_level \
-        else ",".join(map(str, new.tolist()))
-    print(f"--- sample {i} ---\n{_PROMPT.value or ''}{shown}" if byte_level
-          else f"sample {i}: {shown}")
+    new = row[len(ids):].tolist()
+    if _PROMPT.value is None:
+      print(f"sample {i}: {','.join(map(str, new))}")
+    elif byte_level:
+      print(f"--- sample {i} ---\n{_PROMPT.value}"
+            f"{bytes(new).decode('utf-8', 'replace')}")
+    else:
+      eos = tokenizer.token_id("eos_token")
+      if eos in new:
+        new = new[:new.index(eos)]
+      print(f"--- sample {i} ---\n{_PROMPT.value}{tokenizer.decode(new)}")
+
+
+def _encode_prompt(tokenizer, byte_level: bool, vocab_size: int):
+  """Token ids of --prompt (with --chat: of the rendered chat template)."""
+  if tokenizer is None:
+    if not byte_level:
+      fail(2, f"--prompt is text, but {_MODEL.value} has no tokenizer.json and its vocab_size "
+              f"is {vocab_size} (not byte-level): use --prompt_ids")
+    if _CHAT.value:
+      fail(2, "--chat needs a tokenizer with a chat template; byte-level models have none")
+    return list(_PROMPT.value.encode("utf-8"))
+  if _CHAT.value:
+    text = tokenizer.render_chat([{"role": "user", "content": _PROMPT.value}])
+    return tokenizer.encode(text, add_special_tokens=False)
+  return tokenizer.encode(_PROMPT.value)
 
 
 if __name__ == "__main__":

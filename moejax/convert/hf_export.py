@@ -168,8 +168,9 @@ def export_tensors(cfg: ModelConfig, variables: dict, model_type: str, hf: dict,
 
 def save_hf(directory: str, cfg: ModelConfig, variables: dict, model_type: str, *,
             base: Optional[dict] = None, layout: str = "per_expert", dtype=np.float32,
-            max_shard_bytes: int = 5 * 2**30) -> dict:
-  """Writes `directory` (new) as a `model_type` checkpoint; returns its config."""
+            max_shard_bytes: int = 5 * 2**30, tokenizer_from: Optional[str] = None) -> dict:
+  """Writes `directory` (new) as a `model_type` checkpoint, with the tokenizer
+  files of folder `tokenizer_from` if given; returns its config."""
   if cfg.moe is not None and cfg.moe.expert_quantization is not None:
     raise UnsupportedModelError(
         f"model.moe.expert_quantization={cfg.moe.expert_quantization!r} cannot be exported: "
@@ -177,5 +178,5 @@ def save_hf(directory: str, cfg: ModelConfig, variables: dict, model_type: str, 
   hf = hf_config_from_model(cfg, model_type, base)
   check_exportable(cfg, model_type, hf)
   tensors = export_tensors(cfg, variables, model_type, hf, layout, dtype)
-  write_checkpoint_dir(directory, hf, tensors, max_shard_bytes)
+  write_checkpoint_dir(directory, hf, tensors, max_shard_bytes, tokenizer_from)
   return hf

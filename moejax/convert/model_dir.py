@@ -4,6 +4,8 @@
     <dir>/variables.safetensors   every variable, named by its path
                                   ('params/block_0/attention/query/kernel')
     <dir>/hf_config.json          (imports only) the original config.json
+    <dir>/tokenizer.json, ...     the source's tokenizer files, where it has them
+                                  (moejax.convert.tokenizer)
 
 Written into a temporary folder and renamed, so a failed write leaves nothing.
 """
@@ -20,6 +22,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from moejax.convert.safetensors_io import read_safetensors, staged_dir, write_safetensors
+from moejax.convert.tokenizer import copy_tokenizer_files
 from moejax.models.config import ModelConfig, model_config_from_mapping
 
 CONFIG_FILE = "model_config.json"
@@ -35,8 +38,11 @@ def model_config_to_mapping(config: ModelConfig) -> dict:
 
 
 def save_model_dir(directory: str, config: ModelConfig, variables: dict,
-                   hf_config: Optional[dict] = None) -> None:
+                   hf_config: Optional[dict] = None, tokenizer_from: Optional[str] = None) -> None:
+  """Writes a new model folder; `tokenizer_from`: a folder whose tokenizer files
+  are copied along."""
   with staged_dir(directory) as staging:
+    copy_tokenizer_files(tokenizer_from, staging)
     with open(os.path.join(staging, CONFIG_FILE), "w") as f:
       json.dump(model_config_to_mapping(config), f, indent=2)
     flat = {"/".join(path): np.asarray(v) for path, v in flatten_dict(variables).items()}

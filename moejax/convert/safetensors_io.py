@@ -31,6 +31,8 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
+from moejax.convert.tokenizer import copy_tokenizer_files
+
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16), "F8_E4M3": np.dtype(ml_dtypes.float8_e4m3fn),
@@ -185,10 +187,13 @@ def staged_dir(directory: str) -> Iterator[str]:
 
 
 def write_checkpoint_dir(directory: str, config: dict, tensors: Mapping[str, np.ndarray],
-                         max_shard_bytes: int = 5 * 2**30) -> None:
+                         max_shard_bytes: int = 5 * 2**30,
+                         tokenizer_from: Optional[str] = None) -> None:
   """Writes config.json + safetensors (sharded with an index past
-  max_shard_bytes) into a new folder; it appears only once complete."""
+  max_shard_bytes) into a new folder, with the tokenizer files of folder
+  `tokenizer_from` if given; it appears only once complete."""
   with staged_dir(directory) as staging:
+    copy_tokenizer_files(tokenizer_from, staging)
     shards, current, size = [], {}, 0
     for name in sorted(tensors):
       nbytes = np.asarray(tensors[name]).nbytes
