@@ -7,6 +7,13 @@ Writes to the workdir: checkpoints/ (orbax, with the data-iterator state),
 metrics.jsonl, tensorboard/, config.json, loss.png, expert_load.png.
 SIGTERM saves a checkpoint and exits 0; run the same command to resume.
 
+Fine-tuning: --config.train.init_from=<HF folder | moejax model folder | workdir>
+starts from those weights with a fresh optimizer; the source defines the model, and
+--config.model.x=y overrides apply where they keep every weight's shape
+(moejax/train/init_from.py), e.g. an upcycled model:
+  python experiments/train.py --workdir=/tmp/ft --config.train.init_from=/tmp/moe \
+      --config.train.num_steps=200 --config.model.moe.router.name=sinkhorn
+
 The mesh comes from the config (--config.mesh.data / fsdp / expert / tensor;
 default: data parallel over every device). Multi-host: start one process per
 host with the same flags plus either --multihost (TPU pod slices, SLURM, MPI:
@@ -25,7 +32,7 @@ from __future__ import annotations
 
 from absl import flags
 
-from moejax.cli import config_value, define_config, fail, run
+from moejax.cli import config_overrides, config_value, define_config, fail, run
 
 _CONFIG = define_config("configs/lm_tiny.py", "ml_collections config file (see configs/).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and plots; "
@@ -59,14 +66,18 @@ def main(argv):
   from moejax.train import (CheckpointError, TrainingError, check_on_devices,
                             experiment_from_config, train_and_evaluate)
   from moejax.train.guarantees import WorkdirError
+  from moejax.train.init_from import InitFromError, resolve_model
   try:
+    if config.train.init_from:
+      config, origin = resolve_model(config, config_overrides(), _WORKDIR.value)
+      print(origin, flush=True)
     exp = experiment_from_config(config)
     check_on_devices(exp)
   except ValueError as err:
     fail(2, f"config.{err}")
   try:
     summary = train_and_evaluate(exp, _WORKDIR.value)
-  except (DataError, CheckpointError, TrainingError, WorkdirError) as err:
+  except (DataError, CheckpointError, TrainingError, WorkdirError, InitFromError) as err:
     fail(1, str(err))
   import jax
   if jax.process_index() == 0:  # every process has the same summary

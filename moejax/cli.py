@@ -151,6 +151,14 @@ def _guarded(main: Callable, argv) -> None:
     sys.stdout.flush()
 
 
+def config_overrides() -> dict:
+  """{'model.d_model': 64, ...}: the config fields set on the command line
+  (--config.x=y, including --config.x=None)."""
+  overrides = dict(config_flags.get_override_values(flags.FLAGS["config"]))
+  overrides.update({path: None for path in _none_overrides})
+  return overrides
+
+
 def config_value(config_flag):
   """The parsed config, with `--config.x=None` overrides applied; a config
   file that fails to load, returns no ConfigDict, or names an unknown field,

@@ -72,9 +72,10 @@ def test_study_aggregates_seeds_into_mean_std_verdicts_and_curves(tmp_path, monk
 
 
 # The studies run end to end from one per base config (lm_tiny, lm_study,
-# vit_tiny) and the MH-MoE one; every other study's rows validate above, and
+# vit_tiny), the MH-MoE one and upcycling (rows that start from other rows);
+# every other study's rows validate above, and
 # the designs they compare each train in test_models.py's families.
-SMOKE_STUDIES = ("moe_vs_dense", "ds_moe", "mh_moe", "vit_routers")
+SMOKE_STUDIES = ("moe_vs_dense", "ds_moe", "mh_moe", "vit_routers", "upcycling")
 
 
 def test_smoke_studies_cover_every_base_config():
@@ -91,6 +92,15 @@ def test_study_runs_at_a_tiny_budget(tmp_path, data_dir, name):
   text = (tmp_path / "results.md").read_text()
   assert text.count("**Verdict: ") == len(STUDIES[name].claims)
   assert (tmp_path / "results.png").stat().st_size > 0
+  if name == "upcycling":
+    # The upcycle equals its dense source at step 0, and both continuations read
+    # the same batches: their first task losses agree, a fresh MoE's does not.
+    first = {row: json.loads((tmp_path / row / "seed_0" / "metrics.jsonl").read_text()
+                             .splitlines()[0])["loss"]
+             for row in ("upcycled", "dense_continued", "scratch")}
+    np.testing.assert_allclose(first["upcycled"], first["dense_continued"], rtol=1e-5)
+    assert abs(first["scratch"] - first["upcycled"]) > 1e-3
+    assert "| step | dense_continued | upcycled | scratch |" in text
 
 
 def test_set_overrides_parse_like_config_flags():

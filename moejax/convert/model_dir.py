@@ -56,12 +56,16 @@ def is_model_dir(directory: str) -> bool:
   return os.path.isfile(os.path.join(directory, CONFIG_FILE))
 
 
-def load_model_dir(directory: str) -> Tuple[ModelConfig, dict, Optional[dict]]:
-  """(config, variables, original HF config or None) of a model folder."""
+def read_model_config(directory: str) -> ModelConfig:
   if not is_model_dir(directory):
     raise FileNotFoundError(f"{directory} is not a moejax model folder (no {CONFIG_FILE})")
   with open(os.path.join(directory, CONFIG_FILE)) as f:
-    config = model_config_from_mapping(json.load(f))
+    return model_config_from_mapping(json.load(f))
+
+
+def load_model_dir(directory: str) -> Tuple[ModelConfig, dict, Optional[dict]]:
+  """(config, variables, original HF config or None) of a model folder."""
+  config = read_model_config(directory)
   flat = read_safetensors(os.path.join(directory, VARIABLES_FILE))
   variables = unflatten_dict({tuple(k.split("/")): jnp.asarray(v) for k, v in flat.items()})
   hf_config = None

@@ -143,14 +143,19 @@ def _shard_path(directory: str, shard) -> str:
   return path
 
 
-def read_checkpoint_dir(directory: str) -> Tuple[dict, Dict[str, np.ndarray]]:
-  """(config.json as a dict, {tensor name: array}) of a HuggingFace folder."""
+def read_hf_config(directory: str) -> dict:
+  """config.json of a HuggingFace folder, as a dict."""
   if not os.path.isdir(directory):
     raise CheckpointFormatError(f"{directory}: no such checkpoint folder")
-  names = os.listdir(directory)
-  if "config.json" not in names:
+  if not os.path.isfile(os.path.join(directory, "config.json")):
     raise CheckpointFormatError(f"{directory} has no config.json")
-  config = _read_json_object(os.path.join(directory, "config.json"))
+  return _read_json_object(os.path.join(directory, "config.json"))
+
+
+def read_checkpoint_dir(directory: str) -> Tuple[dict, Dict[str, np.ndarray]]:
+  """(config.json as a dict, {tensor name: array}) of a HuggingFace folder."""
+  config = read_hf_config(directory)
+  names = os.listdir(directory)
   if INDEX_FILE in names:
     weight_map = _read_json_object(os.path.join(directory, INDEX_FILE)).get("weight_map")
     if not isinstance(weight_map, dict):

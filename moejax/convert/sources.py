@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 from typing import Optional, Tuple
 
+from moejax.convert.families import model_config_from_hf
 from moejax.convert.hf_import import load_hf
-from moejax.convert.model_dir import is_model_dir, load_model_dir
+from moejax.convert.model_dir import is_model_dir, load_model_dir, read_model_config
+from moejax.convert.safetensors_io import read_hf_config
 from moejax.models.config import ModelConfig
 
 
@@ -26,6 +28,27 @@ def load_any(path: str) -> Tuple[ModelConfig, dict, Optional[dict]]:
     return _load_workdir(path)
   model = load_hf(path)
   return model.config, model.variables, model.hf_config
+
+
+def load_model_config(path: str) -> ModelConfig:
+  """The ModelConfig of what load_any(path) would load, without reading weights."""
+  if not os.path.isdir(path):
+    raise FileNotFoundError(f"{path}: no such folder (want a HuggingFace folder, a moejax "
+                            "model folder or a training workdir)")
+  if is_model_dir(path):
+    return read_model_config(path)
+  if os.path.isdir(os.path.join(path, "checkpoints")):
+    from moejax.train.checkpoint import Checkpointer
+    from moejax.train.config import experiment_from_config
+    checkpointer = Checkpointer(path, keep=1, async_save=False)
+    try:
+      step = checkpointer.latest_step()
+      if step is None:
+        raise FileNotFoundError(f"{path}/checkpoints holds no finished checkpoint")
+      return experiment_from_config(checkpointer.saved_config(step)).model
+    finally:
+      checkpointer.close()
+  return model_config_from_hf(read_hf_config(path))
 
 
 def _load_workdir(workdir: str) -> Tuple[ModelConfig, dict, None]:

@@ -142,6 +142,7 @@ def train_row(name: str, config, workdir: str, verbose: bool = True) -> Dict:
       # max/mean expert load (mean over MoE layers) at every logged step
       "balance_curve": [[r["step"], float(np.mean(r["balance"]))] for r in train_rows
                         if "balance" in r],
+      "loss_curve": [[r["step"], float(r["loss"])] for r in train_rows],
       "workdir": workdir}
 
 

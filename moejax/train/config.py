@@ -48,6 +48,9 @@ class TrainConfig:
     profile_steps: (first, last): write a jax.profiler trace of steps first..
       last (1-based, inclusive) to <workdir>/profile, for TensorBoard's
       profile plugin or Perfetto (ui.perfetto.dev). None = off.
+    init_from: start from the weights of a HuggingFace folder, a moejax model
+      folder or a training workdir; that source defines the model
+      (moejax/train/init_from.py). None = random initialisation.
   """
 
   num_steps: int = 1000
@@ -72,6 +75,7 @@ class TrainConfig:
   stop_at_step: Optional[int] = None
   plots: bool = True
   profile_steps: Optional[Tuple[int, int]] = None
+  init_from: Optional[str] = None
 
   def __post_init__(self):
     check_int("train.num_steps", self.num_steps, 1)
@@ -104,6 +108,8 @@ class TrainConfig:
           or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
           or not 1 <= steps[0] <= steps[1]):
         fail("train.profile_steps", steps, "must be (first, last) steps with 1 <= first <= last")
+    if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
+      fail("train.init_from", self.init_from, "must be a folder path (or None)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -26,6 +26,7 @@ from moejax.models import build_model
 from moejax.parallel import (batch_sharding, check_experiment_on_mesh, make_mesh, replicated,
                              tree_shardings)
 from moejax.train.checkpoint import CheckpointError, Checkpointer
+from moejax.train.init_from import initial_variables
 from moejax.train.guarantees import WorkdirLock, atomic_write_text, prepare_workdir
 from moejax.train.config import ExperimentConfig
 from moejax.train.optim import learning_rate_schedule, make_optimizer
@@ -164,6 +165,8 @@ class _Run:
     self.state = jax.jit(init_fn, out_shardings=state_sharding)()
     self.train_iter = datasets.make_train_iterator()
     self.last_saved = self._restore()
+    if self.last_saved is None and self.cfg.init_from:
+      self.state = self._initialized_from(self.cfg.init_from, optimizer, state_sharding)
     if jax.process_index() == 0:
       atomic_write_text(os.path.join(workdir, "config.json"),
                         json.dumps(exp.raw, indent=2, sort_keys=True))
@@ -201,6 +204,19 @@ class _Run:
     self.train_iter.set_state(data_state["iterator"])
     self.log(f"resumed from {self.ckpt.directory} at step {step}")
     return step
+
+  def _initialized_from(self, source: str, optimizer, state_sharding) -> dict:
+    """Step-0 state holding train.init_from's weights and a fresh optimizer state."""
+    loaded = initial_variables(self.exp.model, source, self.state)
+    host = jax.tree.map(np.asarray, loaded)   # the same on every process: replicated input
+
+    def fresh(params, router_state):
+      return {"step": jnp.zeros((), jnp.int32), "params": params,
+              "opt_state": optimizer.init(params), "router_state": router_state}
+    state = jax.jit(fresh, out_shardings=state_sharding)(host["params"], host["router_state"])
+    self.log(f"initialised from {source} ({sum(x.size for x in jax.tree.leaves(host['params'])):,} "
+             "parameters; fresh optimizer state)")
+    return state
 
   def to_global(self, batch):
     """This host's rows of a batch -> arrays over the whole mesh."""

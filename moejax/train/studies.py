@@ -7,6 +7,12 @@ row's metric is the mean and (sample) standard deviation over seeds. A claim
 "`better` has a lower `metric` than `worse`" is judged on the intervals
 mean ± std: it *holds* when better's interval lies wholly below worse's, *does
 not hold* when it lies wholly above, and is *inconclusive* when they overlap.
+
+A row may start from an earlier row's weights: in its overrides, `{row}`
+stands for that row's workdir (same seed) and `{upcycled:row}` for a sparse
+upcycle of it (Study.upcycle's experts; moejax.convert.upcycle), e.g.
+`train.init_from={upcycled:dense_pretrained}`. Such a row's model is the
+source's (moejax.train.init_from) plus its own `model.*` overrides.
 """
 
 from __future__ import annotations
@@ -14,7 +20,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Callable, Dict, List, Sequence, Tuple
+import re
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -38,6 +45,8 @@ class Study:
   base: Callable                                 # () -> ConfigDict
   rows: Dict[str, Tuple[str, ...]]               # row -> 'field=value' overrides
   claims: Tuple[Claim, ...]
+  upcycle: Optional[Tuple[int, int]] = None      # (experts, top_k) of `{upcycled:row}`
+  curve_rows: Tuple[str, ...] = ()               # rows whose train-loss curves are tabled
 
 
 def lm_study():
@@ -56,6 +65,16 @@ _DROPLESS = ("model.moe.dispatch=dropless", "model.moe.router.capacity_factor=No
 
 def _capacity(factor: float) -> Tuple[str, ...]:
   return ("model.moe.dispatch=gather", f"model.moe.router.capacity_factor={factor}")
+
+# Sparse upcycling (Komatsuzaki et al. 2023): a dense model trained 500 steps,
+# then 500 more steps as itself, as its upcycle (8 copies of its FFN, top-2,
+# equal to it at step 0), or as the same MoE from scratch (500 and 1000 steps).
+# Rows that continue a model read the data in another order (shuffle_seed=1),
+# so they do not replay the pretraining's batches (~9% of their windows were
+# seen before, by chance).
+_CONTINUED = ("data.shuffle_seed=1",)
+_SCRATCH_8X512 = _DROPLESS + ("model.moe.d_ff=512",)
+
 
 STUDIES: Dict[str, Study] = {
     "moe_vs_dense": Study(
@@ -137,6 +156,22 @@ STUDIES: Dict[str, Study] = {
          "expert_threshold": _DROPLESS + ("model.moe.router.name=expert_threshold",)},
         (Claim("expert choice's gain over top-2 token choice (Zhou et al. 2022) survives making "
                "it causal: expert_threshold < top2", "eval_loss", "expert_threshold", "top2"),)),
+    "upcycling": Study(
+        "sparse upcycling: a dense 2-block model pretrained 500 steps, then 500 steps more "
+        "as itself or upcycled to 8 experts x d_ff 512 (copies of its FFN), top-2, dropless; "
+        "vs that MoE from scratch at 500 and 1000 steps", lm_study,
+        {"dense_pretrained": _DENSE,
+         "dense_continued": _CONTINUED + ("train.init_from={dense_pretrained}",),
+         "upcycled": _CONTINUED + ("train.init_from={upcycled:dense_pretrained}",),
+         "scratch": _SCRATCH_8X512,
+         "scratch_1000_steps": _SCRATCH_8X512 + ("train.num_steps=1000",)},
+        (Claim("the upcycled model beats the same MoE trained from scratch for as many steps "
+               "(sparse upcycling)", "eval_loss", "upcycled", "scratch"),
+         Claim("... and beats continuing the dense model for as many steps (it computes 2x "
+               "the FFN per token)", "eval_loss", "upcycled", "dense_continued"),
+         Claim("... and beats the MoE from scratch given the dense pretraining's steps too "
+               "(1000)", "eval_loss", "upcycled", "scratch_1000_steps")),
+        upcycle=(8, 2), curve_rows=("upcycled", "scratch", "dense_continued")),
     "ds_moe": Study(
         "top-2 over 8 experts x 256 trained sparsely vs DS-MoE: trained with all 8 experts "
         "(4x the expert FLOPs), evaluated top-2 (equal inference parameters), with and without "
@@ -216,9 +251,13 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
   for row, row_overrides in study.rows.items():
     for seed in range(seeds):
       config = study.base()
-      for assignment in (*row_overrides, *overrides, f"seed={seed}"):
+      row_dirs = {r: os.path.join(workdir, r, f"seed_{seed}") for r in study.rows}
+      own = [_sources(a, row_dirs, study, workdir, seed) for a in row_overrides]
+      for assignment in (*own, *overrides, f"seed={seed}"):
         apply_override(config, assignment)
-      out = os.path.join(workdir, row, f"seed_{seed}")
+      if config.train.init_from:
+        config = _from_source(config, own)
+      out = row_dirs[row]
       if verbose:
         print(f"\n=== {name}: {row}, seed {seed} -> {out}", flush=True)
       runs.setdefault(row, []).append(train_row(row, config, out, verbose=verbose))
@@ -236,6 +275,10 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
       steps = [step for step, _ in curves[0]]
       summary["balance_curve"] = {"steps": steps, "mean": np.mean(
           [[b for _, b in c[:len(steps)]] for c in curves], axis=0).tolist()}
+    if row in study.curve_rows:
+      steps = [step for step, _ in rows[0]["loss_curve"]]
+      summary["loss_curve"] = {"steps": steps, "mean": np.mean(
+          [[loss for _, loss in r["loss_curve"][:len(steps)]] for r in rows], axis=0).tolist()}
     results["rows"][row] = summary
   for claim in study.claims:
     better = results["rows"][claim.better][claim.metric]
@@ -246,6 +289,59 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
                               "verdict": verdict(better["values"], worse["values"])})
   _write(results, workdir)
   return results
+
+
+_SOURCE = re.compile(r"\{(?:(upcycled):)?(\w+)\}")
+
+
+def _sources(assignment: str, row_dirs: Dict[str, str], study: Study, workdir: str,
+             seed: int) -> str:
+  """`assignment` with {row} / {upcycled:row} replaced by folders (made on
+  first use: an upcycle is written once per seed)."""
+  def folder(match):
+    kind, row = match.groups()
+    if row not in row_dirs:
+      raise ValueError(f"{assignment!r} names {row!r}, which is not a row of the study")
+    if kind is None:
+      return row_dirs[row]
+    out = os.path.join(workdir, f"{row}_upcycled", f"seed_{seed}")
+    if not os.path.isdir(out):
+      _upcycle(row_dirs[row], out, *study.upcycle, seed)
+    return out
+  return _SOURCE.sub(folder, assignment)
+
+
+def _upcycle(source: str, out: str, num_experts: int, top_k: int, seed: int) -> None:
+  """Every FFN of the dense model in workdir `source` becomes num_experts
+  copies of itself, top_k of them per token, renormalised (equal to the
+  dense model at step 0)."""
+  import jax
+  from moejax.config import MoEConfig, RouterConfig
+  from moejax.convert.model_dir import save_model_dir
+  from moejax.convert.sources import load_any
+  from moejax.convert.upcycle import upcycle
+  config, variables, _ = load_any(source)
+  moe = MoEConfig(router=RouterConfig(num_experts=num_experts, top_k=top_k,
+                                      normalize_top_k=True),
+                  d_model=config.d_model, d_ff=config.dense_d_ff, activation=config.activation,
+                  dispatch="dropless")
+  config, variables = upcycle(config, variables, moe, rng=jax.random.PRNGKey(seed))
+  save_model_dir(out, config, variables)
+
+
+def _from_source(config, own: Sequence[str]):
+  """The row's config with the model of its train.init_from, plus the row's
+  own model.* overrides (--set's model fields shaped the source already)."""
+  from moejax.train.init_from import resolve_model
+  model = {}
+  for assignment in own:
+    key = assignment.partition("=")[0]
+    if key.startswith("model."):
+      node = config
+      for part in key.split("."):
+        node = node[part]
+      model[key] = node
+  return resolve_model(config, model)[0]
 
 
 def markdown(results: Dict) -> str:
@@ -264,6 +360,14 @@ def markdown(results: Dict) -> str:
     lines.append(f"- **Claim**: {c['text']}. **Measured** ({c['metric']}): {c['better']} "
                  f"{c['better_mean']:.4f} ± {c['better_std']:.4f} vs {c['worse']} "
                  f"{c['worse_mean']:.4f} ± {c['worse_std']:.4f}. **Verdict: {c['verdict']}**.")
+  curves = {r: s["loss_curve"] for r, s in results["rows"].items() if "loss_curve" in s}
+  if curves:
+    names = list(curves)
+    lines += ["", f"Train loss (mean over seeds) by step: {', '.join(names)}.", "",
+              "| step | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+    for i, step in enumerate(curves[names[0]]["steps"]):
+      lines.append(f"| {step} | " + " | ".join(f"{curves[n]['mean'][i]:.4f}" for n in names)
+                   + " |")
   return "\n".join(lines)
 
 
