@@ -70,17 +70,18 @@ def main(argv):
   from moejax.config import MoEConfig, RouterConfig
   from moejax.convert.hf_export import save_hf
   from moejax.convert.model_dir import save_model_dir
-  from moejax.convert.sources import load_any
+  from moejax.convert.sources import load_any, tokenizer_folder
   from moejax.convert.tokenizer import tokenizer_for_model
   from moejax.convert.upcycle import upcycle
   try:
     config, variables, hf = load_any(_SRC.value)
     # The source's tokenizer files travel with the model; read them first so a
     # broken one stops the conversion before anything is written.
-    tokenizer = tokenizer_for_model(_SRC.value, config.lm.vocab_size)
+    tokenizer_from = tokenizer_folder(_SRC.value)
+    tokenizer = tokenizer_for_model(tokenizer_from, config.lm.vocab_size)
     with_tokenizer = "" if tokenizer is None else f" + tokenizer ({tokenizer.vocab_size} tokens)"
     if _MODE.value == "import":
-      save_model_dir(_OUT.value, config, variables, hf, tokenizer_from=_SRC.value)
+      save_model_dir(_OUT.value, config, variables, hf, tokenizer_from=tokenizer_from)
       print(f"imported {hf.get('model_type') if hf else 'moejax'} model: {config.num_layers} "
             f"blocks ({len(config.moe_layers)} MoE), {_count(variables):,} parameters"
             f"{with_tokenizer} -> {_OUT.value}")
@@ -92,7 +93,7 @@ def main(argv):
                "float16": np.float16}[_DTYPE.value]
       save_hf(_OUT.value, config, variables, model_type, base=hf, layout=_LAYOUT.value,
               dtype=dtype, max_shard_bytes=_MAX_SHARD_MB.value * 2**20,
-              tokenizer_from=_SRC.value)
+              tokenizer_from=tokenizer_from)
       print(f"exported as {model_type} ({_LAYOUT.value}, {_DTYPE.value}){with_tokenizer} -> "
             f"{_OUT.value}")
     else:
@@ -105,7 +106,7 @@ def main(argv):
                                   moe_every=_MOE_EVERY.value, granularity=_GRANULARITY.value,
                                   noise_std=_NOISE_STD.value,
                                   router_init_std=_ROUTER_STD.value)
-      save_model_dir(_OUT.value, config, variables, tokenizer_from=_SRC.value)
+      save_model_dir(_OUT.value, config, variables, tokenizer_from=tokenizer_from)
       print(f"upcycled: {len(config.moe_layers)} MoE blocks x {_NUM_EXPERTS.value} experts "
             f"(d_ff {moe.d_ff}, top-{_TOP_K.value}), {_count(variables):,} parameters"
             f"{with_tokenizer} -> {_OUT.value}")

@@ -7,7 +7,8 @@
 
 --model: a training workdir (latest checkpoint), a moejax model folder from
 experiments/convert.py, or a HuggingFace folder. --prompt is text: a folder with a
-tokenizer.json (moejax.convert.tokenizer) encodes it with that tokenizer, and a
+tokenizer.json (moejax.convert.tokenizer), or a workdir trained with data.tokenizer,
+encodes it with that tokenizer, and a
 byte-level model (vocab 256, the embedded corpus) takes its UTF-8 bytes. --chat wraps
 the prompt as one user message in the tokenizer's chat template. Text output stops
 at the tokenizer's eos token. --prompt_ids takes and prints token ids. Greedy at
@@ -53,13 +54,13 @@ def main(argv):
     fail(2, "--chat needs --prompt (text)")
   import jax
   import numpy as np
-  from moejax.convert.sources import load_any
+  from moejax.convert.sources import load_any, tokenizer_folder
   from moejax.convert.tokenizer import tokenizer_for_model
   from moejax.generate import generate
   from moejax.models import TransformerLM
   try:
     config, variables, _ = load_any(_MODEL.value)
-    tokenizer = tokenizer_for_model(_MODEL.value, config.lm.vocab_size)
+    tokenizer = tokenizer_for_model(tokenizer_folder(_MODEL.value), config.lm.vocab_size)
     byte_level = tokenizer is None and config.lm.vocab_size == 256
     if _PROMPT.value is not None:
       ids = _encode_prompt(tokenizer, byte_level, config.lm.vocab_size)

@@ -97,18 +97,21 @@ def test_workdir_source_and_refused_overrides(dense_workdir, data_dir, tmp_path)
   assert not (tmp_path / "refused").exists()
 
 
-def test_hf_source_trains_and_a_tokenizer_folder_is_refused(data_dir, tmp_path):
+def test_hf_source_trains_and_its_tokenizer_becomes_the_data_tokenizer(data_dir, tmp_path):
   pytest.importorskip("torch")
   from hf_models import tiny_hf_model
   from moejax.convert.hf_import import load_hf
   tiny_hf_model("mixtral", vocab_size=256).save_pretrained(tmp_path / "hf")
   _train(tmp_path / "ft", data_dir, train__init_from=str(tmp_path / "hf"), **ONE_IDLE_STEP)
   _assert_same(_saved_params(tmp_path / "ft"), load_hf(str(tmp_path / "hf")).variables["params"])
+  # A source with a tokenizer reads its ids, not bytes: data.tokenizer follows
+  # it unless the config names one.
   (tmp_path / "hf" / "tokenizer.json").write_text("{}")
   config = tiny_config(data_dir=data_dir, train__init_from=str(tmp_path / "hf"))
-  with pytest.raises(ValueError, match="holds a tokenizer.json, but moejax's datasets are "
-                     "byte-level"):
-    resolve_model(config, {})
+  resolved, origin = resolve_model(config, {})
+  assert resolved.data.tokenizer == str(tmp_path / "hf") and "data.tokenizer=" in origin
+  config.data.tokenizer = str(tmp_path)
+  assert resolve_model(config, {})[0].data.tokenizer == str(tmp_path)
 
 
 def test_a_source_that_changed_under_a_run_is_one_line(dense_workdir, data_dir, tmp_path):

@@ -2,35 +2,22 @@
 decode and render chat templates exactly as transformers does; imported
 models generate text from a --prompt; bad tokenizer folders fail in one line."""
 
-import glob
 import json
 import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 
 import numpy as np
 import pytest
 
 from moejax.convert.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_model
+from tiny_tokenizer import train_tokenizer
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-# Multi-turn, a system message, loop variables, namespace, tojson and a guard
-# that calls raise_exception: the features real chat templates use.
-CHAT_TEMPLATE = (
-    "{{ bos_token }}{% set ns = namespace(turns=0) %}"
-    "{% for message in messages %}"
-    "{% if message['role'] not in ['system', 'user', 'assistant'] %}"
-    "{{ raise_exception('unknown role ' + message['role']) }}{% endif %}"
-    "{% set ns.turns = ns.turns + 1 %}"
-    "<|{{ message['role'] }}|>\n{{ message['content'] | trim }}"
-    "{% if loop.last and message['role'] == 'assistant' %}{{ eos_token }}{% endif %}\n"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|assistant|>{{ {'turns': ns.turns} | tojson }}\n{% endif %}")
 TEXTS = ["def loads(s):\n    return json.decode(s)  # é ü 漢字",
          "<s>already</s> special <pad> tokens\ttabs\n\n",
          "", "   leading spaces", "emoji 🙂 and \\u00e9 escapes"]
@@ -40,30 +27,10 @@ MESSAGES = [{"role": "system", "content": "  be brief "},
             {"role": "user", "content": "and <s>?"}]
 
 
-def _train_tokenizer(folder, vocab_size=300):
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-  files = sorted(glob.glob(os.path.join(sysconfig.get_paths()["stdlib"], "json", "*.py")))
-  tokenizer = Tokenizer(models.BPE())
-  tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tokenizer.decoder = decoders.ByteLevel()
-  tokenizer.train(files, trainers.BpeTrainer(
-      vocab_size=vocab_size, special_tokens=["<s>", "</s>", "<pad>"],
-      initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-  tokenizer.post_processor = processors.TemplateProcessing(
-      single="<s> $A", special_tokens=[("<s>", tokenizer.token_to_id("<s>"))])
-  os.makedirs(folder, exist_ok=True)
-  tokenizer.save(os.path.join(folder, "tokenizer.json"))
-  with open(os.path.join(folder, "tokenizer_config.json"), "w") as f:
-    json.dump({"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>",
-               "eos_token": {"__type": "AddedToken", "content": "</s>", "special": True}, "pad_token": "<pad>",
-               "chat_template": CHAT_TEMPLATE}, f)
-  return tokenizer.get_vocab_size()
-
-
 @pytest.fixture(scope="module")
 def tokenizer_dir(tmp_path_factory):
   folder = str(tmp_path_factory.mktemp("tokenizer"))
-  _train_tokenizer(folder)
+  train_tokenizer(folder)
   return folder
 
 

@@ -7,6 +7,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Optional, Tuple
 
@@ -28,6 +29,18 @@ def load_any(path: str) -> Tuple[ModelConfig, dict, Optional[dict]]:
     return _load_workdir(path)
   model = load_hf(path)
   return model.config, model.variables, model.hf_config
+
+
+def tokenizer_folder(path: str) -> str:
+  """Where the tokenizer of the model at `path` lives: `path` itself, or for a
+  training workdir the data.tokenizer it was trained with (if any)."""
+  config_file = os.path.join(path, "config.json")
+  if os.path.isdir(os.path.join(path, "checkpoints")) and os.path.isfile(config_file):
+    with open(config_file) as f:
+      tokenizer = json.load(f).get("data", {}).get("tokenizer")
+    if tokenizer:
+      return tokenizer
+  return path
 
 
 def load_model_config(path: str) -> ModelConfig:

@@ -79,10 +79,14 @@ class PydocBytes(_ByteRecords, tfds.core.GeneratorBasedBuilder):
 
   def _split_generators(self, dl_manager):
     del dl_manager
-    records = _records(pydoc_corpus())
-    num_train = int(round(0.95 * len(records)))
-    return {"train": self._generate_examples(records[:num_train]),
-            "validation": self._generate_examples(records[num_train:])}
+    return {split: self._generate_examples(records)
+            for split, records in pydoc_split_records().items()}
+
+
+def pydoc_split_records() -> Dict[str, np.ndarray]:
+  records = _records(pydoc_corpus())
+  num_train = int(round(0.95 * len(records)))
+  return {"train": records[:num_train], "validation": records[num_train:]}
 
 
 def stdlib_corpus() -> Tuple[Dict[str, bytes], str]:
@@ -118,6 +122,17 @@ class StdlibBytes(_ByteRecords, tfds.core.GeneratorBasedBuilder):
     splits, digest = stdlib_corpus()
     self.info.metadata.update(content_sha256=digest, python_version=platform.python_version())
     return {name: self._generate_examples(_records(data)) for name, data in splits.items()}
+
+
+def byte_corpus_split(name: str, split: str) -> bytes:
+  """The bytes of a byte corpus's split in corpus order: what its records
+  hold, before TFDS stores them in its own (shuffled) order. KeyError for a
+  split the corpus does not have."""
+  if name == PydocBytes.name:
+    return pydoc_split_records()[split].tobytes()
+  if name == StdlibBytes.name:
+    return _records(stdlib_corpus()[0][split]).tobytes()
+  raise KeyError(name)
 
 
 DIGITS_FILE = pathlib.Path(__file__).with_name("digits.npz")

@@ -24,7 +24,12 @@ class DataConfig:
       'train[:90%]' works).
     batch_size: global examples per training / eval step (split evenly over
       hosts; must divide by the number of processes).
-    seq_len: (lm) tokens per example; text is UTF-8 bytes (vocab 256), pad 0.
+    seq_len: (lm) tokens per example; text is UTF-8 bytes (vocab 256), pad 0,
+      unless `tokenizer` is set.
+    tokenizer: (lm) a folder with a tokenizer.json (a HuggingFace checkpoint or
+      a moejax model folder): text is tokenized with it and packed into
+      seq_len windows, loss masked where a document starts
+      (moejax/data/tokenized.py). None = UTF-8 bytes.
     eval_batches: batches per evaluation; 0 = every full batch of the split.
     text_key: (lm, datasets other than pydoc_bytes) feature holding the text.
     image_key, label_key: (vit) features holding the image and the label.
@@ -46,6 +51,7 @@ class DataConfig:
   label_key: str = "label"
   shuffle_seed: int = 0
   augment_shift: int = 0
+  tokenizer: Optional[str] = None
 
   def __post_init__(self):
     if not isinstance(self.name, str) or not self.name:
@@ -57,6 +63,8 @@ class DataConfig:
     check_int("data.eval_batches", self.eval_batches, 0)
     check_int("data.shuffle_seed", self.shuffle_seed, 0)
     check_int("data.augment_shift", self.augment_shift, 0)
+    if self.tokenizer is not None and (not isinstance(self.tokenizer, str) or not self.tokenizer):
+      fail("data.tokenizer", self.tokenizer, "must be a folder with a tokenizer.json (or None)")
 
 
 def data_config_from_mapping(values) -> DataConfig:

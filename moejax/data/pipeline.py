@@ -41,6 +41,7 @@ class Datasets:
   eval_batches: Callable[[], List[dict]]
   num_train_examples: int
   content_sha256: Optional[str] = None  # embedded corpora whose content varies (stdlib_bytes)
+  bytes_per_token: float = 1.0          # of the eval text (1 for byte-level data)
 
 
 def default_data_dir(config: DataConfig) -> str:
@@ -107,6 +108,48 @@ def _source(builder, split: str, field: str):
                     f"(splits: {splits})") from None
 
 
+def _tokenizer(config: DataConfig, model_config):
+  """data.tokenizer's Tokenizer, checked against the model (None: bytes)."""
+  if config.tokenizer is None:
+    return None
+  if model_config.kind != "lm":
+    raise DataError(f"data.tokenizer={config.tokenizer!r} is invalid for model.kind="
+                    f"{model_config.kind!r}: it tokenizes text; use None")
+  from moejax.convert.tokenizer import TokenizerError, load_tokenizer
+  try:
+    tokenizer = load_tokenizer(config.tokenizer)
+  except TokenizerError as err:
+    raise DataError(f"data.tokenizer={config.tokenizer!r} is invalid: {err}") from None
+  if tokenizer.vocab_size > model_config.lm.vocab_size:
+    raise DataError(f"data.tokenizer={config.tokenizer!r} is invalid: it has "
+                    f"{tokenizer.vocab_size} tokens but model.lm.vocab_size is "
+                    f"{model_config.lm.vocab_size}")
+  return tokenizer
+
+
+def _token_windows(builder, source, split: str, config: DataConfig, tokenizer):
+  """(MapDataset of packed token windows, bytes per token) of one split."""
+  from moejax.data.builders import byte_corpus_split
+  from moejax.data.tokenized import TokenWindows, tokenized_split
+  byte_corpus = None
+  if builder.name in BYTE_CORPORA:
+    field = "train_split" if split == config.train_split else "eval_split"
+    if split not in builder.info.splits:
+      raise DataError(f"data.{field}={split!r} is invalid with data.tokenizer for "
+                      f"{builder.name}: use one of {', '.join(sorted(builder.info.splits))}")
+    byte_corpus = lambda: byte_corpus_split(builder.name, split)
+  elif config.text_key not in builder.info.features:
+    raise DataError(f"data.text_key={config.text_key!r} is invalid for {builder.name}: "
+                    f"features are {', '.join(builder.info.features.keys())}")
+  metadata = builder.info.metadata or {}
+  tokens, doc_start, bytes_per_token = tokenized_split(
+      source, dataset=f"{builder.name}-{builder.version}", split=split,
+      text_key=config.text_key, byte_corpus=byte_corpus, tokenizer=tokenizer,
+      data_dir=default_data_dir(config), content_id=metadata.get("content_sha256", ""))
+  return grain.MapDataset.source(TokenWindows(tokens, doc_start, config.seq_len)), \
+      bytes_per_token
+
+
 def _examples(builder, source, config: DataConfig, model_config) -> grain.MapDataset:
   """A MapDataset of training examples for model_config.kind."""
   features = builder.info.features
@@ -153,12 +196,19 @@ def make_datasets(config: DataConfig, model_config, *, process_index: Optional[i
   if model_config.kind == "vit" and config.name in BYTE_CORPORA:
     raise DataError(f"data.name={config.name!r} is invalid for model.kind='vit': it holds text; "
                     f"use one of {', '.join(IMAGE_DATASETS)} or an image dataset")
+  tokenizer = _tokenizer(config, model_config)
   builder = _builder(config)
   host_batch = config.batch_size // process_count
-  train = _examples(builder, _source(builder, config.train_split, "train_split"), config,
-                    model_config)
-  evals = _examples(builder, _source(builder, config.eval_split, "eval_split"), config,
-                    model_config)
+  train_source = _source(builder, config.train_split, "train_split")
+  eval_source = _source(builder, config.eval_split, "eval_split")
+  bytes_per_token = 1.0
+  if tokenizer is None:
+    train = _examples(builder, train_source, config, model_config)
+    evals = _examples(builder, eval_source, config, model_config)
+  else:
+    train, _ = _token_windows(builder, train_source, config.train_split, config, tokenizer)
+    evals, bytes_per_token = _token_windows(builder, eval_source, config.eval_split, config,
+                                            tokenizer)
   for split, ds in (("train_split", train), ("eval_split", evals)):
     if len(ds) < config.batch_size:
       raise DataError(f"data.batch_size={config.batch_size} is invalid: "
@@ -182,7 +232,8 @@ def make_datasets(config: DataConfig, model_config, *, process_index: Optional[i
     return [batched[i] for i in range(count)]
 
   return Datasets(make_train_iterator, eval_batches, len(train),
-                  builder.info.metadata.get("content_sha256") if builder.info.metadata else None)
+                  builder.info.metadata.get("content_sha256") if builder.info.metadata else None,
+                  bytes_per_token)
 
 
 def unigram_cross_entropy(datasets: Datasets, vocab_size: int,

@@ -138,7 +138,7 @@ def experiment_from_config(config) -> ExperimentConfig:
   data = data_config_from_mapping(values.get("data", {}))
   train = from_mapping(TrainConfig, dict(values.get("train", {})), "train.")
   mesh = mesh_config_from_mapping(values.get("mesh", {}))
-  if model.kind == "lm" and model.lm.vocab_size < 256:
+  if model.kind == "lm" and model.lm.vocab_size < 256 and data.tokenizer is None:
     fail("model.lm.vocab_size", model.lm.vocab_size, "must be >= 256 for byte-level text")
   if model.moe is not None and model.moe.expert_quantization is not None:
     fail("model.moe.expert_quantization", model.moe.expert_quantization,
@@ -162,7 +162,7 @@ def flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 # Fields a checkpoint depends on: the parameter / optimizer-state structure and
 # the data order. Anything else (steps, learning rate, logging) may change on resume.
 STATE_DEFINING = ("seed", "model.", "data.name", "data.train_split", "data.batch_size",
-                  "data.seq_len", "data.shuffle_seed")
+                  "data.seq_len", "data.shuffle_seed", "data.tokenizer")
 
 
 def incompatible_fields(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[str, tuple]:

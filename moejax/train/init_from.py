@@ -11,7 +11,9 @@ workdir (its latest checkpoint). The source defines the model:
   rule, dispatch, capacity, aux-loss-free bias rate, ...); one that changes a
   weight is refused in one line naming the field and the weight;
 - the parameters (and router state, where the new router keeps its shape)
-  start as the source's; the optimizer state and the step start fresh.
+  start as the source's; the optimizer state and the step start fresh;
+- a source with a tokenizer.json sets data.tokenizer to itself unless the
+  config names one: its model reads that tokenizer's ids, not bytes.
 
 A workdir that already ran resumes from its checkpoint: the model then comes
 from the config.json the first run wrote, and the source is not read again
@@ -142,11 +144,14 @@ def resolve_model(config, overrides: Dict[str, Any], workdir: Optional[str] = No
       model = load_model_config(source)
     except (ValueError, FileNotFoundError) as err:
       fail("train.init_from", source, str(err).splitlines()[0])
-  if os.path.isdir(source) and has_tokenizer(source) and model.kind == "lm":
-    # moejax's text datasets are byte-level; feeding bytes to a model trained on
-    # another tokenizer's ids would train without error and mean nothing.
-    fail("train.init_from", source, "holds a tokenizer.json, but moejax's datasets are "
-         "byte-level (ids 0..255): fine-tuning on its own tokens is not supported yet")
+  tokenizer_note = ""
+  if (os.path.isdir(source) and has_tokenizer(source) and model.kind == "lm"
+      and config.data.tokenizer is None):
+    # The model was trained on this tokenizer's ids: byte-level text would
+    # train without error and mean nothing.
+    config = copy.deepcopy(config)
+    config.data.tokenizer = source
+    tokenizer_note = f"; data.tokenizer={source} (its tokenizer)"
   model = model_with_overrides(model, model_overrides)
   resolved = copy.deepcopy(config)
   with resolved.unlocked():
@@ -154,7 +159,7 @@ def resolve_model(config, overrides: Dict[str, Any], workdir: Optional[str] = No
   shown = ", ".join(f"model.{k}={v!r}" for k, v in sorted(model_overrides.items()))
   return resolved, (f"model from {source_text}" +
                     (f" with {shown}" if shown else "") +
-                    " (the config file's model section is not used)")
+                    f" (the config file's model section is not used){tokenizer_note}")
 
 
 def initial_variables(model: ModelConfig, source: str, target: dict) -> dict:

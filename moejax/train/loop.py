@@ -244,7 +244,8 @@ class _Run:
     out = {"loss": loss, "accuracy": float(sum(s["correct_sum"] for s in sums) / count)}
     if self.is_lm:
       out["perplexity"] = math.exp(min(loss, 50.0))
-      out["bits_per_byte"] = loss / math.log(2)
+      # Loss is per token; a token of a tokenizer covers several bytes of text.
+      out["bits_per_byte"] = loss / math.log(2) / self.datasets.bytes_per_token
     return out
 
   def save(self, step: int) -> None:
