@@ -112,16 +112,31 @@ def test_export_round_trip_through_transformers(saved, family, layout, tmp_path)
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("rope", [
-    dict(rope_type="linear", factor=2.0),
+@pytest.mark.parametrize("family,rope", [
+    ("mixtral", dict(rope_type="linear", factor=2.0)),
     # Head width 8: wavelengths 6.3, 63, 628, 6283 fall in the short (kept),
     # medium (blended) and long (scaled) bands of a 64-position original context.
-    dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-         original_max_position_embeddings=64),
-], ids=["linear", "llama3"])
-def test_rope_scaling_imports_and_exports_with_logit_parity(rope, tmp_path):
+    ("mixtral", dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
+                     original_max_position_embeddings=64)),
+    # A 16-position original context: the ramp runs over the middle channel pairs;
+    # the attention factor is derived (0.1 ln 4 + 1).
+    ("mixtral", dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16,
+                     beta_fast=8.0, beta_slow=1.0)),
+    # DeepSeek-V3's form: mscale = mscale_all_dim, which moves the factor into MLA's
+    # softmax scale; truncate=False keeps the ramp's ends fractional.
+    ("deepseek_v3", dict(rope_type="yarn", factor=8.0, original_max_position_embeddings=16,
+                         beta_fast=8.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0,
+                         truncate=False)),
+    ("deepseek_v3", dict(rope_type="yarn", factor=8.0, original_max_position_embeddings=16,
+                         mscale=0.707, mscale_all_dim=1.0)),
+], ids=["linear", "llama3", "yarn", "yarn_deepseek", "yarn_deepseek_mscale"])
+def test_rope_scaling_imports_and_exports_with_logit_parity(family, rope, tmp_path):
   import dataclasses
-  torch_model = tiny_hf_model("mixtral", rope_parameters={**rope, "rope_theta": 10000.0})
+  # transformers' yarn reads head_dim, which Mixtral leaves None unless given.
+  torch_model = tiny_hf_model(family, rope_parameters={**rope, "rope_theta": 10000.0},
+                              max_position_embeddings=int(rope["factor"] * rope.get(
+                                  "original_max_position_embeddings", 64)),
+                              **({"head_dim": 8} if family == "mixtral" else {}))
   torch_model.save_pretrained(tmp_path / "hf")
   model = load_hf(str(tmp_path / "hf"))
   assert (model.config.lm.rope_scaling, model.config.lm.rope_factor) == (rope["rope_type"],
@@ -132,7 +147,7 @@ def test_rope_scaling_imports_and_exports_with_logit_parity(rope, tmp_path):
   unscaled = dataclasses.replace(model.config, lm=dataclasses.replace(model.config.lm,
                                                                       rope_scaling="none"))
   assert np.abs(_our_logits(dataclasses.replace(model, config=unscaled), ids) - ref).max() > 1e-2
-  save_hf(str(tmp_path / "out"), model.config, model.variables, "mixtral")
+  save_hf(str(tmp_path / "out"), model.config, model.variables, family, base=model.hf_config)
   reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"),
                                                   attn_implementation="eager").eval()
   np.testing.assert_allclose(hf_logits(reloaded, ids), ref, atol=1e-5, rtol=0)

@@ -53,13 +53,26 @@ def rope_fields(hf: dict) -> dict:
   fields = {"rope_theta": float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))}
   if kind == "default":
     return fields
-  if kind not in ("linear", "llama3"):
-    _refuse(hf, "rope_type", kind, "implemented: 'default', 'linear', 'llama3'")
-  fields.update(rope_scaling=kind, rope_factor=float(params.get("factor", 1.0)))
+  if kind not in ("linear", "llama3", "yarn"):
+    _refuse(hf, "rope_type", kind, "implemented: 'default', 'linear', 'llama3', 'yarn'")
+  factor = params.get("factor")
+  if factor is None and kind == "yarn":  # DeepSeek: the ratio of the two contexts
+    factor = hf["max_position_embeddings"] / params["original_max_position_embeddings"]
+  fields.update(rope_scaling=kind, rope_factor=float(1.0 if factor is None else factor))
   if kind == "llama3":
     fields.update(rope_low_freq_factor=float(params["low_freq_factor"]),
                   rope_high_freq_factor=float(params["high_freq_factor"]),
                   rope_original_max_positions=int(params["original_max_position_embeddings"]))
+  elif kind == "yarn":
+    optional = lambda key, default: default if params.get(key) is None else params[key]
+    fields.update(rope_original_max_positions=int(params["original_max_position_embeddings"]),
+                  rope_beta_fast=float(optional("beta_fast", 32.0)),
+                  rope_beta_slow=float(optional("beta_slow", 1.0)),
+                  rope_truncate=bool(optional("truncate", True)),
+                  rope_mscale=float(optional("mscale", 0.0)),
+                  rope_mscale_all_dim=float(optional("mscale_all_dim", 0.0)))
+    if params.get("attention_factor") is not None:
+      fields["rope_attention_factor"] = float(params["attention_factor"])
   return fields
 
 
@@ -71,6 +84,14 @@ def rope_parameters(lm) -> dict:
   if lm.rope_scaling == "llama3":
     out.update(low_freq_factor=lm.rope_low_freq_factor, high_freq_factor=lm.rope_high_freq_factor,
                original_max_position_embeddings=lm.rope_original_max_positions)
+  elif lm.rope_scaling == "yarn":
+    out.update(original_max_position_embeddings=lm.rope_original_max_positions,
+               beta_fast=lm.rope_beta_fast, beta_slow=lm.rope_beta_slow,
+               truncate=lm.rope_truncate)
+    out.update({k: v for k, v in (("mscale", lm.rope_mscale),
+                                  ("mscale_all_dim", lm.rope_mscale_all_dim)) if v})
+    if lm.rope_attention_factor is not None:
+      out["attention_factor"] = lm.rope_attention_factor
   return out
 
 

@@ -13,6 +13,7 @@ empty cache.
 
 from __future__ import annotations
 
+import math
 from typing import Optional
 
 import flax.linen as nn
@@ -30,8 +31,8 @@ MLA_LATENT_EPS = 1e-6
 
 def rope_frequencies(lm: LMConfig, half: int) -> jax.Array:
   """[half] RoPE angular frequencies theta^(-i / half), scaled as
-  lm.rope_scaling says (the formulas of transformers' rope_type 'linear' and
-  'llama3'; both keep attention unscaled)."""
+  lm.rope_scaling says (the formulas of transformers' rope_type 'linear',
+  'llama3' and 'yarn')."""
   freqs = lm.rope_theta ** (-np.arange(half, dtype=np.float64) / half)
   if lm.rope_scaling == "linear":
     freqs = freqs / lm.rope_factor
@@ -45,12 +46,51 @@ def rope_frequencies(lm: LMConfig, half: int) -> jax.Array:
     medium = (1 - blend) * freqs / lm.rope_factor + blend * freqs
     freqs = np.where(wavelength > long_cut, freqs / lm.rope_factor,
                      np.where(wavelength < short_cut, freqs, medium))
+  elif lm.rope_scaling == "yarn":
+    # Channel pair i turns context * freqs[i] / 2pi times over the original
+    # context; solve for the (fractional) pair index that turns `rotations` times.
+    def pair_turning(rotations):
+      return (half * np.log(lm.rope_original_max_positions / (rotations * 2 * np.pi))
+              / np.log(lm.rope_theta))
+    low, high = pair_turning(lm.rope_beta_fast), pair_turning(lm.rope_beta_slow)
+    if lm.rope_truncate:
+      low, high = np.floor(low), np.ceil(high)
+    low, high = max(low, 0), min(high, 2 * half - 1)
+    high = high + 0.001 if low == high else high
+    # 0 for fast pairs (kept as they are) .. 1 for slow ones (interpolated).
+    ramp = np.clip((np.arange(half, dtype=np.float32) - low) / (high - low), 0, 1)
+    freqs = freqs / lm.rope_factor * ramp + freqs * (1 - ramp)
   return jnp.asarray(freqs, jnp.float32)
 
 
+def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
+  return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
+
+
+def rope_attention_factor(lm: LMConfig) -> float:
+  """What RoPE multiplies rotated queries and keys by ('yarn'; 1 otherwise)."""
+  if lm.rope_scaling != "yarn":
+    return 1.0
+  if lm.rope_attention_factor is not None:
+    return lm.rope_attention_factor
+  if lm.rope_mscale and lm.rope_mscale_all_dim:
+    return _yarn_mscale(lm.rope_factor, lm.rope_mscale) / _yarn_mscale(
+        lm.rope_factor, lm.rope_mscale_all_dim)
+  return _yarn_mscale(lm.rope_factor)
+
+
+def mla_softmax_scale(lm: LMConfig, head_width: int) -> float:
+  """MLA's softmax scale: head_width^-1/2, times DeepSeek's yarn mscale^2."""
+  scale = head_width ** -0.5
+  if lm.rope_scaling != "none" and lm.rope_mscale_all_dim:
+    scale *= _yarn_mscale(lm.rope_factor, lm.rope_mscale_all_dim) ** 2
+  return scale
+
+
 def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float,
-                     frequencies: Optional[jax.Array] = None) -> jax.Array:
-  """Rotates channel pairs (i, i + H/2) by position-dependent angles (RoPE).
+                     frequencies: Optional[jax.Array] = None, scale: float = 1.0) -> jax.Array:
+  """Rotates channel pairs (i, i + H/2) by position-dependent angles (RoPE),
+  then multiplies by `scale` (YaRN's attention factor).
 
   x: [B, T, N, H] with H even; positions: [B, T] (or [T]); frequencies:
   [H/2] (default theta^(-i / (H/2)), unscaled). Computed in float32.
@@ -60,6 +100,8 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float,
            else frequencies)                                                 # [H/2]
   angles = positions[..., None].astype(jnp.float32) * freqs                  # [..., T, H/2]
   sin, cos = jnp.sin(angles)[..., None, :], jnp.cos(angles)[..., None, :]   # [..., T, 1, H/2]
+  if scale != 1.0:
+    sin, cos = sin * scale, cos * scale
   x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
   out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
   return out.astype(x.dtype)
@@ -161,9 +203,9 @@ class Attention(nn.Module):
           a.reshape(*a.shape[:2], -1)).reshape(a.shape)
       q, k = flat_norm(q, "query_norm"), flat_norm(k, "key_norm")
     if positions is not None:
-      freqs = rope_frequencies(cfg.lm, q.shape[-1] // 2)
-      q = rotary_embedding(q, positions, cfg.lm.rope_theta, freqs)
-      k = rotary_embedding(k, positions, cfg.lm.rope_theta, freqs)
+      freqs, factor = rope_frequencies(cfg.lm, q.shape[-1] // 2), rope_attention_factor(cfg.lm)
+      q = rotary_embedding(q, positions, cfg.lm.rope_theta, freqs, factor)
+      k = rotary_embedding(k, positions, cfg.lm.rope_theta, freqs, factor)
     return q, k, v, None
 
   def _switchhead(self, name, router_input, inputs, d_out):
@@ -199,12 +241,12 @@ class Attention(nn.Module):
     q_nope, q_rope = q[..., :nope], q[..., nope:]
     k_rope = k_rope[:, :, None, :]                                   # [B, T, 1, rope]
     if positions is not None:
-      freqs = rope_frequencies(cfg.lm, rope // 2)
-      q_rope = rotary_embedding(q_rope, positions, cfg.lm.rope_theta, freqs)
-      k_rope = rotary_embedding(k_rope, positions, cfg.lm.rope_theta, freqs)
+      freqs, factor = rope_frequencies(cfg.lm, rope // 2), rope_attention_factor(cfg.lm)
+      q_rope = rotary_embedding(q_rope, positions, cfg.lm.rope_theta, freqs, factor)
+      k_rope = rotary_embedding(k_rope, positions, cfg.lm.rope_theta, freqs, factor)
     q = jnp.concatenate([q_nope, q_rope], axis=-1)
     k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rope, (*k_nope.shape[:3], rope))], axis=-1)
-    return q, k, v, (nope + rope) ** -0.5
+    return q, k, v, mla_softmax_scale(cfg.lm, nope + rope)
 
   def _update_cache(self, k, v, index):
     """Writes k, v ([B, T, K, H]) at `index`; returns the whole cache and its

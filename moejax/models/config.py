@@ -19,7 +19,7 @@ POOLS = ("mean", "cls")
 NORMS = ("rms", "layer")
 QK_NORMS = ("none", "head", "full")
 ATTENTIONS = ("mha", "mla")
-ROPE_SCALINGS = ("none", "linear", "llama3")
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,16 +29,27 @@ class LMConfig:
   Attributes:
     vocab_size: token vocabulary (256 for the byte-level data).
     rope_theta: RoPE base frequency.
-    rope_scaling: 'none', 'linear' (positions divided by rope_factor) or
+    rope_scaling: 'none', 'linear' (positions divided by rope_factor),
       'llama3' (Llama 3.1: long wavelengths divided by rope_factor, short
-      ones kept, a smooth blend between; moejax.models.attention.
-      rope_frequencies). The others are refused until they have a parity
-      test against transformers.
+      ones kept, a smooth blend between) or 'yarn' (YaRN: channels that turn
+      fewer than rope_beta_slow times over the original context are
+      interpolated, more than rope_beta_fast kept, a linear ramp between;
+      queries and keys scaled by the attention factor);
+      moejax.models.attention.rope_frequencies. Other types (longrope,
+      dynamic) are refused until they have a parity test against transformers.
     rope_factor: the context-extension factor of rope_scaling (>= 1).
     rope_low_freq_factor, rope_high_freq_factor: 'llama3': wavelengths
       above original_max_positions / low are scaled, below
       original_max_positions / high kept.
-    rope_original_max_positions: 'llama3': the pre-extension context.
+    rope_original_max_positions: 'llama3', 'yarn': the pre-extension context.
+    rope_beta_fast, rope_beta_slow: 'yarn': the ramp's rotation bounds.
+    rope_truncate: 'yarn': round the ramp's ends to whole channels.
+    rope_attention_factor: 'yarn': multiplies the rotated queries and keys;
+      None = 0.1 ln(factor) + 1, or with rope_mscale and rope_mscale_all_dim
+      both set, the ratio of those two mscales (DeepSeek).
+    rope_mscale, rope_mscale_all_dim: 'yarn' (DeepSeek): mscale(m) =
+      0.1 m ln(factor) + 1; MLA's softmax scale is multiplied by
+      mscale(rope_mscale_all_dim)^2 when it is set.
     tie_embeddings: the output projection is the transposed embedding,
       scaled by 1/sqrt(d_model).
     unembed_bias: a bias on the untied output projection.
@@ -51,6 +62,12 @@ class LMConfig:
   rope_low_freq_factor: float = 1.0
   rope_high_freq_factor: float = 4.0
   rope_original_max_positions: int = 8192
+  rope_beta_fast: float = 32.0
+  rope_beta_slow: float = 1.0
+  rope_truncate: bool = True
+  rope_attention_factor: Optional[float] = None
+  rope_mscale: float = 0.0
+  rope_mscale_all_dim: float = 0.0
   tie_embeddings: bool = True
   unembed_bias: bool = False
 
@@ -67,6 +84,12 @@ class LMConfig:
       fail("model.lm.rope_high_freq_factor", self.rope_high_freq_factor,
            f"must be > rope_low_freq_factor={self.rope_low_freq_factor}")
     check_int("model.lm.rope_original_max_positions", self.rope_original_max_positions, 1)
+    check_float("model.lm.rope_beta_fast", self.rope_beta_fast, 0.0, False)
+    check_float("model.lm.rope_beta_slow", self.rope_beta_slow, 0.0, False)
+    if self.rope_attention_factor is not None:
+      check_float("model.lm.rope_attention_factor", self.rope_attention_factor, 0.0, False)
+    check_float("model.lm.rope_mscale", self.rope_mscale, 0.0, True)
+    check_float("model.lm.rope_mscale_all_dim", self.rope_mscale_all_dim, 0.0, True)
 
 
 @dataclasses.dataclass(frozen=True)
