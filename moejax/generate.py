@@ -3,10 +3,15 @@
     tokens = generate(model, variables, prompt, max_new_tokens=32)            # greedy
     tokens = generate(model, variables, prompt, max_new_tokens=32,
                       temperature=0.8, top_k=40, rng=jax.random.PRNGKey(0))   # sampling
+    prompt, lengths = left_pad([[5, 6, 7], [8]])                              # a batch of
+    tokens = generate(model, variables, prompt, prompt_lengths=lengths, ...)  # lengths
 
 The prompt [B, P] is run once (prefill) to fill every layer's cache, then one
-token per step is fed back through a jitted `lax.scan`. The cache holds full
-per-head keys and values (for MLA too, not its compressed latent).
+token per step is fed back through a jitted `lax.scan`. Prompts of different
+lengths are left-padded: each row's tokens get positions from 0 and its
+padding is never attended to, so a row continues exactly as it would alone.
+The cache holds per-head keys and values, or for MLA the compressed latent and
+the shared RoPE key (moejax.models.attention.Attention).
 
 Routing at generation time sees only the tokens of the current call, so
 routers that look across tokens (expert choice, Soft MoE, Sinkhorn) are
@@ -20,7 +25,7 @@ import dataclasses
 import functools
 import math
 import os
-from typing import Optional
+from typing import Optional, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -55,6 +60,12 @@ def init_cache(model: TransformerLM, batch: int, max_len: int) -> dict:
                                              jnp.zeros((batch, max_len), jnp.int32),
                                              decode=True))["cache"]
   return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
+
+
+def cache_bytes_per_token(model: TransformerLM) -> int:
+  """Bytes the decode cache holds per token of one sequence, over all layers."""
+  shapes = jax.eval_shape(lambda: init_cache(model, 1, 1))
+  return sum(s.size * s.dtype.itemsize for s in jax.tree.leaves(shapes) if s.ndim >= 2)
 
 
 def _memory_budget() -> int:
@@ -92,19 +103,29 @@ def _pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int) -> 
   return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
 
 
+def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> Tuple[jax.Array, jax.Array]:
+  """Prompts of different lengths -> (prompt [B, P] left-padded with pad_id,
+  lengths [B]), for generate(..., prompt_lengths=lengths)."""
+  if not prompts or any(len(p) < 1 for p in prompts):
+    raise ValueError("every prompt needs at least one token")
+  width = max(len(p) for p in prompts)
+  rows = [[pad_id] * (width - len(p)) + [int(t) for t in p] for p in prompts]
+  return jnp.asarray(rows, jnp.int32), jnp.asarray([len(p) for p in prompts], jnp.int32)
+
+
 @functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k"))
-def _generate(model, variables, prompt, rng, max_new_tokens, temperature, top_k):
+def _generate(model, variables, prompt, pad_offsets, rng, max_new_tokens, temperature, top_k):
   batch, prompt_len = prompt.shape
   cache = init_cache(model, batch, prompt_len + max_new_tokens)
   (logits, _), state = model.apply({**variables, "cache": cache}, prompt, decode=True,
-                                   mutable=["cache"])
+                                   pad_offsets=pad_offsets, mutable=["cache"])
   keys = jax.random.split(rng, max_new_tokens)
   first = _pick(logits[:, -1], keys[0], temperature, top_k)
 
   def step(carry, key):
     cache, token = carry
     (logits, _), state = model.apply({**variables, "cache": cache}, token[:, None],
-                                     decode=True, mutable=["cache"])
+                                     decode=True, pad_offsets=pad_offsets, mutable=["cache"])
     nxt = _pick(logits[:, -1], key, temperature, top_k)
     return (state["cache"], nxt), nxt
 
@@ -114,11 +135,14 @@ def _generate(model, variables, prompt, rng, max_new_tokens, temperature, top_k)
 
 def generate(model: TransformerLM, variables: dict, prompt: jax.Array, *,
              max_new_tokens: int, temperature: float = 0.0, top_k: int = 0,
-             rng: Optional[jax.Array] = None) -> jax.Array:
+             rng: Optional[jax.Array] = None,
+             prompt_lengths: Optional[jax.Array] = None) -> jax.Array:
   """prompt [B, P] ints -> [B, P + max_new_tokens]: the prompt and its continuation.
 
   temperature 0 = greedy; > 0 samples (needs rng). top_k > 0 samples among
   the top_k logits only. variables: {'params', optional 'router_state'}.
+  prompt_lengths [B]: row b's prompt is its last prompt_lengths[b] tokens
+  (left padding before them; see left_pad). None = every row is P long.
   """
   prompt = jnp.asarray(prompt)
   if prompt.ndim != 2 or not jnp.issubdtype(prompt.dtype, jnp.integer) or prompt.shape[1] < 1:
@@ -138,9 +162,17 @@ def generate(model: TransformerLM, variables: dict, prompt: jax.Array, *,
     raise ValueError(f"top_k={top_k!r} is invalid: must be an integer in [0, {vocab}]")
   if temperature > 0 and rng is None:
     raise ValueError("temperature > 0 samples: pass rng=jax.random.PRNGKey(...)")
+  pad_offsets = None
+  if prompt_lengths is not None:
+    lengths = jnp.asarray(prompt_lengths)
+    if lengths.shape != prompt.shape[:1] or not jnp.issubdtype(lengths.dtype, jnp.integer) or (
+        int(lengths.min()) < 1 or int(lengths.max()) > prompt.shape[1]):
+      raise ValueError(f"prompt_lengths must be [{prompt.shape[0]}] integers in [1, "
+                       f"{prompt.shape[1]}] (the prompt's rows and width)")
+    pad_offsets = (prompt.shape[1] - lengths).astype(jnp.int32)
   model = TransformerLM(for_generation(model.config))
   check_cache_fits(model, prompt.shape[0], prompt.shape[1] + max_new_tokens)
   variables = {k: v for k, v in variables.items() if k in ("params", "router_state")}
   rng = jax.random.PRNGKey(0) if rng is None else rng
-  return _generate(model, variables, prompt.astype(jnp.int32), rng, max_new_tokens,
-                   float(temperature), int(top_k))
+  return _generate(model, variables, prompt.astype(jnp.int32), pad_offsets, rng,
+                   max_new_tokens, float(temperature), int(top_k))

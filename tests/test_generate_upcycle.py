@@ -12,7 +12,7 @@ import pytest
 
 from moejax.config import MoEConfig, RouterConfig
 from moejax.convert.upcycle import upcycle
-from moejax.generate import generate
+from moejax.generate import cache_bytes_per_token, generate, init_cache, left_pad
 from moejax.models import ModelConfig, TransformerLM
 from moejax.models.config import LMConfig, MLAConfig
 from moejax.routing.sparsemixer import sparsemixer_route
@@ -46,16 +46,54 @@ def _greedy_without_cache(model, variables, prompt, steps):
   return seq
 
 
-@pytest.mark.parametrize("fields", [
+GENERATION_CASES = [
     dict(num_kv_heads=2, qk_norm="full", attention_window=3),
     dict(attention="mla", mla=MLAConfig(q_rank=8, kv_rank=8, nope_dim=4, rope_dim=4, v_dim=6),
          first_dense_layers=1),
-], ids=["gqa_window", "mla"])
+]
+
+
+@pytest.mark.parametrize("fields", GENERATION_CASES, ids=["gqa_window", "mla"])
 def test_cached_greedy_equals_recomputing_the_whole_sequence(fields):
   model = _model(**fields)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), PROMPT)
   out = generate(model, variables, PROMPT, max_new_tokens=6)
   np.testing.assert_array_equal(out, _greedy_without_cache(model, variables, PROMPT, 6))
+
+
+@pytest.mark.parametrize("fields", GENERATION_CASES, ids=["gqa_window", "mla"])
+def test_left_padded_batch_continues_each_prompt_as_alone(fields):
+  """Prompts of lengths 5, 2 and 3 in one left-padded batch: every row's
+  greedy continuation equals that prompt's generated on its own, and the
+  padded forward's logits at real tokens equal the unpadded ones."""
+  model = _model(**fields)
+  prompts = [[3, 9, 27, 1, 4], [8, 8], [41, 2, 6]]
+  variables = jax.jit(model.init)(jax.random.PRNGKey(0), PROMPT)
+  batch, lengths = left_pad(prompts, pad_id=7)
+  out = np.asarray(generate(model, variables, batch, max_new_tokens=6, prompt_lengths=lengths))
+  offsets = np.asarray(batch.shape[1] - lengths)
+  logits = np.asarray(model.apply(variables, batch, pad_offsets=jnp.asarray(offsets))[0])
+  for row, prompt in enumerate(prompts):
+    alone = np.asarray(generate(model, variables, np.asarray([prompt]), max_new_tokens=6))
+    np.testing.assert_array_equal(out[row, offsets[row]:], alone[0])
+    np.testing.assert_allclose(logits[row, offsets[row]:],
+                               np.asarray(model.apply(variables, np.asarray([prompt]))[0][0]),
+                               atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match=r"prompt_lengths must be \[3\] integers in \[1, 5\]"):
+    generate(model, variables, batch, max_new_tokens=2, prompt_lengths=jnp.asarray([5, 0, 3]))
+
+
+def test_mla_cache_holds_the_latent_and_the_rope_key():
+  """MLA's cache per layer and token: kv_rank + rope_dim numbers, against
+  N (nope + rope) + N v for full keys and values."""
+  mla = MLAConfig(q_rank=8, kv_rank=8, nope_dim=4, rope_dim=4, v_dim=6)
+  model = _model(attention="mla", mla=mla)
+  cache = init_cache(model, batch=2, max_len=10)
+  shapes = {name: value.shape for name, value in cache["block_0"]["attention"].items()}
+  assert shapes == {"cached_latent": (2, 10, 8), "cached_key_rope": (2, 10, 4), "index": ()}
+  assert cache_bytes_per_token(model) == 2 * 4 * (8 + 4)          # 2 layers, float32
+  full = cache_bytes_per_token(_model())                           # MHA: 4 heads x 8 wide
+  assert full == 2 * 4 * 2 * 4 * 8
 
 
 def test_sampling_is_seeded_and_top_k_one_is_greedy():

@@ -113,9 +113,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array,
   """Softmax attention with grouped-query heads.
 
   q: [B, T, N, H]; k: [B, S, K, H]; v: [B, S, K, Hv] with K dividing N (query
-  head n reads key/value head n // (N / K)); q_positions: [T];
-  k_positions: [S]. causal: a query sees keys at positions <= its own;
-  window > 0 also hides keys `window` or more positions back.
+  head n reads key/value head n // (N / K)); q_positions: [T] or [B, T];
+  k_positions: [S] or [B, S]. Keys at negative positions (left padding) are
+  hidden. causal: a query sees keys at positions <= its own; window > 0
+  also hides keys `window` or more positions back.
   Scores and softmax in float32. Returns [B, T, N, Hv].
   """
   b, t, n, h = q.shape
@@ -123,13 +124,15 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array,
   scale = h ** -0.5 if scale is None else scale
   q = q.reshape(b, t, kv, n // kv, h)
   scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-  seen = jnp.ones((t, k.shape[1]), jnp.bool_)
-  gap = q_positions[:, None] - k_positions[None, :]                        # [T, S]
+  q_positions = jnp.broadcast_to(q_positions, (b, t))
+  k_positions = jnp.broadcast_to(k_positions, (b, k.shape[1]))
+  gap = q_positions[:, :, None] - k_positions[:, None, :]                  # [B, T, S]
+  seen = jnp.broadcast_to(k_positions[:, None, :] >= 0, gap.shape)
   if causal:
-    seen = gap >= 0
+    seen = seen & (gap >= 0)
   if window:
     seen = seen & (gap < window)
-  scores = jnp.where(seen, scores, jnp.finfo(jnp.float32).min)
+  scores = jnp.where(seen[:, None, None], scores, jnp.finfo(jnp.float32).min)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
   out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
   return out.reshape(b, t, n, v.shape[-1])
@@ -145,9 +148,15 @@ def block_norm(cfg: ModelConfig, name: str) -> nn.Module:
 class Attention(nn.Module):
   """Self-attention. x: [B, T, d_model] -> [B, T, d_model].
 
-  causal: mask future positions (LM). With `positions` ([T]), queries and
-  keys get RoPE; with decode=True the positions come from the cache.
-  Multi-/grouped-query attention or MLA by config.attention.
+  causal: mask future positions (LM). With `positions` ([T] or [B, T]),
+  queries and keys get RoPE; with decode=True the positions come from the
+  cache. pad_offsets [B]: each row's left padding; its tokens sit at
+  positions slot - pad_offset, and the padding (negative positions) is never
+  attended to. Multi-/grouped-query attention or MLA by config.attention.
+
+  The decode cache holds, per layer: MHA, keys and values [B, S, K, H];
+  MLA, the compressed latent [B, S, kv_rank] and the shared RoPE key
+  [B, S, rope_dim], from which keys and values are re-expanded each call.
   """
 
   config: ModelConfig
@@ -155,19 +164,27 @@ class Attention(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: Optional[jax.Array] = None, *,
-               decode: bool = False) -> jax.Array:
+               decode: bool = False, pad_offsets: Optional[jax.Array] = None) -> jax.Array:
     cfg = self.config
     if decode:
       index = self.variable("cache", "index", lambda: jnp.zeros((), jnp.int32))
       positions = index.value + jnp.arange(x.shape[1])
-    if cfg.attention == "mla":
-      q, k, v, scale = self._mla_qkv(x, positions)
-    else:
-      q, k, v, scale = self._mha_qkv(x, positions)
+      if pad_offsets is not None:
+        positions = positions[None, :] - pad_offsets[:, None]
     q_positions = jnp.arange(x.shape[1]) if positions is None else positions
     k_positions = q_positions
-    if decode:
-      k, v, k_positions = self._update_cache(k, v, index)
+    if cfg.attention == "mla":
+      q, latent, k_rope, scale = self._mla_query_and_latent(x, positions)
+      if decode:
+        (latent, k_rope), k_positions = self._update_cache(
+            index, cached_latent=latent, cached_key_rope=k_rope)
+      k, v = self._mla_keys_values(latent, k_rope)
+    else:
+      q, k, v, scale = self._mha_qkv(x, positions)
+      if decode:
+        (k, v), k_positions = self._update_cache(index, cached_key=k, cached_value=v)
+    if decode and pad_offsets is not None:
+      k_positions = k_positions[None, :] - pad_offsets[:, None]
     out = attend(q, k, v, q_positions=q_positions, k_positions=k_positions,
                  causal=self.causal, window=cfg.attention_window, scale=scale)
     if cfg.attention_experts:  # SwitchHead: the output mix is chosen per destination token
@@ -218,9 +235,10 @@ class Attention(nn.Module):
                             backend, block, jnp.dtype(cfg.dtype), name=name)(router_input,
                                                                             inputs)
 
-  def _mla_qkv(self, x, positions):
-    """DeepSeek MLA. Queries: [B, T, N, nope + rope]; keys: per-head nope part
-    from the latent plus one RoPE part shared by every head."""
+  def _mla_query_and_latent(self, x, positions):
+    """DeepSeek MLA, up to what the cache holds. Returns queries [B, T, N,
+    nope + rope], the normed latent [B, T, kv_rank], the RoPE key shared by
+    every head [B, T, rope] and the softmax scale."""
     cfg = self.config
     dtype = jnp.dtype(cfg.dtype)
     nope, rope = cfg.mla.nope_dim, cfg.mla.rope_dim
@@ -234,32 +252,42 @@ class Attention(nn.Module):
     kv = nn.Dense(cfg.mla.kv_rank + rope, use_bias=cfg.attention_bias, dtype=dtype,
                   name="kv_down")(x)
     latent, k_rope = kv[..., :cfg.mla.kv_rank], kv[..., cfg.mla.kv_rank:]
-    latent = nn.RMSNorm(epsilon=MLA_LATENT_EPS, name="kv_norm")(latent)
-    kv = nn.DenseGeneral((heads, nope + cfg.mla.v_dim), use_bias=False, dtype=dtype,
-                         name="kv_up")(latent)                       # [B, T, N, nope + v]
-    k_nope, v = kv[..., :nope], kv[..., nope:]
+    # kv_up reads the latent in the model dtype: cache it in that dtype too.
+    latent = nn.RMSNorm(epsilon=MLA_LATENT_EPS, name="kv_norm")(latent).astype(dtype)
     q_nope, q_rope = q[..., :nope], q[..., nope:]
-    k_rope = k_rope[:, :, None, :]                                   # [B, T, 1, rope]
     if positions is not None:
       freqs, factor = rope_frequencies(cfg.lm, rope // 2), rope_attention_factor(cfg.lm)
       q_rope = rotary_embedding(q_rope, positions, cfg.lm.rope_theta, freqs, factor)
-      k_rope = rotary_embedding(k_rope, positions, cfg.lm.rope_theta, freqs, factor)
+      k_rope = rotary_embedding(k_rope[:, :, None, :], positions, cfg.lm.rope_theta, freqs,
+                                factor)[:, :, 0]
     q = jnp.concatenate([q_nope, q_rope], axis=-1)
-    k = jnp.concatenate([k_nope, jnp.broadcast_to(k_rope, (*k_nope.shape[:3], rope))], axis=-1)
-    return q, k, v, mla_softmax_scale(cfg.lm, nope + rope)
+    return q, latent, k_rope, mla_softmax_scale(cfg.lm, nope + rope)
 
-  def _update_cache(self, k, v, index):
-    """Writes k, v ([B, T, K, H]) at `index`; returns the whole cache and its
-    key positions. The cache length is fixed when it is created."""
-    cached_k = self.variable("cache", "cached_key", jnp.zeros, k.shape, k.dtype)
-    cached_v = self.variable("cache", "cached_value", jnp.zeros, v.shape, v.dtype)
+  def _mla_keys_values(self, latent, k_rope):
+    """Per-head keys [B, S, N, nope + rope] and values [B, S, N, v] from the
+    latent [B, S, kv_rank] and the shared RoPE key [B, S, rope]."""
+    cfg = self.config
+    nope, rope = cfg.mla.nope_dim, cfg.mla.rope_dim
+    kv = nn.DenseGeneral((cfg.num_heads, nope + cfg.mla.v_dim), use_bias=False,
+                         dtype=jnp.dtype(cfg.dtype), name="kv_up")(latent)
+    k_nope, v = kv[..., :nope], kv[..., nope:]
+    k_rope = jnp.broadcast_to(k_rope[:, :, None, :].astype(k_nope.dtype),
+                              (*k_nope.shape[:3], rope))
+    return jnp.concatenate([k_nope, k_rope], axis=-1), v
+
+  def _update_cache(self, index, **new):
+    """Writes each new array ([B, T, ...]) into its cache variable at slot
+    `index`; returns (the whole caches, in argument order, and their slot
+    positions [S]). The cache length is fixed when it is created."""
+    caches = [self.variable("cache", name, jnp.zeros, value.shape, value.dtype)
+              for name, value in new.items()]
+    length = next(iter(new.values())).shape[1]
     if self.is_initializing():
-      return k, v, jnp.arange(k.shape[1])
+      return tuple(new.values()), jnp.arange(length)
     start = index.value
-    cached_k.value = jax.lax.dynamic_update_slice(cached_k.value, k.astype(cached_k.value.dtype),
-                                                  (0, start, 0, 0))
-    cached_v.value = jax.lax.dynamic_update_slice(cached_v.value, v.astype(cached_v.value.dtype),
-                                                  (0, start, 0, 0))
-    index.value = start + k.shape[1]
+    for cache, value in zip(caches, new.values()):
+      cache.value = jax.lax.dynamic_update_slice(
+          cache.value, value.astype(cache.value.dtype), (0, start) + (0,) * (value.ndim - 2))
+    index.value = start + length
     # Unwritten slots sit at positions past every query, so the causal mask hides them.
-    return cached_k.value, cached_v.value, jnp.arange(cached_k.value.shape[1])
+    return tuple(c.value for c in caches), jnp.arange(caches[0].value.shape[1])

@@ -29,11 +29,12 @@ class Block(nn.Module):
   def __call__(self, x: jax.Array, *, positions: Optional[jax.Array] = None,
                token_ids: Optional[jax.Array] = None, deterministic: bool = True,
                decode: bool = False,
-               prev_router_logits: Optional[jax.Array] = None
+               prev_router_logits: Optional[jax.Array] = None,
+               pad_offsets: Optional[jax.Array] = None
                ) -> Tuple[jax.Array, Optional[MoEAux]]:
     cfg = self.config
     x = x + Attention(cfg, self.causal, name="attention")(
-        block_norm(cfg, "attention_norm")(x), positions, decode=decode)
+        block_norm(cfg, "attention_norm")(x), positions, decode=decode, pad_offsets=pad_offsets)
     h = block_norm(cfg, "ffn_norm")(x)
     if self.use_moe:
       y, aux = moe_layer(cfg.moe, name="moe")(h, token_ids=token_ids,
@@ -48,20 +49,20 @@ class Block(nn.Module):
 
 def run_blocks(config: ModelConfig, x: jax.Array, *, causal: bool,
                positions: Optional[jax.Array] = None, token_ids: Optional[jax.Array] = None,
-               deterministic: bool = True,
-               decode: bool = False) -> Tuple[jax.Array, Dict[str, MoEAux]]:
+               deterministic: bool = True, decode: bool = False,
+               pad_offsets: Optional[jax.Array] = None) -> Tuple[jax.Array, Dict[str, MoEAux]]:
   """Applies config.num_layers blocks (call inside a compact module).
 
   Returns the final hidden states and {'block_<i>': MoEAux} for MoE blocks.
-  decode: attend through each block's key/value cache (see
-  moejax.models.attention).
+  decode: attend through each block's key/value cache; pad_offsets [B]: left
+  padding per row (see moejax.models.attention.Attention).
   """
   aux = {}
   router_logits = None  # the last MoE layer's, for MoE++'s gating residual
   for i in range(config.num_layers):
     x, layer_aux = Block(config, config.is_moe_layer(i), causal, name=f"block_{i}")(
         x, positions=positions, token_ids=token_ids, deterministic=deterministic,
-        decode=decode, prev_router_logits=router_logits)
+        decode=decode, prev_router_logits=router_logits, pad_offsets=pad_offsets)
     if layer_aux is not None:
       aux[f"block_{i}"] = layer_aux
       router_logits = layer_aux.router_logits

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Dict, Tuple
+from typing import Dict, Optional, Tuple
 
 import flax.linen as nn
 import jax
@@ -20,21 +20,26 @@ class TransformerLM(nn.Module):
   Pre-norm blocks, RoPE, causal attention; MoE FFN where
   config.is_moe_layer(i). Token ids are passed to the MoE layers (hash routing).
   decode=True (with the 'cache' collection mutable) continues the sequences
-  held in the key/value cache; see moejax.generate.
+  held in the key/value cache; see moejax.generate. pad_offsets [B]: rows
+  left-padded by that many tokens; a row's first real token gets position 0
+  and its padding is never attended to.
   """
 
   config: ModelConfig
 
   @nn.compact
   def __call__(self, tokens: jax.Array, *, deterministic: bool = True,
-               decode: bool = False) -> Tuple[jax.Array, Dict[str, MoEAux]]:
+               decode: bool = False, pad_offsets: Optional[jax.Array] = None
+               ) -> Tuple[jax.Array, Dict[str, MoEAux]]:
     cfg = self.config
     embed = nn.Embed(cfg.lm.vocab_size, cfg.d_model,
                      embedding_init=nn.initializers.normal(stddev=1.0), name="embed")
     x = embed(tokens).astype(jnp.dtype(cfg.dtype))
     positions = jnp.arange(tokens.shape[-1])
+    if pad_offsets is not None:
+      positions = positions[None, :] - pad_offsets[:, None]            # [B, T]
     x, aux = run_blocks(cfg, x, causal=True, positions=positions, token_ids=tokens,
-                        deterministic=deterministic, decode=decode)
+                        deterministic=deterministic, decode=decode, pad_offsets=pad_offsets)
     x = block_norm(cfg, "final_norm")(x)
     if cfg.lm.tie_embeddings:
       # Scale so tied logits start O(1) with unit-variance embeddings.
