@@ -50,6 +50,7 @@ ROUTER_FAMILIES: Dict[str, RouterFamily] = {f.name: f for f in (
     RouterFamily("soft_moe", sparse=False, causal=False, experts_per_token=lambda r: 1),
 )}
 ROUTERS = tuple(ROUTER_FAMILIES)
+GROUP_SCORES = ("top2_sum", "max")
 SCORE_FNS = ("softmax", "sigmoid")
 SOFT_MOE_GROUPINGS = ("example", "call")
 DROP_POLICIES = ("position", "probability")
@@ -90,9 +91,11 @@ class RouterConfig:
       Switch/GShard's softmax-then-top-k.
     routed_scaling_factor: multiplies the chosen weights (DeepSeek-V3: 2.5).
     num_expert_groups: experts are split into this many equal groups; only the
-      `top_k_groups` best groups (by the sum of their two best scores) may be
-      chosen from (DeepSeek-V3 group-limited routing). 1 = off.
+      `top_k_groups` best groups (by `group_score`) may be chosen from
+      (DeepSeek-V2 / V3 group-limited routing). 1 = off.
     top_k_groups: groups kept per token when group-limited.
+    group_score: how a group is ranked: 'top2_sum' (the sum of its two best
+      selection scores; DeepSeek-V3) or 'max' (its best; DeepSeek-V2).
     use_expert_bias: add a non-trained per-expert bias to the scores for
       *selection only* (aux-loss-free balancing); see
       `moejax.routing.losses.update_expert_bias`.
@@ -166,6 +169,7 @@ class RouterConfig:
   routed_scaling_factor: float = 1.0
   num_expert_groups: int = 1
   top_k_groups: int = 1
+  group_score: str = "top2_sum"
   use_expert_bias: bool = False
   expert_bias_update_rate: float = 1e-3
   jitter_noise: float = 0.0
@@ -208,6 +212,7 @@ class RouterConfig:
       fail("router.num_expert_groups", self.num_expert_groups,
            f"must divide num_experts={self.num_experts}")
     check_int("router.top_k_groups", self.top_k_groups, 1)
+    check_choice("router.group_score", self.group_score, GROUP_SCORES)
     if self.num_expert_groups > 1:
       if self.top_k_groups > self.num_expert_groups:
         fail("router.top_k_groups", self.top_k_groups,

@@ -24,6 +24,13 @@ FAMILY_KWARGS = {
                         q_lora_rank=16, kv_lora_rank=16, qk_nope_head_dim=8,
                         qk_rope_head_dim=8, v_head_dim=12, num_key_value_heads=4,
                         num_hidden_layers=3),
+    # V2-Lite's form: no query compression; groups ranked by their best score.
+    "deepseek_v2": dict(n_routed_experts=8, num_experts_per_tok=2, moe_intermediate_size=24,
+                        n_shared_experts=1, first_k_dense_replace=1, n_group=4, topk_group=2,
+                        topk_method="group_limited_greedy", routed_scaling_factor=1.5,
+                        q_lora_rank=None, kv_lora_rank=16, qk_nope_head_dim=8,
+                        qk_rope_head_dim=8, v_head_dim=12, num_key_value_heads=4,
+                        num_hidden_layers=3),
     "phimoe": dict(num_local_experts=4, num_experts_per_tok=2, attention_bias=True,
                    lm_head_bias=True),
     "llama": dict(),

@@ -13,7 +13,8 @@ from typing import Any, Callable, Dict, Tuple
 from moejax.config import MoEConfig, RouterConfig
 from moejax.models.config import LMConfig, MLAConfig, ModelConfig
 
-MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v3", "phimoe")
+MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3",
+                "phimoe")
 DENSE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 FAMILIES = MOE_FAMILIES + DENSE_FAMILIES
 _MISSING = object()
@@ -178,23 +179,38 @@ def _olmoe(hf: dict) -> ModelConfig:
               router=dict(normalize_top_k=bool(hf.get("norm_topk_prob", False))))
 
 
-def _deepseek_v3(hf: dict) -> ModelConfig:
+def _deepseek(hf: dict, router: Dict[str, Any]) -> ModelConfig:
+  """DeepSeek-V2 / V3: MLA, first-k dense layers, shared experts, `router`."""
   mla = MLAConfig(q_rank=int(hf.get("q_lora_rank") or 0), kv_rank=_get(hf, "kv_lora_rank"),
                   nope_dim=_get(hf, "qk_nope_head_dim"), rope_dim=_get(hf, "qk_rope_head_dim"),
                   v_dim=_get(hf, "v_head_dim"))
   fields = _backbone(hf, attention="mla", mla=mla,
                      first_dense_layers=int(hf.get("first_k_dense_replace", 0)),
                      num_kv_heads=0, head_dim=0)
-  if hf.get("topk_method", "noaux_tc") != "noaux_tc":
-    _refuse(hf, "topk_method", hf["topk_method"], "only 'noaux_tc' is implemented")
   groups = int(hf.get("n_group") or 1)
-  router = dict(score_fn="sigmoid", normalize_top_k=bool(hf.get("norm_topk_prob", True)),
-                routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
-                num_expert_groups=groups, top_k_groups=int(hf.get("topk_group") or 1),
-                use_expert_bias=True)
+  router.update(routed_scaling_factor=float(hf.get("routed_scaling_factor", 1.0)),
+                num_expert_groups=groups, top_k_groups=int(hf.get("topk_group") or 1))
   shared = int(hf.get("n_shared_experts") or 0)
   return _moe(hf, fields, num_experts=_get_first(hf, ("n_routed_experts",) + _EXPERTS),
               d_ff=_get(hf, "moe_intermediate_size"), router=router, num_shared_experts=shared)
+
+
+def _deepseek_v3(hf: dict) -> ModelConfig:
+  if hf.get("topk_method", "noaux_tc") != "noaux_tc":
+    _refuse(hf, "topk_method", hf["topk_method"], "only 'noaux_tc' is implemented")
+  return _deepseek(hf, dict(score_fn="sigmoid", use_expert_bias=True,
+                            normalize_top_k=bool(hf.get("norm_topk_prob", True))))
+
+
+def _deepseek_v2(hf: dict) -> ModelConfig:
+  """Softmax scores, top-k without renormalising (transformers ignores
+  norm_topk_prob here); 'group_limited_greedy' ranks groups by their best."""
+  method = hf.get("topk_method", "greedy")
+  if method not in ("greedy", "group_limited_greedy"):
+    _refuse(hf, "topk_method", method, "implemented: 'greedy', 'group_limited_greedy'")
+  if method == "greedy":
+    hf = {**hf, "n_group": 1, "topk_group": 1}
+  return _deepseek(hf, dict(score_fn="softmax", normalize_top_k=False, group_score="max"))
 
 
 def _dense(**overrides) -> Callable[[dict], ModelConfig]:
@@ -209,7 +225,7 @@ _BUILDERS = {
     "mixtral": _mixtral, "phimoe": _phimoe, "qwen2_moe": lambda hf: _qwen_moe(
         hf, attention_bias=bool(hf.get("qkv_bias", True)), **_QKV_BIAS_ONLY),
     "qwen3_moe": lambda hf: _qwen_moe(hf, qk_norm="head"), "olmoe": _olmoe,
-    "deepseek_v3": _deepseek_v3, "llama": _dense(), "mistral": _dense(**_NO_BIAS),
+    "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v3, "llama": _dense(), "mistral": _dense(**_NO_BIAS),
     "qwen2": _dense(attention_bias=True, **_QKV_BIAS_ONLY), "qwen3": _dense(qk_norm="head"),
 }
 

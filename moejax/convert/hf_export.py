@@ -28,7 +28,8 @@ LAYOUTS = ("per_expert", "fused")
 ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
-    "deepseek_v3": "DeepseekV3ForCausalLM", "phimoe": "PhimoeForCausalLM",
+    "deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
+    "phimoe": "PhimoeForCausalLM",
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
 }
@@ -54,12 +55,15 @@ def _moe_fields(cfg: ModelConfig, model_type: str) -> dict:
   if model_type == "olmoe":
     return dict(num_experts=r.num_experts, intermediate_size=moe.d_ff,
                 norm_topk_prob=r.normalize_top_k, clip_qkv=None)
-  if model_type == "deepseek_v3":
-    return dict(n_routed_experts=r.num_experts, moe_intermediate_size=moe.d_ff,
-                first_k_dense_replace=cfg.first_dense_layers, n_group=r.num_expert_groups,
-                topk_group=r.top_k_groups, norm_topk_prob=r.normalize_top_k,
-                routed_scaling_factor=r.routed_scaling_factor, topk_method="noaux_tc",
-                n_shared_experts=moe.num_shared_experts)
+  if model_type.startswith("deepseek"):
+    out = dict(n_routed_experts=r.num_experts, moe_intermediate_size=moe.d_ff,
+               first_k_dense_replace=cfg.first_dense_layers, n_group=r.num_expert_groups,
+               topk_group=r.top_k_groups, norm_topk_prob=r.normalize_top_k,
+               routed_scaling_factor=r.routed_scaling_factor, topk_method="noaux_tc",
+               n_shared_experts=moe.num_shared_experts)
+    if model_type == "deepseek_v2":
+      out["topk_method"] = "group_limited_greedy" if r.num_expert_groups > 1 else "greedy"
+    return out
   out = dict(num_experts=r.num_experts, num_local_experts=r.num_experts,
              moe_intermediate_size=moe.d_ff, decoder_sparse_step=cfg.moe_every,
              mlp_only_layers=list(cfg.dense_layers), norm_topk_prob=r.normalize_top_k)

@@ -134,7 +134,7 @@ def _moe(cfg: ModelConfig, model_type: str, at: str, ours: Path) -> List:
     entries.append(Vector((f"{at}.mlp.gate.e_score_correction_bias",),
                           ("router_state",) + ours[1:] + ("router", "expert_bias")))
   if moe.num_shared_experts:
-    shared = "shared_experts" if model_type == "deepseek_v3" else "shared_expert"
+    shared = "shared_experts" if model_type.startswith("deepseek") else "shared_expert"
     entries += _glu(f"{at}.mlp.{shared}", ours + ("shared",))
     if moe.shared_expert_gate:
       entries.append(Linear((f"{at}.mlp.shared_expert_gate.weight",),

@@ -31,12 +31,14 @@ def _group_limit(selection: jax.Array, config: RouterConfig) -> jax.Array:
   """Masks experts outside each token's `top_k_groups` best groups to -inf.
 
   A group's score is the sum of its two best selection scores (its best when
-  groups have one expert), as in DeepSeek-V3.
+  groups have one expert), as in DeepSeek-V3, or with group_score='max' its
+  best score, as in DeepSeek-V2.
   """
   num_tokens, num_experts = selection.shape
   groups = config.num_expert_groups
   grouped = selection.reshape(num_tokens, groups, num_experts // groups)
-  best = jax.lax.top_k(grouped, min(2, num_experts // groups))[0]
+  best = jax.lax.top_k(grouped, 1 if config.group_score == "max" else
+                       min(2, num_experts // groups))[0]
   _, top_groups = jax.lax.top_k(best.sum(-1), config.top_k_groups)  # [T, top_k_groups]
   group_mask = jax.nn.one_hot(top_groups, groups, dtype=jnp.bool_).any(axis=1)  # [T, G]
   expert_mask = jnp.repeat(group_mask, num_experts // groups, axis=1)
