@@ -33,6 +33,8 @@ FAMILY_KWARGS = {
                         num_hidden_layers=3),
     "phimoe": dict(num_local_experts=4, num_experts_per_tok=2, attention_bias=True,
                    lm_head_bias=True),
+    "granitemoe": dict(num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=3.0,
+                       attention_multiplier=0.2, residual_multiplier=0.5, logits_scaling=2.5),
     "llama": dict(),
 }
 MOE_FAMILIES = [f for f in FAMILY_KWARGS if f != "llama"]
@@ -62,7 +64,7 @@ def hf_router_choices(model, ids: np.ndarray) -> dict:
   choices = {}
   hooks = []
   for i, layer in enumerate(model.model.layers):
-    mlp = layer.mlp
+    mlp = getattr(layer, "mlp", None) or getattr(layer, "block_sparse_moe")
     router = getattr(mlp, "gate", None) or getattr(mlp, "router", None)
     if router is None or not hasattr(mlp, "experts"):
       continue

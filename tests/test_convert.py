@@ -93,7 +93,8 @@ def test_fused_expert_layout_imports_the_same(saved, family, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("family", ["mixtral", "deepseek_v2", "deepseek_v3", "phimoe", "qwen2_moe"])
+@pytest.mark.parametrize("family", ["mixtral", "deepseek_v2", "deepseek_v3", "phimoe", "qwen2_moe",
+                                    "granitemoe"])
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])
 def test_export_round_trip_through_transformers(saved, family, layout, tmp_path):
   """Export (sharded, both layouts) loads in transformers with the original

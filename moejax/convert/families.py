@@ -8,13 +8,13 @@ the original computes or is not built at all.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Tuple
+from typing import Any, Callable, Dict, Optional, Tuple
 
 from moejax.config import MoEConfig, RouterConfig
 from moejax.models.config import LMConfig, MLAConfig, ModelConfig
 
 MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3",
-                "phimoe")
+                "phimoe", "granitemoe")
 DENSE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 FAMILIES = MOE_FAMILIES + DENSE_FAMILIES
 _MISSING = object()
@@ -108,7 +108,8 @@ def _window(hf: dict) -> int:
   return int(window or 0)
 
 
-def _backbone(hf: dict, unembed_bias: bool = False, **overrides) -> Dict[str, Any]:
+def _backbone(hf: dict, unembed_bias: bool = False, lm_fields: Optional[Dict[str, Any]] = None,
+              **overrides) -> Dict[str, Any]:
   """ModelConfig fields shared by the Llama-style families."""
   act = hf.get("hidden_act", "silu")
   if act != "silu":
@@ -125,7 +126,7 @@ def _backbone(hf: dict, unembed_bias: bool = False, **overrides) -> Dict[str, An
       attention_window=_window(hf), dense_d_ff=_get(hf, "intermediate_size"),
       activation="swiglu", norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       lm=LMConfig(vocab_size=_get(hf, "vocab_size"), **rope_fields(hf),
-                  tie_embeddings=False, unembed_bias=unembed_bias),
+                  tie_embeddings=False, unembed_bias=unembed_bias, **(lm_fields or {})),
       moe_every=0)
   fields.update(overrides)
   return fields
@@ -157,6 +158,18 @@ def _phimoe(hf: dict) -> ModelConfig:
               d_ff=_get(hf, "intermediate_size"),
               router=dict(name="sparsemixer",
                           sparsemixer_eps=float(hf.get("router_jitter_noise", 0.01))))
+
+
+def _granitemoe(hf: dict) -> ModelConfig:
+  """Mixtral's routing (top-k logits, then softmax) with Granite's four
+  multipliers: embeddings, attention scores, residual branches, logits."""
+  fields = _backbone(
+      hf, attention_multiplier=float(_get(hf, "attention_multiplier")),
+      residual_multiplier=float(_get(hf, "residual_multiplier")),
+      lm_fields=dict(embedding_multiplier=float(_get(hf, "embedding_multiplier")),
+                     logits_scaling=float(_get(hf, "logits_scaling"))))
+  return _moe(hf, fields, num_experts=_get_first(hf, _EXPERTS),
+              d_ff=_get(hf, "intermediate_size"), router=dict(normalize_top_k=True))
 
 
 def _qwen_moe(hf: dict, **overrides) -> ModelConfig:
@@ -222,7 +235,7 @@ def _dense(**overrides) -> Callable[[dict], ModelConfig]:
 
 
 _BUILDERS = {
-    "mixtral": _mixtral, "phimoe": _phimoe, "qwen2_moe": lambda hf: _qwen_moe(
+    "mixtral": _mixtral, "phimoe": _phimoe, "granitemoe": _granitemoe, "qwen2_moe": lambda hf: _qwen_moe(
         hf, attention_bias=bool(hf.get("qkv_bias", True)), **_QKV_BIAS_ONLY),
     "qwen3_moe": lambda hf: _qwen_moe(hf, qk_norm="head"), "olmoe": _olmoe,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v3, "llama": _dense(), "mistral": _dense(**_NO_BIAS),

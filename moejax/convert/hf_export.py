@@ -29,7 +29,7 @@ ARCHITECTURES = {
     "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
     "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
-    "phimoe": "PhimoeForCausalLM",
+    "phimoe": "PhimoeForCausalLM", "granitemoe": "GraniteMoeForCausalLM",
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
 }
@@ -46,8 +46,13 @@ def _moe_fields(cfg: ModelConfig, model_type: str) -> dict:
   moe: MoEConfig = cfg.moe
   r: RouterConfig = moe.router
   shared = moe.num_shared_experts * (moe.shared_d_ff or moe.d_ff)
-  if model_type in ("mixtral", "phimoe"):
+  if model_type in ("mixtral", "phimoe", "granitemoe"):
     out = dict(num_local_experts=r.num_experts, intermediate_size=moe.d_ff)
+    if model_type == "granitemoe":
+      out.update(embedding_multiplier=cfg.lm.embedding_multiplier,
+                 logits_scaling=cfg.lm.logits_scaling,
+                 residual_multiplier=cfg.residual_multiplier,
+                 attention_multiplier=cfg.attention_multiplier or cfg.head_size ** -0.5)
     if model_type == "phimoe":
       out.update(router_jitter_noise=r.sparsemixer_eps, lm_head_bias=cfg.lm.unembed_bias,
                  attention_bias=cfg.attention_bias)
@@ -156,7 +161,7 @@ def export_tensors(cfg: ModelConfig, variables: dict, model_type: str, hf: dict,
           int(np.prod(value.shape[:entry.in_axes])), -1).T
     elif isinstance(entry, Experts):
       per_expert = np.swapaxes(value, 1, 2)            # [E, out, in] like torch Linear
-      if layout == "per_expert":
+      if layout == "per_expert" and entry.per_expert:
         for e in range(per_expert.shape[0]):
           tensors[entry.per_expert[0].format(e=e)] = per_expert[e]
       elif entry.part == "down":

@@ -74,7 +74,8 @@ def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> None:
   first = f"model.layers.{config.moe_layers[0]}."
   names = [n for n in tensors if n.startswith(first)]
   per_expert = {int(m.group(1)) for m in map(_EXPERT.search, names) if m}
-  fused = [tensors[n].shape[0] for n in names if n.endswith("experts.down_proj")]
+  fused = [tensors[n].shape[0] for n in names
+           if n.endswith(("experts.down_proj", "block_sparse_moe.output_linear.weight"))]
   found = max(per_expert) + 1 if per_expert else (fused[0] if fused else 0)
   if found != config.moe.router.num_experts:
     raise CheckpointMismatchError(

@@ -10,7 +10,8 @@ variable path (('params', 'block_0', 'attention', 'query', 'kernel'), ...):
 - `Experts`: a stacked [E, ...] expert weight <-> either one tensor per expert
   (`...experts.{e}.up_proj.weight`, Mixtral's w1/w3/w2) or the fused
   transformers-5 layout (`...experts.gate_up_proj` [E, 2 * f, d], gate half
-  first, and `...experts.down_proj` [E, d, f]).
+  first, and `...experts.down_proj` [E, d, f]). Families that store only
+  the fused layout (GraniteMoE) have no per-expert names.
 
 Names are tried in order on import (older and newer transformers spell some
 differently); export writes the first.
@@ -113,7 +114,20 @@ def _glu(at: str, ours: Path, names=("gate_proj", "up_proj", "down_proj")) -> Li
           Linear((f"{at}.{down}.weight",), ours + ("w_out", "kernel"))]
 
 
+def _granite_moe(at: str, ours: Path) -> List:
+  """GraniteMoE: a router Linear and fused experts only (input_linear [E, 2f,
+  d], gate half first; output_linear [E, d, f])."""
+  moe = f"{at}.block_sparse_moe"
+  names = {"gate": "input_linear", "up": "input_linear", "down": "output_linear"}
+  return [Linear((f"{moe}.router.layer.weight",), ours + ("router", "kernel"))] + [
+      Experts(per_expert=(), fused=(f"{moe}.{names[part]}.weight",), part=part,
+              path=ours + ("experts", ours_name))
+      for part, ours_name in (("gate", "w_gate"), ("up", "w_in"), ("down", "w_out"))]
+
+
 def _moe(cfg: ModelConfig, model_type: str, at: str, ours: Path) -> List:
+  if model_type == "granitemoe":
+    return _granite_moe(at, ours)
   mixtral_style = model_type in ("mixtral", "phimoe")
   # Per-expert checkpoints of Mixtral / PhiMoE live under block_sparse_moe;
   # transformers 5 keeps them under mlp in memory.

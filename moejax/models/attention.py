@@ -185,6 +185,8 @@ class Attention(nn.Module):
         (k, v), k_positions = self._update_cache(index, cached_key=k, cached_value=v)
     if decode and pad_offsets is not None:
       k_positions = k_positions[None, :] - pad_offsets[:, None]
+    if cfg.attention_multiplier is not None:
+      scale = cfg.attention_multiplier
     out = attend(q, k, v, q_positions=q_positions, k_positions=k_positions,
                  causal=self.causal, window=cfg.attention_window, scale=scale)
     if cfg.attention_experts:  # SwitchHead: the output mix is chosen per destination token

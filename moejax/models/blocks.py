@@ -15,6 +15,10 @@ from moejax.models.config import ModelConfig
 __all__ = ["Attention", "Block", "rotary_embedding", "run_blocks"]
 
 
+def _scaled(x: jax.Array, multiplier: float) -> jax.Array:
+  return x if multiplier == 1.0 else x * multiplier
+
+
 class Block(nn.Module):
   """Pre-norm block: x + attn(norm(x)), then x + ffn(norm(x)).
 
@@ -33,8 +37,9 @@ class Block(nn.Module):
                pad_offsets: Optional[jax.Array] = None
                ) -> Tuple[jax.Array, Optional[MoEAux]]:
     cfg = self.config
-    x = x + Attention(cfg, self.causal, name="attention")(
+    attended = Attention(cfg, self.causal, name="attention")(
         block_norm(cfg, "attention_norm")(x), positions, decode=decode, pad_offsets=pad_offsets)
+    x = x + _scaled(attended, cfg.residual_multiplier)
     h = block_norm(cfg, "ffn_norm")(x)
     if self.use_moe:
       y, aux = moe_layer(cfg.moe, name="moe")(h, token_ids=token_ids,
@@ -44,7 +49,7 @@ class Block(nn.Module):
       y, _ = DenseFFNLayer(cfg.d_model, cfg.dense_d_ff, cfg.activation, dtype=cfg.dtype,
                            name="ffn")(h)
       aux = None
-    return x + y.astype(x.dtype), aux
+    return x + _scaled(y.astype(x.dtype), cfg.residual_multiplier), aux
 
 
 def run_blocks(config: ModelConfig, x: jax.Array, *, causal: bool,

@@ -53,6 +53,8 @@ class LMConfig:
     tie_embeddings: the output projection is the transposed embedding,
       scaled by 1/sqrt(d_model).
     unembed_bias: a bias on the untied output projection.
+    embedding_multiplier: token embeddings are multiplied by this (Granite).
+    logits_scaling: logits are divided by this (Granite).
   """
 
   vocab_size: int = 256
@@ -70,6 +72,8 @@ class LMConfig:
   rope_mscale_all_dim: float = 0.0
   tie_embeddings: bool = True
   unembed_bias: bool = False
+  embedding_multiplier: float = 1.0
+  logits_scaling: float = 1.0
 
   def __post_init__(self):
     check_int("model.lm.vocab_size", self.vocab_size, 2)
@@ -90,6 +94,8 @@ class LMConfig:
       check_float("model.lm.rope_attention_factor", self.rope_attention_factor, 0.0, False)
     check_float("model.lm.rope_mscale", self.rope_mscale, 0.0, True)
     check_float("model.lm.rope_mscale_all_dim", self.rope_mscale_all_dim, 0.0, True)
+    check_float("model.lm.embedding_multiplier", self.embedding_multiplier, 0.0, False)
+    check_float("model.lm.logits_scaling", self.logits_scaling, 0.0, False)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -185,6 +191,10 @@ class ModelConfig:
       which each token uses attention_top_k (sigmoid gates); 0 = dense
       projections. attention='mha' without GQA or projection biases.
     attention_top_k: experts per head and token for attention_experts.
+    attention_multiplier: the softmax scale of attention scores; None =
+      1/sqrt(query-key width) (Granite sets it).
+    residual_multiplier: each block adds this times its attention and FFN
+      outputs to the residual stream (Granite); 1 = plain residuals.
     dense_d_ff: hidden width of the FFN in dense (non-MoE) blocks.
     activation: FFN activation of dense blocks ('relu', 'gelu', 'silu',
       'swiglu', 'geglu'); MoE blocks use moe.activation.
@@ -220,6 +230,8 @@ class ModelConfig:
   attention_window: int = 0
   attention_experts: int = 0
   attention_top_k: int = 2
+  attention_multiplier: Optional[float] = None
+  residual_multiplier: float = 1.0
   dense_d_ff: int = 512
   activation: str = "gelu"
   moe_every: int = 1
@@ -238,6 +250,9 @@ class ModelConfig:
     check_int("model.num_layers", self.num_layers, 1)
     check_int("model.d_model", self.d_model, 1)
     self._check_attention()
+    if self.attention_multiplier is not None:
+      check_float("model.attention_multiplier", self.attention_multiplier, 0.0, False)
+    check_float("model.residual_multiplier", self.residual_multiplier, 0.0, False)
     check_int("model.dense_d_ff", self.dense_d_ff, 1)
     check_choice("model.activation", self.activation, ACTIVATIONS)
     check_int("model.moe_every", self.moe_every, 0)

@@ -34,7 +34,10 @@ class TransformerLM(nn.Module):
     cfg = self.config
     embed = nn.Embed(cfg.lm.vocab_size, cfg.d_model,
                      embedding_init=nn.initializers.normal(stddev=1.0), name="embed")
-    x = embed(tokens).astype(jnp.dtype(cfg.dtype))
+    x = embed(tokens)
+    if cfg.lm.embedding_multiplier != 1.0:
+      x = x * cfg.lm.embedding_multiplier
+    x = x.astype(jnp.dtype(cfg.dtype))
     positions = jnp.arange(tokens.shape[-1])
     if pad_offsets is not None:
       positions = positions[None, :] - pad_offsets[:, None]            # [B, T]
@@ -47,4 +50,6 @@ class TransformerLM(nn.Module):
     else:
       logits = nn.Dense(cfg.lm.vocab_size, use_bias=cfg.lm.unembed_bias, name="unembed")(
           x.astype(jnp.float32))
+    if cfg.lm.logits_scaling != 1.0:
+      logits = logits / cfg.lm.logits_scaling
     return logits, aux
