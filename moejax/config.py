@@ -400,6 +400,12 @@ class MoEConfig:
       made by experiments/compress.py and cannot be trained.
     expert_quantization_group: rows of the contraction axis that share one
       scale (must divide d_model and d_ff); 0 = one scale per output channel.
+    lora_rank: LoRA adapters on every routed expert's matrices: W_e +
+      (lora_alpha / lora_rank) A_e B_e with A_e [in, r] random and B_e
+      [r, out] zero, so a model with adapters starts equal to the one without
+      (moejax/experts.py). Train only them with train.trainable='lora'.
+      0 = none.
+    lora_alpha: the adapters' scale numerator (scale = lora_alpha / lora_rank).
     dtype: compute dtype of the experts ('float32', 'bfloat16', 'float16';
       'float64' needs jax x64 and is for numerical checks). The router
       computes in float32 (float64 under x64 with float64 inputs).
@@ -421,6 +427,8 @@ class MoEConfig:
   mh_projections: bool = True
   expert_quantization: Optional[str] = None
   expert_quantization_group: int = 0
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -458,6 +466,14 @@ class MoEConfig:
     if group and (self.d_model % group or self.d_ff % group):
       fail("expert_quantization_group", group,
            f"must divide d_model={self.d_model} and d_ff={self.d_ff} (0 = per channel)")
+    check_int("lora_rank", self.lora_rank, 0)
+    if self.lora_rank > min(self.d_model, self.d_ff):
+      fail("lora_rank", self.lora_rank, f"must be <= min(d_model, d_ff) = "
+           f"{min(self.d_model, self.d_ff)}: a larger rank than the expert matrices have")
+    check_float("lora_alpha", self.lora_alpha, 0.0, False)
+    if self.lora_rank and self.expert_quantization is not None:
+      fail("lora_rank", self.lora_rank, "adapters on quantized experts are not supported; "
+           "quantize after merging them (experiments/compress.py)")
     if not self.router.is_sparse and self.dispatch != "einsum":
       fail("dispatch", self.dispatch,
            f"router.name={self.router.name!r} gives dense weights; use dispatch='einsum'")

@@ -106,6 +106,14 @@ def expert_ffn(params, batch: ExpertBatch, activation: str,
   return batch.replace_x(y)
 
 
+def merge_adapters(matrices: dict, adapters: dict, scale: float) -> dict:
+  """{name: W + scale * A @ B} for W [E, in, out], A [E, in, r], B [E, r, out]."""
+  merged = dict(matrices)
+  for name, (a, b) in adapters.items():
+    merged[name] = matrices[name] + scale * jnp.einsum("eir,ero->eio", a, b)
+  return merged
+
+
 class ExpertBank(nn.Module):
   """E routed experts with stacked weights (see module docstring).
 
@@ -124,6 +132,8 @@ class ExpertBank(nn.Module):
   dtype: jnp.dtype = jnp.float32
   quantization: Optional[str] = None
   quantization_group: int = 0
+  lora_rank: int = 0
+  lora_alpha: float = 16.0
 
   @classmethod
   def from_config(cls, cfg, **kwargs) -> "ExpertBank":
@@ -131,7 +141,8 @@ class ExpertBank(nn.Module):
     return cls(cfg.router.num_experts, cfg.d_model, cfg.d_ff, cfg.activation, cfg.use_bias,
                gmm_backend=cfg.gmm_backend, gmm_block_size=cfg.gmm_block_size,
                dtype=jnp.dtype(cfg.dtype), quantization=cfg.expert_quantization,
-               quantization_group=cfg.expert_quantization_group, **kwargs)
+               quantization_group=cfg.expert_quantization_group, lora_rank=cfg.lora_rank,
+               lora_alpha=cfg.lora_alpha, **kwargs)
 
   def setup(self):
     e, d, f = self.num_experts, self.d_model, self.d_ff
@@ -151,12 +162,24 @@ class ExpertBank(nn.Module):
     if self.use_bias:
       self.b_in = self.param("b_in", nn.initializers.zeros, (e, f))
       self.b_out = self.param("b_out", nn.initializers.zeros, (e, d))
+    if self.lora_rank:
+      # A random, B zero: the adapted expert starts as the base expert.
+      self._adapters = {
+          name: (self.param(f"{name}_lora_a", _stacked_init(True),
+                            (e, shape[1], self.lora_rank)),
+                 self.param(f"{name}_lora_b", nn.initializers.zeros,
+                            (e, self.lora_rank, shape[2])))
+          for name, shape in shapes.items()}
 
   def weights(self) -> dict:
     """{'w_in': [E, d, f], 'w_out': [E, f, d], + 'w_gate', 'b_in', 'b_out'};
-    quantized weights come back dequantized to the compute dtype."""
+    quantized weights come back dequantized to the compute dtype, adapters
+    merged (W + lora_alpha / lora_rank * A B: every dispatch and the
+    expert-parallel path see plain expert weights)."""
     if self.quantization is None:
       params = dict(self._matrices)
+      if self.lora_rank:
+        params = merge_adapters(params, self._adapters, self.lora_alpha / self.lora_rank)
     else:
       params = {name: dequantize(q, scale, self.quantization, self.dtype)
                 for name, (q, scale) in self._matrices.items()}

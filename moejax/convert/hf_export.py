@@ -21,6 +21,7 @@ from moejax.config import MoEConfig, RouterConfig
 from moejax.convert.families import (FAMILIES, UnsupportedModelError, model_config_from_hf,
                                      rope_parameters)
 from moejax.convert.layout import Experts, Linear, tensor_plan
+from moejax.convert.lora import merge_lora
 from moejax.convert.safetensors_io import write_checkpoint_dir
 from moejax.models.config import ModelConfig
 
@@ -179,7 +180,9 @@ def save_hf(directory: str, cfg: ModelConfig, variables: dict, model_type: str, 
             base: Optional[dict] = None, layout: str = "per_expert", dtype=np.float32,
             max_shard_bytes: int = 5 * 2**30, tokenizer_from: Optional[str] = None) -> dict:
   """Writes `directory` (new) as a `model_type` checkpoint, with the tokenizer
-  files of folder `tokenizer_from` if given; returns its config."""
+  files of folder `tokenizer_from` if given; returns its config. LoRA expert
+  adapters are merged into the expert weights (moejax.convert.lora)."""
+  cfg, variables = merge_lora(cfg, variables)
   if cfg.moe is not None and cfg.moe.expert_quantization is not None:
     raise UnsupportedModelError(
         f"model.moe.expert_quantization={cfg.moe.expert_quantization!r} cannot be exported: "

@@ -16,6 +16,7 @@ from moejax.models.config import ModelConfig, model_config_from_mapping
 from moejax.parallel.mesh import MeshConfig, mesh_config_from_mapping
 
 LR_SCHEDULES = ("cosine", "linear", "constant")
+TRAINABLE = ("all", "lora", "lora_and_router")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +52,10 @@ class TrainConfig:
     init_from: start from the weights of a HuggingFace folder, a moejax model
       folder or a training workdir; that source defines the model
       (moejax/train/init_from.py). None = random initialisation.
+    trainable: which parameters train: 'all', 'lora' (only the experts' LoRA
+      adapters, model.moe.lora_rank > 0) or 'lora_and_router' (adapters and
+      routers). Frozen parameters keep their values and get no optimizer
+      state.
   """
 
   num_steps: int = 1000
@@ -76,6 +81,7 @@ class TrainConfig:
   plots: bool = True
   profile_steps: Optional[Tuple[int, int]] = None
   init_from: Optional[str] = None
+  trainable: str = "all"
 
   def __post_init__(self):
     check_int("train.num_steps", self.num_steps, 1)
@@ -108,6 +114,7 @@ class TrainConfig:
           or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
           or not 1 <= steps[0] <= steps[1]):
         fail("train.profile_steps", steps, "must be (first, last) steps with 1 <= first <= last")
+    check_choice("train.trainable", self.trainable, TRAINABLE)
     if self.init_from is not None and (not isinstance(self.init_from, str) or not self.init_from):
       fail("train.init_from", self.init_from, "must be a folder path (or None)")
 
@@ -140,6 +147,10 @@ def experiment_from_config(config) -> ExperimentConfig:
   mesh = mesh_config_from_mapping(values.get("mesh", {}))
   if model.kind == "lm" and model.lm.vocab_size < 256 and data.tokenizer is None:
     fail("model.lm.vocab_size", model.lm.vocab_size, "must be >= 256 for byte-level text")
+  if train.trainable != "all" and not (model.moe is not None and model.moe_layers
+                                       and model.moe.lora_rank):
+    fail("train.trainable", train.trainable, "trains LoRA adapters: set model.moe.lora_rank "
+         "> 0 on a model with MoE layers (or use 'all')")
   if model.moe is not None and model.moe.expert_quantization is not None:
     fail("model.moe.expert_quantization", model.moe.expert_quantization,
          "quantized experts cannot be trained; train with None and quantize with "
@@ -162,7 +173,7 @@ def flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
 # Fields a checkpoint depends on: the parameter / optimizer-state structure and
 # the data order. Anything else (steps, learning rate, logging) may change on resume.
 STATE_DEFINING = ("seed", "model.", "data.name", "data.train_split", "data.batch_size",
-                  "data.seq_len", "data.shuffle_seed", "data.tokenizer")
+                  "data.seq_len", "data.shuffle_seed", "data.tokenizer", "train.trainable")
 
 
 def incompatible_fields(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[str, tuple]:

@@ -8,8 +8,9 @@ workdir (its latest checkpoint). The source defines the model:
   model fields are not used);
 - model fields given on the command line (`--config.model.x=y`) are applied
   on top where they leave every weight's shape and name unchanged (router
-  rule, dispatch, capacity, aux-loss-free bias rate, ...); one that changes a
-  weight is refused in one line naming the field and the weight;
+  rule, dispatch, capacity, aux-loss-free bias rate, ...) or only add LoRA
+  adapters (model.moe.lora_rank); one that changes a weight is refused in
+  one line naming the field and the weight;
 - the parameters (and router state, where the new router keeps its shape)
   start as the source's; the optimizer state and the step start fresh;
 - a source with a tokenizer.json sets data.tokenizer to itself unless the
@@ -30,10 +31,11 @@ from typing import Any, Dict, Optional, Tuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax.traverse_util import flatten_dict
+from flax.traverse_util import flatten_dict, unflatten_dict
 
 from moejax.models import build_model
 from moejax.models.config import ModelConfig, model_config_from_mapping
+from moejax.train.optim import is_adapter
 from moejax.validation import fail
 
 
@@ -59,8 +61,11 @@ def param_shapes(model: ModelConfig) -> Dict[Tuple[str, ...], Tuple[Tuple[int, .
 
 
 def _first_difference(a: dict, b: dict) -> Optional[str]:
-  """'params/x/kernel [32, 64] -> [32, 128]' for the first weight that differs."""
+  """'params/x/kernel [32, 64] -> [32, 128]' for the first weight that differs
+  (LoRA adapters that only `b` has are additions, not differences)."""
   for key in sorted(set(a) | set(b)):
+    if key not in a and is_adapter(key):
+      continue
     if a.get(key, (None,))[0] != b.get(key, (None,))[0]:
       shape = lambda v: "absent" if v is None else list(v[0])
       return f"{'/'.join(key)} {shape(a.get(key))} -> {shape(b.get(key))}"
@@ -171,7 +176,13 @@ def initial_variables(model: ModelConfig, source: str, target: dict) -> dict:
     _, variables, _ = load_any(source)
   except (ValueError, FileNotFoundError) as err:
     raise InitFromError(f"train.init_from={source}: {str(err).splitlines()[0]}") from None
-  params = _matching("params", variables.get("params", {}), target["params"], source)
+  # LoRA adapters the source lacks (model.moe.lora_rank set on top of it) keep
+  # their fresh values: B = 0, so the adapted model starts as the source.
+  loaded = flatten_dict(variables.get("params", {}))
+  for key, value in flatten_dict(target["params"]).items():
+    if key not in loaded and is_adapter(key):
+      loaded[key] = value
+  params = _matching("params", unflatten_dict(loaded), target["params"], source)
   router_state = target.get("router_state") or {}
   loaded = variables.get("router_state") or {}
   if router_state and _same_shapes(loaded, router_state):
