@@ -95,7 +95,7 @@ def test_a_checkpoint_from_before_a_field_existed_is_compatible_at_its_default()
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(rope_scaling="yarn"), "model.lm.rope_scaling='yarn' is invalid"),
+    (dict(rope_scaling="longrope"), "model.lm.rope_scaling='longrope' is invalid"),
     (dict(rope_scaling="linear", rope_factor=0.5),
      "model.lm.rope_factor=0.5 is invalid: must be >= 1"),
     (dict(rope_scaling="llama3", rope_low_freq_factor=4.0, rope_high_freq_factor=1.0),

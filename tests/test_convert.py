@@ -206,9 +206,9 @@ def test_bad_checkpoints_fail_with_one_clear_line(saved, tmp_path):
                      match=r"'model.layers.0.self_attn.q_proj.weight' has shape \(32, 32\); "
                            r"config.json implies \(24, 32\)"):
     load_hf(_copy_without(folder, tmp_path / "shape", config_update={"head_dim": 6}))
-  with pytest.raises(UnsupportedModelError, match="rope_type='yarn'"):
+  with pytest.raises(UnsupportedModelError, match="rope_type='longrope'"):
     load_hf(_copy_without(folder, tmp_path / "rope", config_update={
-        "rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 4.0}}))
+        "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "factor": 4.0}}))
   pickled = tmp_path / "pickled"
   pickled.mkdir()
   shutil.copy(f"{folder}/config.json", pickled / "config.json")

@@ -60,11 +60,11 @@ def param_shapes(model: ModelConfig) -> Dict[Tuple[str, ...], Tuple[Tuple[int, .
   return {k: (tuple(v.shape), v.dtype) for k, v in flatten_dict(variables["params"]).items()}
 
 
-def _first_difference(a: dict, b: dict) -> Optional[str]:
-  """'params/x/kernel [32, 64] -> [32, 128]' for the first weight that differs
-  (LoRA adapters that only `b` has are additions, not differences)."""
+def _first_difference(a: dict, b: dict, adapters_may_appear: bool = False) -> Optional[str]:
+  """'params/x/kernel [32, 64] -> [32, 128]' for the first weight that differs;
+  adapters_may_appear: LoRA adapters that only `b` has are additions."""
   for key in sorted(set(a) | set(b)):
-    if key not in a and is_adapter(key):
+    if adapters_may_appear and key not in a and is_adapter(key):
       continue
     if a.get(key, (None,))[0] != b.get(key, (None,))[0]:
       shape = lambda v: "absent" if v is None else list(v[0])
@@ -101,14 +101,15 @@ def model_with_overrides(source: ModelConfig, overrides: Dict[str, Any]) -> Mode
   for path, value in sorted(overrides.items()):
     _set_field(merged, path, value)
   config = model_config_from_mapping(merged)   # validation errors name their field
-  changed = _first_difference(reference, param_shapes(config))
+  changed = _first_difference(reference, param_shapes(config), adapters_may_appear=True)
   if not changed:
     return config
   for path, value in sorted(overrides.items()):  # name the field that does it
     single = copy.deepcopy(base)
     _set_field(single, path, value)
     try:
-      alone = _first_difference(reference, param_shapes(model_config_from_mapping(single)))
+      alone = _first_difference(reference, param_shapes(model_config_from_mapping(single)),
+                                adapters_may_appear=True)
     except ValueError:   # valid only together with another override
       continue
     if alone:
@@ -200,6 +201,6 @@ def _matching(what: str, loaded: dict, target: dict, source: str) -> dict:
   b = {k: (tuple(np.shape(v)),) for k, v in flatten_dict(target).items()}
   changed = _first_difference(b, a)
   if changed:
-    raise InitFromError(f"train.init_from={source}: its {what} do not fit the model ({changed}); "
-                     "was the folder changed since the run started?")
+    raise InitFromError(f"train.init_from={source}: its {what} do not fit the model "
+                        f"({changed}); was the folder changed since the run started?")
   return jax.tree.map(lambda v, t: jnp.asarray(v, t.dtype), loaded, target)
