@@ -95,7 +95,9 @@ def test_a_checkpoint_from_before_a_field_existed_is_compatible_at_its_default()
 
 
 @pytest.mark.parametrize("fields, message", [
-    (dict(rope_scaling="longrope"), "model.lm.rope_scaling='longrope' is invalid"),
+    (dict(rope_scaling="proportional"), "model.lm.rope_scaling='proportional' is invalid"),
+    (dict(rope_scaling="longrope"), r"model.lm.rope_long_factor=\(\) is invalid: 'longrope' needs"),
+    (dict(rope_scaling="dynamic"), "model.lm.rope_max_positions=0 is invalid"),
     (dict(rope_scaling="linear", rope_factor=0.5),
      "model.lm.rope_factor=0.5 is invalid: must be >= 1"),
     (dict(rope_scaling="llama3", rope_low_freq_factor=4.0, rope_high_freq_factor=1.0),

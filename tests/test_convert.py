@@ -113,38 +113,49 @@ def test_export_round_trip_through_transformers(saved, family, layout, tmp_path)
     np.testing.assert_array_equal(a, b)
 
 
-@pytest.mark.parametrize("family,rope", [
-    ("mixtral", dict(rope_type="linear", factor=2.0)),
+@pytest.mark.parametrize("family,rope,max_positions", [
+    ("mixtral", dict(rope_type="linear", factor=2.0), 128),
     # Head width 8: wavelengths 6.3, 63, 628, 6283 fall in the short (kept),
     # medium (blended) and long (scaled) bands of a 64-position original context.
     ("mixtral", dict(rope_type="llama3", factor=8.0, low_freq_factor=1.0, high_freq_factor=4.0,
-                     original_max_position_embeddings=64)),
+                     original_max_position_embeddings=64), 512),
     # A 16-position original context: the ramp runs over the middle channel pairs;
     # the attention factor is derived (0.1 ln 4 + 1).
     ("mixtral", dict(rope_type="yarn", factor=4.0, original_max_position_embeddings=16,
-                     beta_fast=8.0, beta_slow=1.0)),
+                     beta_fast=8.0, beta_slow=1.0), 64),
     # DeepSeek-V3's form: mscale = mscale_all_dim, which moves the factor into MLA's
     # softmax scale; truncate=False keeps the ramp's ends fractional.
     ("deepseek_v3", dict(rope_type="yarn", factor=8.0, original_max_position_embeddings=16,
                          beta_fast=8.0, beta_slow=1.0, mscale=1.0, mscale_all_dim=1.0,
-                         truncate=False)),
+                         truncate=False), 128),
     ("deepseek_v3", dict(rope_type="yarn", factor=8.0, original_max_position_embeddings=16,
-                         mscale=0.707, mscale_all_dim=1.0)),
-], ids=["linear", "llama3", "yarn", "yarn_deepseek", "yarn_deepseek_mscale"])
-def test_rope_scaling_imports_and_exports_with_logit_parity(family, rope, tmp_path):
+                         mscale=0.707, mscale_all_dim=1.0), 128),
+    # The factor (4) and the attention factor come from the two contexts; 40
+    # positions use the long factors, 12 the short ones.
+    ("mixtral", dict(rope_type="longrope", original_max_position_embeddings=16,
+                     long_factor=[1.0, 2.0, 4.0, 8.0], short_factor=[1.0, 1.2, 1.5, 2.0]), 64),
+    # Dynamic NTK past a 16-position context: 40 positions grow the base.
+    ("mixtral", dict(rope_type="dynamic", factor=2.0), 16),
+], ids=["linear", "llama3", "yarn", "yarn_deepseek", "yarn_deepseek_mscale", "longrope",
+        "dynamic"])
+def test_rope_scaling_imports_and_exports_with_logit_parity(family, rope, max_positions,
+                                                           tmp_path):
   import dataclasses
   # transformers' yarn reads head_dim, which Mixtral leaves None unless given.
   torch_model = tiny_hf_model(family, rope_parameters={**rope, "rope_theta": 10000.0},
-                              max_position_embeddings=int(rope["factor"] * rope.get(
-                                  "original_max_position_embeddings", 64)),
+                              max_position_embeddings=max_positions,
                               **({"head_dim": 8} if family == "mixtral" else {}))
   torch_model.save_pretrained(tmp_path / "hf")
   model = load_hf(str(tmp_path / "hf"))
-  assert (model.config.lm.rope_scaling, model.config.lm.rope_factor) == (rope["rope_type"],
-                                                                         rope["factor"])
+  assert model.config.lm.rope_scaling == rope["rope_type"]
+  assert model.config.lm.rope_factor == rope.get("factor", max_positions / 16)
   ids = np.random.default_rng(1).integers(0, VOCAB, size=(2, 40))  # positions up to 39
   ref = hf_logits(torch_model, ids)
   np.testing.assert_allclose(_our_logits(model, ids), ref, atol=1e-4, rtol=0)
+  if rope["rope_type"] == "longrope":   # within the original context: the short factors
+    np.testing.assert_allclose(_our_logits(model, ids[:, :12]), hf_logits(torch_model,
+                                                                           ids[:, :12]),
+                               atol=1e-4, rtol=0)
   unscaled = dataclasses.replace(model.config, lm=dataclasses.replace(model.config.lm,
                                                                       rope_scaling="none"))
   assert np.abs(_our_logits(dataclasses.replace(model, config=unscaled), ids) - ref).max() > 1e-2
@@ -152,6 +163,29 @@ def test_rope_scaling_imports_and_exports_with_logit_parity(family, rope, tmp_pa
   reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"),
                                                   attn_implementation="eager").eval()
   np.testing.assert_allclose(hf_logits(reloaded, ids), ref, atol=1e-5, rtol=0)
+
+
+def test_phimoe_longrope_within_its_original_context(tmp_path):
+  """Phi-3.5-MoE's form (short_mscale = long_mscale). transformers' PhiMoE
+  applies the short factors at every length (its rotary recomputes them
+  without the length), the standard LongRoPE the long ones past the original
+  context: parity is checked where the two agree, inside it."""
+  rope = dict(rope_type="longrope", original_max_position_embeddings=16, rope_theta=10000.0,
+              long_factor=[1.0, 2.0, 4.0, 8.0], short_factor=[1.0, 1.2, 1.5, 2.0],
+              short_mscale=1.1, long_mscale=1.1)
+  torch_model = tiny_hf_model("phimoe", rope_parameters=rope, max_position_embeddings=64)
+  torch_model.save_pretrained(tmp_path / "hf")
+  model = load_hf(str(tmp_path / "hf"))
+  assert model.config.lm.rope_attention_factor == 1.1
+  ids = np.random.default_rng(1).integers(0, VOCAB, size=(2, 12))
+  np.testing.assert_allclose(_our_logits(model, ids), hf_logits(torch_model, ids), atol=1e-4,
+                             rtol=0)
+  save_hf(str(tmp_path / "out"), model.config, model.variables, "phimoe", base=model.hf_config)
+  assert load_hf(str(tmp_path / "out")).config == model.config
+  with pytest.raises(UnsupportedModelError, match="long_mscale=1.3 .* only long_mscale = "
+                     "short_mscale"):
+    load_hf(_copy_without(str(tmp_path / "hf"), tmp_path / "mscale", config_update={
+        "rope_parameters": {**rope, "long_mscale": 1.3}}))
 
 
 def test_export_refuses_what_the_family_cannot_express(saved, tmp_path):
@@ -206,9 +240,9 @@ def test_bad_checkpoints_fail_with_one_clear_line(saved, tmp_path):
                      match=r"'model.layers.0.self_attn.q_proj.weight' has shape \(32, 32\); "
                            r"config.json implies \(24, 32\)"):
     load_hf(_copy_without(folder, tmp_path / "shape", config_update={"head_dim": 6}))
-  with pytest.raises(UnsupportedModelError, match="rope_type='longrope'"):
+  with pytest.raises(UnsupportedModelError, match="rope_type='proportional'"):
     load_hf(_copy_without(folder, tmp_path / "rope", config_update={
-        "rope_parameters": {"rope_type": "longrope", "rope_theta": 1e4, "factor": 4.0}}))
+        "rope_parameters": {"rope_type": "proportional", "rope_theta": 1e4, "factor": 4.0}}))
   pickled = tmp_path / "pickled"
   pickled.mkdir()
   shutil.copy(f"{folder}/config.json", pickled / "config.json")

@@ -46,7 +46,7 @@ def test_adapted_model_starts_as_its_base_and_merges_exactly():
   names = [k[-1] for k in flatten_dict(adapted["params"]) if "lora" in k[-1]]
   assert sorted(set(names)) == ["w_gate_lora_a", "w_gate_lora_b", "w_in_lora_a", "w_in_lora_b",
                                 "w_out_lora_a", "w_out_lora_b"]
-  logits = lambda cfg, v: np.asarray(TransformerLM(cfg).apply(v, TOKENS)[0])
+  logits = lambda cfg, v: np.asarray(jax.jit(TransformerLM(cfg).apply)(v, TOKENS)[0])
   np.testing.assert_array_equal(logits(adapted_config, adapted), logits(base, variables))
   # With non-zero B the function changes, and merging gives it back without adapters.
   flat = flatten_dict(adapted["params"])
@@ -74,6 +74,7 @@ def test_adapter_gradients_match_finite_differences():
   for key in [k for k in flat if k[-1].endswith("_lora_b")]:  # B = 0 would zero A's gradient
     flat[key] = jnp.asarray(rng.normal(size=flat[key].shape) * 0.1, jnp.float32)
 
+  @jax.jit
   def loss(b, a):
     params = dict(flat)
     params[key_b], params[key_a] = b, a
@@ -94,13 +95,20 @@ def test_adapter_gradients_match_finite_differences():
     assert np.abs(np.asarray(grad)).max() > 1e-3
 
 
-@pytest.mark.parametrize("trainable", ["lora", "lora_and_router"])
-def test_only_adapters_train_and_only_they_get_optimizer_state(data_dir, tmp_path, trainable):
-  """An upcycle-free path: init_from a trained MoE workdir, add adapters on the
-  command line, train them; frozen weights stay bit-identical."""
-  base = tmp_path / "base"
+@pytest.fixture(scope="module")
+def base_workdir(tmp_path_factory, data_dir):
+  base = tmp_path_factory.mktemp("lora_base") / "run"
   train_and_evaluate(experiment_from_config(tiny_config(data_dir=data_dir, train__num_steps=2)),
                      str(base), log=lambda line: None)
+  return base
+
+
+@pytest.mark.parametrize("trainable", ["lora", "lora_and_router"])
+def test_only_adapters_train_and_only_they_get_optimizer_state(base_workdir, data_dir, tmp_path,
+                                                               trainable):
+  """An upcycle-free path: init_from a trained MoE workdir, add adapters on the
+  command line, train them; frozen weights stay bit-identical."""
+  base = base_workdir
   config = tiny_config(data_dir=data_dir, train__init_from=str(base), train__num_steps=4,
                        train__trainable=trainable, train__warmup_steps=1)
   config, _ = resolve_model(config, {"model.moe.lora_rank": 4}, str(tmp_path / "ft"))
@@ -164,10 +172,10 @@ def test_hf_export_merges_the_adapters(tmp_path):
   flat = {k: (rng.normal(size=v.shape).astype(np.float32) if k[-1].endswith("_lora_b") else v)
           for k, v in flatten_dict(variables["params"]).items()}
   variables = {"params": unflatten_dict(flat)}
-  ours = np.asarray(TransformerLM(config).apply(variables, TOKENS)[0])
+  ours = np.asarray(jax.jit(TransformerLM(config).apply)(variables, TOKENS)[0])
   save_hf(str(tmp_path / "out"), config, variables, "mixtral", base=imported.hf_config)
   reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"),
                                                   attn_implementation="eager").eval()
   np.testing.assert_allclose(hf_logits(reloaded, TOKENS), ours, atol=1e-4, rtol=0)
-  assert np.abs(ours - np.asarray(TransformerLM(imported.config).apply(
+  assert np.abs(ours - np.asarray(jax.jit(TransformerLM(imported.config).apply)(
       imported.variables, TOKENS)[0])).max() > 1e-2

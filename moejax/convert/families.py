@@ -54,10 +54,11 @@ def rope_fields(hf: dict) -> dict:
   fields = {"rope_theta": float(params.get("rope_theta", hf.get("rope_theta", 10000.0)))}
   if kind == "default":
     return fields
-  if kind not in ("linear", "llama3", "yarn"):
-    _refuse(hf, "rope_type", kind, "implemented: 'default', 'linear', 'llama3', 'yarn'")
+  if kind not in ("linear", "llama3", "yarn", "longrope", "dynamic"):
+    _refuse(hf, "rope_type", kind,
+            "implemented: 'default', 'linear', 'llama3', 'yarn', 'longrope', 'dynamic'")
   factor = params.get("factor")
-  if factor is None and kind == "yarn":  # DeepSeek: the ratio of the two contexts
+  if factor is None and kind in ("yarn", "longrope"):  # the ratio of the two contexts
     factor = hf["max_position_embeddings"] / params["original_max_position_embeddings"]
   fields.update(rope_scaling=kind, rope_factor=float(1.0 if factor is None else factor))
   if kind == "llama3":
@@ -74,6 +75,21 @@ def rope_fields(hf: dict) -> dict:
                   rope_mscale_all_dim=float(optional("mscale_all_dim", 0.0)))
     if params.get("attention_factor") is not None:
       fields["rope_attention_factor"] = float(params["attention_factor"])
+  elif kind == "longrope":
+    fields.update(rope_original_max_positions=int(params["original_max_position_embeddings"]),
+                  rope_long_factor=tuple(float(v) for v in params["long_factor"]),
+                  rope_short_factor=tuple(float(v) for v in params["short_factor"]))
+    if params.get("attention_factor") is not None:
+      fields["rope_attention_factor"] = float(params["attention_factor"])
+    if hf.get("model_type") == "phimoe":
+      # PhiMoE scales by short_mscale / long_mscale instead (equal in Phi-3.5-MoE).
+      short, long = params.get("short_mscale"), params.get("long_mscale")
+      if short != long:
+        _refuse(hf, "rope_parameters.long_mscale", long,
+                f"only long_mscale = short_mscale ({short}) is implemented")
+      fields["rope_attention_factor"] = float(short)
+  elif kind == "dynamic":
+    fields["rope_max_positions"] = int(_get(hf, "max_position_embeddings"))
   return fields
 
 
@@ -91,6 +107,11 @@ def rope_parameters(lm) -> dict:
                truncate=lm.rope_truncate)
     out.update({k: v for k, v in (("mscale", lm.rope_mscale),
                                   ("mscale_all_dim", lm.rope_mscale_all_dim)) if v})
+    if lm.rope_attention_factor is not None:
+      out["attention_factor"] = lm.rope_attention_factor
+  elif lm.rope_scaling == "longrope":
+    out.update(original_max_position_embeddings=lm.rope_original_max_positions,
+               long_factor=list(lm.rope_long_factor), short_factor=list(lm.rope_short_factor))
     if lm.rope_attention_factor is not None:
       out["attention_factor"] = lm.rope_attention_factor
   return out

@@ -23,6 +23,7 @@ from moejax.convert.families import (FAMILIES, UnsupportedModelError, model_conf
 from moejax.convert.layout import Experts, Linear, tensor_plan
 from moejax.convert.lora import merge_lora
 from moejax.convert.safetensors_io import write_checkpoint_dir
+from moejax.models.attention import rope_attention_factor
 from moejax.models.config import ModelConfig
 
 LAYOUTS = ("per_expert", "fused")
@@ -105,6 +106,11 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str,
               rope_interleave=hf.get("rope_interleave", True))
   if cfg.moe is not None:
     hf.update(num_experts_per_tok=cfg.moe.router.top_k, **_moe_fields(cfg, model_type))
+  if cfg.lm.rope_scaling == "longrope" and model_type == "phimoe":
+    factor = rope_attention_factor(cfg.lm)
+    hf["rope_parameters"].update(short_mscale=factor, long_mscale=factor)
+  if cfg.lm.rope_scaling == "dynamic":  # its unscaled context is config.json's
+    hf["max_position_embeddings"] = cfg.lm.rope_max_positions
   if hf.get("layer_types"):
     kind = "sliding_attention" if cfg.attention_window else "full_attention"
     hf["layer_types"] = [kind] * cfg.num_layers

@@ -29,11 +29,15 @@ from moejax.models.switchhead import RoutedProjection
 MLA_LATENT_EPS = 1e-6
 
 
-def rope_frequencies(lm: LMConfig, half: int) -> jax.Array:
+def rope_frequencies(lm: LMConfig, half: int,
+                     positions: Optional[jax.Array] = None) -> jax.Array:
   """[half] RoPE angular frequencies theta^(-i / half), scaled as
   lm.rope_scaling says (the formulas of transformers' rope_type 'linear',
-  'llama3' and 'yarn')."""
+  'llama3', 'yarn', 'longrope' and 'dynamic'). The last two depend on the
+  length of the call, max(positions) + 1, as transformers' do."""
   freqs = lm.rope_theta ** (-np.arange(half, dtype=np.float64) / half)
+  if lm.rope_scaling in ("longrope", "dynamic"):
+    return _length_dependent_frequencies(lm, half, positions)
   if lm.rope_scaling == "linear":
     freqs = freqs / lm.rope_factor
   elif lm.rope_scaling == "llama3":
@@ -63,16 +67,39 @@ def rope_frequencies(lm: LMConfig, half: int) -> jax.Array:
   return jnp.asarray(freqs, jnp.float32)
 
 
+def _length_dependent_frequencies(lm: LMConfig, half: int,
+                                  positions: Optional[jax.Array]) -> jax.Array:
+  """'longrope' and 'dynamic' frequencies for a call reaching max(positions)."""
+  length = (jnp.max(positions) + 1) if positions is not None else 0
+  exponent = -jnp.arange(half, dtype=jnp.float32) / half
+  if lm.rope_scaling == "longrope":
+    base = lm.rope_theta ** exponent
+    long = base / jnp.asarray(lm.rope_long_factor, jnp.float32)
+    short = base / jnp.asarray(lm.rope_short_factor, jnp.float32)
+    return jnp.where(length > lm.rope_original_max_positions, long, short)
+  # Dynamic NTK: past the unscaled context the base grows with the length.
+  context = lm.rope_max_positions
+  length = jnp.maximum(length, context).astype(jnp.float32)
+  theta = lm.rope_theta * ((lm.rope_factor * length / context) - (lm.rope_factor - 1)) ** (
+      2 * half / (2 * half - 2))
+  return theta ** exponent
+
+
 def _yarn_mscale(factor: float, mscale: float = 1.0) -> float:
   return 1.0 if factor <= 1 else 0.1 * mscale * math.log(factor) + 1.0
 
 
 def rope_attention_factor(lm: LMConfig) -> float:
-  """What RoPE multiplies rotated queries and keys by ('yarn'; 1 otherwise)."""
-  if lm.rope_scaling != "yarn":
+  """What RoPE multiplies rotated queries and keys by ('yarn', 'longrope'; 1
+  otherwise)."""
+  if lm.rope_scaling not in ("yarn", "longrope"):
     return 1.0
   if lm.rope_attention_factor is not None:
     return lm.rope_attention_factor
+  if lm.rope_scaling == "longrope":
+    if lm.rope_factor <= 1:
+      return 1.0
+    return math.sqrt(1 + math.log(lm.rope_factor) / math.log(lm.rope_original_max_positions))
   if lm.rope_mscale and lm.rope_mscale_all_dim:
     return _yarn_mscale(lm.rope_factor, lm.rope_mscale) / _yarn_mscale(
         lm.rope_factor, lm.rope_mscale_all_dim)
@@ -222,7 +249,8 @@ class Attention(nn.Module):
           a.reshape(*a.shape[:2], -1)).reshape(a.shape)
       q, k = flat_norm(q, "query_norm"), flat_norm(k, "key_norm")
     if positions is not None:
-      freqs, factor = rope_frequencies(cfg.lm, q.shape[-1] // 2), rope_attention_factor(cfg.lm)
+      freqs = rope_frequencies(cfg.lm, q.shape[-1] // 2, positions)
+      factor = rope_attention_factor(cfg.lm)
       q = rotary_embedding(q, positions, cfg.lm.rope_theta, freqs, factor)
       k = rotary_embedding(k, positions, cfg.lm.rope_theta, freqs, factor)
     return q, k, v, None
@@ -258,7 +286,8 @@ class Attention(nn.Module):
     latent = nn.RMSNorm(epsilon=MLA_LATENT_EPS, name="kv_norm")(latent).astype(dtype)
     q_nope, q_rope = q[..., :nope], q[..., nope:]
     if positions is not None:
-      freqs, factor = rope_frequencies(cfg.lm, rope // 2), rope_attention_factor(cfg.lm)
+      freqs = rope_frequencies(cfg.lm, rope // 2, positions)
+      factor = rope_attention_factor(cfg.lm)
       q_rope = rotary_embedding(q_rope, positions, cfg.lm.rope_theta, freqs, factor)
       k_rope = rotary_embedding(k_rope[:, :, None, :], positions, cfg.lm.rope_theta, freqs,
                                 factor)[:, :, 0]

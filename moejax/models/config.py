@@ -19,7 +19,7 @@ POOLS = ("mean", "cls")
 NORMS = ("rms", "layer")
 QK_NORMS = ("none", "head", "full")
 ATTENTIONS = ("mha", "mla")
-ROPE_SCALINGS = ("none", "linear", "llama3", "yarn")
+ROPE_SCALINGS = ("none", "linear", "llama3", "yarn", "longrope", "dynamic")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,19 +34,28 @@ class LMConfig:
       ones kept, a smooth blend between) or 'yarn' (YaRN: channels that turn
       fewer than rope_beta_slow times over the original context are
       interpolated, more than rope_beta_fast kept, a linear ramp between;
-      queries and keys scaled by the attention factor);
-      moejax.models.attention.rope_frequencies. Other types (longrope,
-      dynamic) are refused until they have a parity test against transformers.
+      queries and keys scaled by the attention factor), 'longrope' (Phi-3.5:
+      per-channel-pair divisors, rope_short_factor while a call's positions
+      stay within rope_original_max_positions, rope_long_factor beyond; the
+      attention factor) or 'dynamic' (dynamic NTK: past rope_max_positions
+      the base grows with the call's length);
+      moejax.models.attention.rope_frequencies. Each has a logit parity test
+      against transformers.
     rope_factor: the context-extension factor of rope_scaling (>= 1).
     rope_low_freq_factor, rope_high_freq_factor: 'llama3': wavelengths
       above original_max_positions / low are scaled, below
       original_max_positions / high kept.
-    rope_original_max_positions: 'llama3', 'yarn': the pre-extension context.
+    rope_original_max_positions: 'llama3', 'yarn', 'longrope': the
+      pre-extension context.
+    rope_long_factor, rope_short_factor: 'longrope': one divisor per channel
+      pair (head width / 2 of them).
+    rope_max_positions: 'dynamic': the context up to which RoPE is unscaled.
     rope_beta_fast, rope_beta_slow: 'yarn': the ramp's rotation bounds.
     rope_truncate: 'yarn': round the ramp's ends to whole channels.
-    rope_attention_factor: 'yarn': multiplies the rotated queries and keys;
-      None = 0.1 ln(factor) + 1, or with rope_mscale and rope_mscale_all_dim
-      both set, the ratio of those two mscales (DeepSeek).
+    rope_attention_factor: 'yarn', 'longrope': multiplies the rotated queries
+      and keys; None = yarn's 0.1 ln(factor) + 1, or with rope_mscale and
+      rope_mscale_all_dim both set, the ratio of those two mscales
+      (DeepSeek); longrope's sqrt(1 + ln(factor) / ln(original context)).
     rope_mscale, rope_mscale_all_dim: 'yarn' (DeepSeek): mscale(m) =
       0.1 m ln(factor) + 1; MLA's softmax scale is multiplied by
       mscale(rope_mscale_all_dim)^2 when it is set.
@@ -70,6 +79,9 @@ class LMConfig:
   rope_attention_factor: Optional[float] = None
   rope_mscale: float = 0.0
   rope_mscale_all_dim: float = 0.0
+  rope_long_factor: Tuple[float, ...] = ()
+  rope_short_factor: Tuple[float, ...] = ()
+  rope_max_positions: int = 0
   tie_embeddings: bool = True
   unembed_bias: bool = False
   embedding_multiplier: float = 1.0
@@ -94,6 +106,19 @@ class LMConfig:
       check_float("model.lm.rope_attention_factor", self.rope_attention_factor, 0.0, False)
     check_float("model.lm.rope_mscale", self.rope_mscale, 0.0, True)
     check_float("model.lm.rope_mscale_all_dim", self.rope_mscale_all_dim, 0.0, True)
+    for name in ("rope_long_factor", "rope_short_factor"):
+      values = getattr(self, name)
+      if not isinstance(values, (tuple, list)) or not all(
+          isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in values):
+        fail(f"model.lm.{name}", values, "must be a tuple of positive numbers")
+      object.__setattr__(self, name, tuple(float(v) for v in values))  # lists from JSON
+    if self.rope_scaling == "longrope" and (
+        not self.rope_long_factor or len(self.rope_long_factor) != len(self.rope_short_factor)):
+      fail("model.lm.rope_long_factor", self.rope_long_factor, "'longrope' needs long and short "
+           "factors of equal length (one per channel pair)")
+    check_int("model.lm.rope_max_positions", self.rope_max_positions, 0)
+    if self.rope_scaling == "dynamic" and not self.rope_max_positions:
+      fail("model.lm.rope_max_positions", 0, "'dynamic' needs the unscaled context (> 0)")
     check_float("model.lm.embedding_multiplier", self.embedding_multiplier, 0.0, False)
     check_float("model.lm.logits_scaling", self.logits_scaling, 0.0, False)
 
@@ -278,6 +303,11 @@ class ModelConfig:
     for section, cls in SUB_CONFIGS.items():
       if not isinstance(getattr(self, section), cls):
         fail(f"model.{section}", getattr(self, section), f"must be a {cls.__name__}")
+    if self.kind == "lm" and self.lm.rope_scaling == "longrope":
+      pairs = (self.mla.rope_dim if self.attention == "mla" else self.head_size) // 2
+      if len(self.lm.rope_long_factor) != pairs:
+        fail("model.lm.rope_long_factor", self.lm.rope_long_factor,
+             f"needs {pairs} factors, one per RoPE channel pair")
     if self.kind == "vit" and self.moe is not None and self.moe.router.name == "hash":
       fail("model.moe.router.name", "hash", "hash routing needs token ids; use it with kind='lm'")
 
