@@ -35,6 +35,9 @@ FAMILY_KWARGS = {
                    lm_head_bias=True),
     "granitemoe": dict(num_local_experts=4, num_experts_per_tok=2, embedding_multiplier=3.0,
                        attention_multiplier=0.2, residual_multiplier=0.5, logits_scaling=2.5),
+    "ernie4_5_moe": dict(moe_num_experts=4, moe_k=2, moe_intermediate_size=24,
+                         moe_num_shared_experts=1, moe_layer_start_index=1, num_hidden_layers=3,
+                         moe_layer_end_index=1),
     "llama": dict(),
 }
 MOE_FAMILIES = [f for f in FAMILY_KWARGS if f != "llama"]

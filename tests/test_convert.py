@@ -94,7 +94,7 @@ def test_fused_expert_layout_imports_the_same(saved, family, tmp_path):
 
 
 @pytest.mark.parametrize("family", ["mixtral", "deepseek_v2", "deepseek_v3", "phimoe", "qwen2_moe",
-                                    "granitemoe"])
+                                    "granitemoe", "ernie4_5_moe"])
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])
 def test_export_round_trip_through_transformers(saved, family, layout, tmp_path):
   """Export (sharded, both layouts) loads in transformers with the original

@@ -14,7 +14,7 @@ from moejax.config import MoEConfig, RouterConfig
 from moejax.models.config import LMConfig, MLAConfig, ModelConfig
 
 MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3",
-                "phimoe", "granitemoe")
+                "phimoe", "granitemoe", "ernie4_5_moe")
 DENSE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 FAMILIES = MOE_FAMILIES + DENSE_FAMILIES
 _MISSING = object()
@@ -193,6 +193,28 @@ def _granitemoe(hf: dict) -> ModelConfig:
               d_ff=_get(hf, "intermediate_size"), router=dict(normalize_top_k=True))
 
 
+def _ernie4_5_moe(hf: dict) -> ModelConfig:
+  """Softmax scores, selection by scores + a correction bias (the aux-loss-free
+  form), renormalised top-k; MoE blocks from moe_layer_start_index to
+  moe_layer_end_index; shared experts; RoPE on adjacent channel pairs (the
+  import reorders them, moejax.convert.layout)."""
+  if hf.get("use_bias"):
+    _refuse(hf, "use_bias", True, "only bias-free projections are implemented")
+  hf = {**hf, "num_experts_per_tok": _get(hf, "moe_k")}
+  layers = _get(hf, "num_hidden_layers")
+  interval = int(hf.get("moe_layer_interval") or 1)
+  if interval != 1:
+    _refuse(hf, "moe_layer_interval", interval, "only 1 is implemented")
+  start = int(hf.get("moe_layer_start_index") or 0)
+  end = int(hf.get("moe_layer_end_index", -1))
+  end = layers - 1 if end < 0 else end
+  fields = _backbone(hf, first_dense_layers=start, dense_layers=tuple(range(end + 1, layers)))
+  return _moe(hf, fields, num_experts=_get(hf, "moe_num_experts"),
+              d_ff=_get(hf, "moe_intermediate_size"),
+              router=dict(normalize_top_k=True, use_expert_bias=True),
+              num_shared_experts=int(hf.get("moe_num_shared_experts") or 0))
+
+
 def _qwen_moe(hf: dict, **overrides) -> ModelConfig:
   fields = _backbone(hf, moe_every=_get(hf, "decoder_sparse_step", 1),
                      dense_layers=tuple(hf.get("mlp_only_layers") or ()), **overrides)
@@ -256,7 +278,8 @@ def _dense(**overrides) -> Callable[[dict], ModelConfig]:
 
 
 _BUILDERS = {
-    "mixtral": _mixtral, "phimoe": _phimoe, "granitemoe": _granitemoe, "qwen2_moe": lambda hf: _qwen_moe(
+    "mixtral": _mixtral, "phimoe": _phimoe, "granitemoe": _granitemoe,
+    "ernie4_5_moe": _ernie4_5_moe, "qwen2_moe": lambda hf: _qwen_moe(
         hf, attention_bias=bool(hf.get("qkv_bias", True)), **_QKV_BIAS_ONLY),
     "qwen3_moe": lambda hf: _qwen_moe(hf, qk_norm="head"), "olmoe": _olmoe,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v3, "llama": _dense(), "mistral": _dense(**_NO_BIAS),

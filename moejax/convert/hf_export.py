@@ -32,6 +32,7 @@ ARCHITECTURES = {
     "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
     "phimoe": "PhimoeForCausalLM", "granitemoe": "GraniteMoeForCausalLM",
+    "ernie4_5_moe": "Ernie4_5_MoeForCausalLM",
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
 }
@@ -59,6 +60,12 @@ def _moe_fields(cfg: ModelConfig, model_type: str) -> dict:
       out.update(router_jitter_noise=r.sparsemixer_eps, lm_head_bias=cfg.lm.unembed_bias,
                  attention_bias=cfg.attention_bias)
     return out
+  if model_type == "ernie4_5_moe":
+    moe_layers = cfg.moe_layers
+    return dict(moe_num_experts=r.num_experts, moe_intermediate_size=moe.d_ff,
+                moe_k=r.top_k, moe_layer_start_index=moe_layers[0],
+                moe_layer_end_index=moe_layers[-1], moe_layer_interval=1,
+                moe_num_shared_experts=moe.num_shared_experts, use_bias=False)
   if model_type == "olmoe":
     return dict(num_experts=r.num_experts, intermediate_size=moe.d_ff,
                 norm_topk_prob=r.normalize_top_k, clip_qkv=None)
@@ -176,7 +183,8 @@ def export_tensors(cfg: ModelConfig, variables: dict, model_type: str, hf: dict,
       else:
         fused_parts.setdefault(entry.fused[0], {})[entry.part] = per_expert
     else:
-      tensors[entry.names[0]] = value.reshape(-1) if entry.flat else value
+      tensors[entry.names[0]] = (value.reshape(entry.hf_shape) if entry.hf_shape else
+                                 value.reshape(-1) if entry.flat else value)
   for name, parts in fused_parts.items():
     tensors[name] = np.concatenate([parts["gate"], parts["up"]], axis=1)
   return {name: np.ascontiguousarray(t, dtype=dtype) for name, t in tensors.items()}

@@ -163,7 +163,7 @@ def import_tensors(config: ModelConfig, model_type: str, hf: dict,
         kernel = kernel[..., list(entry.perm)]
       flat[entry.path] = kernel
     elif isinstance(entry, Vector):
-      hf_shape = (int(np.prod(shape)),) if entry.flat else shape
+      hf_shape = entry.hf_shape or ((int(np.prod(shape)),) if entry.flat else shape)
       vector = reader.take(entry.names, hf_shape, what).reshape(shape)
       flat[entry.path] = vector if entry.perm is None else vector[..., list(entry.perm)]
     else:

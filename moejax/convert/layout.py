@@ -45,6 +45,7 @@ class Vector:
   flat: bool = True   # HF stores it flattened (biases of [heads, dim] kernels)
   # Permutes the last axis on import, like the kernel it is the bias of.
   perm: Optional[Tuple[int, ...]] = None
+  hf_shape: Optional[Tuple[int, ...]] = None  # HF's own shape, where it is neither ours nor flat
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +54,10 @@ class Experts:
   fused: Tuple[str, ...]        # fused tensor names
   part: str                     # 'gate', 'up' (-> w_gate, w_in) or 'down' (-> w_out)
   path: Path
+
+
+# Multi-head-attention families whose RoPE rotates adjacent channel pairs.
+INTERLEAVED_ROPE_MHA = ("ernie4_5_moe",)
 
 
 def rope_deinterleave(nope: int, rope: int) -> Tuple[int, ...]:
@@ -85,10 +90,15 @@ def _attention(cfg: ModelConfig, model_type: str, hf: dict, at: str, ours: Path)
       entries.append(Vector((f"{at}.kv_a_proj_with_mqa.bias",), p("kv_down", "bias"),
                             perm=kv_perm))
   else:
-    entries = [Linear((f"{at}.{hf_name}_proj.weight",), p(name, "kernel"))
+    # Families that rotate adjacent channel pairs (0, 1), (2, 3) get their query
+    # and key channels reordered into moejax's halves, per head.
+    perm = (rope_deinterleave(0, cfg.head_size) if model_type in INTERLEAVED_ROPE_MHA
+            else None)
+    perms = {"query": perm, "key": perm, "value": None}
+    entries = [Linear((f"{at}.{hf_name}_proj.weight",), p(name, "kernel"), perm=perms[name])
                for hf_name, name in (("q", "query"), ("k", "key"), ("v", "value"))]
     if cfg.attention_bias:
-      entries += [Vector((f"{at}.{hf_name}_proj.bias",), p(name, "bias"))
+      entries += [Vector((f"{at}.{hf_name}_proj.bias",), p(name, "bias"), perm=perms[name])
                   for hf_name, name in (("q", "query"), ("k", "key"), ("v", "value"))]
     if cfg.qk_norm != "none":
       entries += [Vector((f"{at}.q_norm.weight",), p("query_norm", "scale")),
@@ -147,8 +157,13 @@ def _moe(cfg: ModelConfig, model_type: str, at: str, ours: Path) -> List:
   if model_type == "deepseek_v3":
     entries.append(Vector((f"{at}.mlp.gate.e_score_correction_bias",),
                           ("router_state",) + ours[1:] + ("router", "expert_bias")))
+  if model_type == "ernie4_5_moe":
+    entries.append(Vector((f"{at}.mlp.moe_statics.e_score_correction_bias",),
+                          ("router_state",) + ours[1:] + ("router", "expert_bias"),
+                          hf_shape=(1, moe.router.num_experts)))
   if moe.num_shared_experts:
-    shared = "shared_experts" if model_type.startswith("deepseek") else "shared_expert"
+    shared = ("shared_experts" if model_type.startswith("deepseek") or model_type == "ernie4_5_moe"
+              else "shared_expert")
     entries += _glu(f"{at}.mlp.{shared}", ours + ("shared",))
     if moe.shared_expert_gate:
       entries.append(Linear((f"{at}.mlp.shared_expert_gate.weight",),
