@@ -12,8 +12,9 @@ dense models into MoE models.
 
 The source's tokenizer (tokenizer.json, tokenizer_config.json, ...) is copied along.
 Supported HF families: mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, phimoe,
-granitemoe, ernie4_5_moe and the dense llama, mistral, qwen2, qwen3. Only safetensors are read (pickle `.bin` checkpoints
-are refused). --out must not exist; it appears only once fully written.
+granitemoe, ernie4_5_moe and the dense llama, mistral, qwen2, qwen3. Only safetensors are read
+(pickle `.bin` checkpoints are refused). --out must not exist; it appears only once fully
+written.
 Exit codes: 0 done; 1 the model cannot be converted; 2 bad flags. Errors are one line.
 """
 
