@@ -18,14 +18,22 @@ from moejax.convert.safetensors_io import read_hf_config
 from moejax.models.config import ModelConfig
 
 
-def load_any(path: str) -> Tuple[ModelConfig, dict, Optional[dict]]:
-  """(config, variables {'params', 'router_state'?}, original HF config or None)."""
+def _kind(path: str) -> str:
+  """'model_dir', 'workdir' or 'hf' (FileNotFoundError for no folder)."""
   if not os.path.isdir(path):
     raise FileNotFoundError(f"{path}: no such folder (want a HuggingFace folder, a moejax "
                             "model folder or a training workdir)")
   if is_model_dir(path):
+    return "model_dir"
+  return "workdir" if os.path.isdir(os.path.join(path, "checkpoints")) else "hf"
+
+
+def load_any(path: str) -> Tuple[ModelConfig, dict, Optional[dict]]:
+  """(config, variables {'params', 'router_state'?}, original HF config or None)."""
+  kind = _kind(path)
+  if kind == "model_dir":
     return load_model_dir(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if kind == "workdir":
     return _load_workdir(path)
   model = load_hf(path)
   return model.config, model.variables, model.hf_config
@@ -45,12 +53,10 @@ def tokenizer_folder(path: str) -> str:
 
 def load_model_config(path: str) -> ModelConfig:
   """The ModelConfig of what load_any(path) would load, without reading weights."""
-  if not os.path.isdir(path):
-    raise FileNotFoundError(f"{path}: no such folder (want a HuggingFace folder, a moejax "
-                            "model folder or a training workdir)")
-  if is_model_dir(path):
+  kind = _kind(path)
+  if kind == "model_dir":
     return read_model_config(path)
-  if os.path.isdir(os.path.join(path, "checkpoints")):
+  if kind == "workdir":
     from moejax.train.checkpoint import Checkpointer
     from moejax.train.config import experiment_from_config
     checkpointer = Checkpointer(path, keep=1, async_save=False)

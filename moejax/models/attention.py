@@ -151,9 +151,10 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array,
   scale = h ** -0.5 if scale is None else scale
   q = q.reshape(b, t, kv, n // kv, h)
   scores = jnp.einsum("btkgh,bskh->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-  q_positions = jnp.broadcast_to(q_positions, (b, t))
-  k_positions = jnp.broadcast_to(k_positions, (b, k.shape[1]))
-  gap = q_positions[:, :, None] - k_positions[:, None, :]                  # [B, T, S]
+  # Rows: 1 when the positions are shared by the batch, else B.
+  q_positions = q_positions.reshape(-1, t)
+  k_positions = k_positions.reshape(-1, k.shape[1])
+  gap = q_positions[:, :, None] - k_positions[:, None, :]                  # [1 or B, T, S]
   seen = jnp.broadcast_to(k_positions[:, None, :] >= 0, gap.shape)
   if causal:
     seen = seen & (gap >= 0)
