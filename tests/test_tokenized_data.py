@@ -124,8 +124,9 @@ def test_bad_tokenizer_settings_are_one_line(tokenizer_dir, data_dir, tmp_path):
 
 def test_fine_tune_an_imported_model_on_its_tokens_then_generate(tokenizer_dir, data_dir,
                                                                    tmp_path):
-  """HF Mixtral + tokenizer -> train.init_from (data.tokenizer follows) ->
-  checkpoints -> generate.py --prompt from the workdir decodes text."""
+  """HF Mixtral + tokenizer -> train.init_from (data.tokenizer follows, the
+  weights are exactly the HF ones) -> checkpoints -> generate.py --prompt from
+  the workdir decodes text."""
   pytest.importorskip("torch")
   import shutil
   from hf_models import tiny_hf_model
@@ -135,12 +136,25 @@ def test_fine_tune_an_imported_model_on_its_tokens_then_generate(tokenizer_dir, 
   tiny_hf_model("mixtral", vocab_size=300).save_pretrained(hf)
   for name in ("tokenizer.json", "tokenizer_config.json"):
     shutil.copy(os.path.join(tokenizer_dir, name), hf / name)
-  config = tiny_config(data_dir=data_dir, train__init_from=str(hf), train__num_steps=3)
+  # One step of a warmup from 0 updates nothing: the checkpoint must hold the
+  # HF weights exactly (loaded, not re-initialised).
+  config = tiny_config(data_dir=data_dir, train__init_from=str(hf), train__num_steps=1,
+                       train__warmup_steps=2)
   config, origin = resolve_model(config, {})
   assert config.data.tokenizer == str(hf) and "data.tokenizer=" in origin
   summary = train_and_evaluate(experiment_from_config(config), str(tmp_path / "ft"),
                                log=lambda line: None)
   assert np.isfinite(summary.eval["loss"])
+  from flax.traverse_util import flatten_dict
+  from moejax.convert.hf_import import load_hf
+  from moejax.train import Checkpointer
+  checkpointer = Checkpointer(str(tmp_path / "ft"), keep=1, async_save=False)
+  saved = flatten_dict(checkpointer.restore_as_saved()[1]["params"])
+  checkpointer.close()
+  expected = flatten_dict(load_hf(str(hf)).variables["params"])
+  assert sorted(saved) == sorted(expected)
+  for key in expected:
+    np.testing.assert_array_equal(np.asarray(saved[key]), np.asarray(expected[key]))
   # bits per byte count the bytes a token covers
   assert summary.eval["bits_per_byte"] < summary.eval["loss"] / np.log(2) / 1.2
   out = subprocess.run([sys.executable, "experiments/generate.py", f"--model={tmp_path / 'ft'}",
