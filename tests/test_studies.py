@@ -72,10 +72,10 @@ def test_study_aggregates_seeds_into_mean_std_verdicts_and_curves(tmp_path, monk
 
 
 # The studies run end to end from one per base config (lm_tiny, lm_study,
-# vit_tiny), the MH-MoE one and upcycling (rows that start from other rows);
-# every other study's rows validate above, and
-# the designs they compare each train in test_models.py's families.
-SMOKE_STUDIES = ("moe_vs_dense", "ds_moe", "mh_moe", "vit_routers", "upcycling")
+# vit_tiny) and upcycling (rows that start from other rows); every other
+# study's rows validate above, and the designs they compare each train in
+# test_models.py's families.
+SMOKE_STUDIES = ("moe_vs_dense", "ds_moe", "vit_routers", "upcycling")
 
 
 def test_smoke_studies_cover_every_base_config():

@@ -3,8 +3,6 @@ windows whose loss skips document starts; fine-tuning an imported model on it
 end to end (train, then generate text from the workdir)."""
 
 import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,7 +14,7 @@ from moejax.data.builders import byte_corpus_split, pydoc_corpus
 from moejax.data.config import DataConfig
 from moejax.data.tokenized import TokenWindows
 from moejax.models.config import LMConfig, ModelConfig
-from tiny_configs import ROOT, tiny_config
+from tiny_configs import tiny_config
 from tiny_tokenizer import train_tokenizer
 
 DOCS = ["def f(x):\n    return x\n", "import json\njson.dumps({})", "é" * 40,
@@ -125,8 +123,8 @@ def test_bad_tokenizer_settings_are_one_line(tokenizer_dir, data_dir, tmp_path):
 def test_fine_tune_an_imported_model_on_its_tokens_then_generate(tokenizer_dir, data_dir,
                                                                    tmp_path):
   """HF Mixtral + tokenizer -> train.init_from (data.tokenizer follows, the
-  weights are exactly the HF ones) -> checkpoints -> generate.py --prompt from
-  the workdir decodes text."""
+  weights are exactly the HF ones) -> checkpoints -> the workdir's tokenizer
+  is found and generation decodes text."""
   pytest.importorskip("torch")
   import shutil
   from hf_models import tiny_hf_model
@@ -157,8 +155,14 @@ def test_fine_tune_an_imported_model_on_its_tokens_then_generate(tokenizer_dir, 
     np.testing.assert_array_equal(np.asarray(saved[key]), np.asarray(expected[key]))
   # bits per byte count the bytes a token covers
   assert summary.eval["bits_per_byte"] < summary.eval["loss"] / np.log(2) / 1.2
-  out = subprocess.run([sys.executable, "experiments/generate.py", f"--model={tmp_path / 'ft'}",
-                        "--prompt=def ", "--max_new_tokens=5"], capture_output=True, text=True,
-                       cwd=ROOT, timeout=300)
-  assert out.returncode == 0, out.stderr
-  assert out.stdout.startswith("--- sample 0 ---\ndef ")
+  # generate.py finds a workdir's tokenizer through its data.tokenizer.
+  from moejax.convert.sources import load_any, tokenizer_folder
+  from moejax.convert.tokenizer import tokenizer_for_model
+  from moejax.generate import generate
+  from moejax.models import TransformerLM
+  assert tokenizer_folder(str(tmp_path / "ft")) == str(hf)
+  model_config, variables, _ = load_any(str(tmp_path / "ft"))
+  tokenizer = tokenizer_for_model(tokenizer_folder(str(tmp_path / "ft")), 300)
+  out = generate(TransformerLM(model_config), variables,
+                 np.asarray([tokenizer.encode("def ")]), max_new_tokens=5)
+  assert tokenizer.decode(np.asarray(out)[0]).startswith("def ")
