@@ -43,8 +43,12 @@ def _digest(record: Any) -> str:
 
 
 def _one_line(err: BaseException) -> str:
+  """The error on one line; a long text keeps its start and its end, where
+  nested errors (tensorstore's) put the innermost cause."""
   text = " ".join(str(err).split())
-  return f"{type(err).__name__}: {text[:300]}" if text else type(err).__name__
+  if len(text) > 300:
+    text = f"{text[:140]} ... {text[-140:]}"
+  return f"{type(err).__name__}: {text}" if text else type(err).__name__
 
 
 # tensorstore reports a failed write as a ValueError whose text nests the OS
