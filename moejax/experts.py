@@ -106,6 +106,14 @@ def expert_ffn(params, batch: ExpertBatch, activation: str,
   return batch.replace_x(y)
 
 
+# LoRA adapter parameters are named <matrix>_lora_a / <matrix>_lora_b.
+LORA_A, LORA_B = "_lora_a", "_lora_b"
+
+
+def is_adapter_name(name: str) -> bool:
+  return name.endswith((LORA_A, LORA_B))
+
+
 def merge_adapters(matrices: dict, adapters: dict, scale: float) -> dict:
   """{name: W + scale * A @ B} for W [E, in, out], A [E, in, r], B [E, r, out]."""
   merged = dict(matrices)
@@ -165,9 +173,9 @@ class ExpertBank(nn.Module):
     if self.lora_rank:
       # A random, B zero: the adapted expert starts as the base expert.
       self._adapters = {
-          name: (self.param(f"{name}_lora_a", _stacked_init(True),
+          name: (self.param(name + LORA_A, _stacked_init(True),
                             (e, shape[1], self.lora_rank)),
-                 self.param(f"{name}_lora_b", nn.initializers.zeros,
+                 self.param(name + LORA_B, nn.initializers.zeros,
                             (e, self.lora_rank, shape[2])))
           for name, shape in shapes.items()}
 

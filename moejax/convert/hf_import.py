@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from typing import Dict, List, Mapping, Tuple
+from typing import Dict, List, Mapping, Sequence, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -32,7 +32,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from moejax.convert.families import model_config_from_hf
 from moejax.convert.layout import Experts, Linear, Vector, hf_linear_shape, tensor_plan
 from moejax.convert.safetensors_io import read_checkpoint_dir
-from moejax.models import TransformerLM
+from moejax.models import abstract_variables
 from moejax.models.config import ModelConfig
 
 
@@ -52,9 +52,11 @@ def ignored_tensor(name: str, config: ModelConfig) -> bool:
   return bool(layer) and int(layer.group(1)) >= config.num_layers
 
 
-def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> None:
+def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray],
+                fused_down: Sequence[str] = ()) -> None:
   """CheckpointMismatchError when config.json's layer count, vocabulary,
-  width or expert count disagrees with the tensors (cheap: names and shapes)."""
+  width or expert count disagrees with the tensors (cheap: names and shapes).
+  fused_down: the family's fused [E, d, f] down-projection names (layout plan)."""
   embed = tensors.get("model.embed_tokens.weight")
   if embed is None:
     raise CheckpointMismatchError("checkpoint has no tensor 'model.embed_tokens.weight'")
@@ -74,8 +76,7 @@ def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray]) -> None:
   first = f"model.layers.{config.moe_layers[0]}."
   names = [n for n in tensors if n.startswith(first)]
   per_expert = {int(m.group(1)) for m in map(_EXPERT.search, names) if m}
-  fused = [tensors[n].shape[0] for n in names
-           if n.endswith(("experts.down_proj", "block_sparse_moe.output_linear.weight"))]
+  fused = [tensors[n].shape[0] for n in fused_down if n.startswith(first) and n in tensors]
   found = max(per_expert) + 1 if per_expert else (fused[0] if fused else 0)
   if found != config.moe.router.num_experts:
     raise CheckpointMismatchError(
@@ -93,9 +94,8 @@ class ImportedModel:
 
 def variable_shapes(config: ModelConfig) -> Dict[Tuple[str, ...], Tuple[int, ...]]:
   """{variable path: shape} of TransformerLM(config), without allocating it."""
-  model = TransformerLM(config)
-  shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 1), jnp.int32)))
-  return {path: tuple(leaf.shape) for path, leaf in flatten_dict(shapes).items()}
+  return {path: tuple(leaf.shape)
+          for path, leaf in flatten_dict(abstract_variables(config, seq_len=1)).items()}
 
 
 class _Reader:
@@ -143,9 +143,10 @@ def import_tensors(config: ModelConfig, model_type: str, hf: dict,
                    tensors: Mapping[str, np.ndarray]) -> Tuple[dict, List[str]]:
   """(variables, ignored tensor names) for `config` from HF-named tensors.
   CheckpointMismatchError for a tensor that is missing, mis-shaped or unused."""
-  check_sizes(config, tensors)
-  shapes = variable_shapes(config)
   plan = tensor_plan(config, model_type, hf)
+  check_sizes(config, tensors, [name for e in plan if isinstance(e, Experts) and e.part == "down"
+                                for name in e.fused])
+  shapes = variable_shapes(config)
   if hf.get("tie_word_embeddings"):
     plan = [dataclasses.replace(e, names=e.names + ("model.embed_tokens.weight",))
             if isinstance(e, Linear) and e.names == ("lm_head.weight",) else e for e in plan]

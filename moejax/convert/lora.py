@@ -13,10 +13,8 @@ from typing import Tuple
 
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from moejax.experts import merge_adapters
+from moejax.experts import LORA_A, LORA_B, is_adapter_name, merge_adapters
 from moejax.models.config import ModelConfig
-
-_SUFFIXES = ("_lora_a", "_lora_b")
 
 
 def merge_lora(config: ModelConfig, variables: dict) -> Tuple[ModelConfig, dict]:
@@ -26,11 +24,11 @@ def merge_lora(config: ModelConfig, variables: dict) -> Tuple[ModelConfig, dict]
     return config, variables
   scale = config.moe.lora_alpha / config.moe.lora_rank
   flat = flatten_dict(variables["params"])
-  merged = {k: v for k, v in flat.items() if not k[-1].endswith(_SUFFIXES)}
-  for key in [k for k in flat if k[-1].endswith("_lora_a")]:
-    name = key[-1][:-len("_lora_a")]
+  merged = {k: v for k, v in flat.items() if not is_adapter_name(k[-1])}
+  for key in [k for k in flat if k[-1].endswith(LORA_A)]:
+    name = key[-1][:-len(LORA_A)]
     owner = key[:-1]
-    adapters = {name: (flat[key], flat[owner + (f"{name}_lora_b",)])}
+    adapters = {name: (flat[key], flat[owner + (name + LORA_B,)])}
     merged[owner + (name,)] = merge_adapters({name: flat[owner + (name,)]}, adapters,
                                              scale)[name]
   moe = dataclasses.replace(config.moe, lora_rank=0)

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional
 import jax
 import numpy as np
 
-from moejax.models import build_model
+from moejax.models import abstract_variables
 from moejax.train.config import experiment_from_config
 from moejax.train.loop import train_and_evaluate
 from moejax.train.report import print_summary
@@ -106,12 +106,7 @@ def _inactive_attention_experts(model_config, params) -> int:
 
 
 def _param_shapes(exp):
-  if exp.model.kind == "lm":
-    dummy = np.zeros((1, exp.data.seq_len), np.int32)
-  else:
-    size = exp.model.vit.image_size
-    dummy = np.zeros((1, size, size, exp.model.vit.num_channels), np.float32)
-  return jax.eval_shape(build_model(exp.model).init, jax.random.key(0), dummy)["params"]
+  return abstract_variables(exp.model, exp.data.seq_len)["params"]
 
 
 def train_row(name: str, config, workdir: str, verbose: bool = True) -> Dict:

@@ -33,7 +33,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from moejax.models import build_model
+from moejax.models import abstract_variables
 from moejax.models.config import ModelConfig, model_config_from_mapping
 from moejax.train.optim import is_adapter
 from moejax.validation import fail
@@ -43,21 +43,11 @@ class InitFromError(ValueError):
   """train.init_from's weights cannot start this run."""
 
 
-def _example_inputs(model: ModelConfig) -> jax.Array:
-  if model.kind == "lm":
-    return jnp.zeros((1, 8), jnp.int32)
-  v = model.vit
-  return jnp.zeros((1, v.image_size, v.image_size, v.num_channels), jnp.float32)
-
-
 def param_shapes(model: ModelConfig) -> Dict[Tuple[str, ...], Tuple[Tuple[int, ...], Any]]:
   """{(module, ..., name): (shape, dtype)} of a freshly initialised model's
   params (traced only: nothing is allocated)."""
-  module = build_model(model)
-  rng = jax.random.key(0)
-  variables = jax.eval_shape(lambda: module.init({"params": rng, "router": rng},
-                                                 _example_inputs(model)))
-  return {k: (tuple(v.shape), v.dtype) for k, v in flatten_dict(variables["params"]).items()}
+  params = abstract_variables(model)["params"]
+  return {k: (tuple(v.shape), v.dtype) for k, v in flatten_dict(params).items()}
 
 
 def _first_difference(a: dict, b: dict, adapters_may_appear: bool = False) -> Optional[str]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import jax
 import optax
 
+from moejax.experts import is_adapter_name
 from moejax.train.config import TrainConfig
 
 
@@ -23,9 +24,8 @@ def learning_rate_schedule(config: TrainConfig) -> optax.Schedule:
 
 
 def is_adapter(path) -> bool:
-  """A LoRA adapter parameter (moejax.experts: <matrix>_lora_a / _lora_b)."""
-  name = str(getattr(path[-1], "key", path[-1]))
-  return name.endswith(("_lora_a", "_lora_b"))
+  """A LoRA adapter parameter (moejax.experts), by its tree path."""
+  return is_adapter_name(str(getattr(path[-1], "key", path[-1])))
 
 
 def _is_router(path) -> bool:
