@@ -60,7 +60,7 @@ DISPATCHES = ("einsum", "gather", "dropless", "retrieval")
 EP_EXCHANGES = ("auto", "padded", "ragged")
 # Weight-only quantization of the routed experts (moejax/compress/quantize.py).
 EXPERT_QUANTIZATIONS = (None, "int8", "int4")
-ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu")
+ACTIVATIONS = ("relu", "gelu", "silu", "swiglu", "geglu", "clamped_swiglu")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,6 +96,9 @@ class RouterConfig:
     top_k_groups: groups kept per token when group-limited.
     group_score: how a group is ranked: 'top2_sum' (the sum of its two best
       selection scores; DeepSeek-V3) or 'max' (its best; DeepSeek-V2).
+    logit_bias: a trained per-output bias on the router logits (gpt-oss's
+      router is a Linear with a bias). It moves the weights as well as the
+      choice, unlike use_expert_bias.
     use_expert_bias: add a non-trained per-expert bias to the scores for
       *selection only* (aux-loss-free balancing); see
       `moejax.routing.losses.update_expert_bias`.
@@ -170,6 +173,7 @@ class RouterConfig:
   num_expert_groups: int = 1
   top_k_groups: int = 1
   group_score: str = "top2_sum"
+  logit_bias: bool = False
   use_expert_bias: bool = False
   expert_bias_update_rate: float = 1e-3
   jitter_noise: float = 0.0
@@ -279,6 +283,9 @@ class RouterConfig:
            "router.name='expert_choice' needs a number > 0 (average experts per token)")
     if self.name in ("hash", "sinkhorn") and self.top_k != 1:
       fail("router.top_k", self.top_k, f"router.name={self.name!r} routes each token to 1 expert")
+    if self.logit_bias and self.name in ("hash", "product_key"):
+      fail("router.logit_bias", True, f"router.name={self.name!r} has no logits to bias; "
+           "leave it False")
     if self.name != "soft_moe" and self.soft_moe_normalize:
       fail("router.soft_moe_normalize", True, f"only used by router.name='soft_moe' "
            f"(name={self.name!r}); leave it False")
@@ -361,7 +368,9 @@ class MoEConfig:
     d_model: token width.
     d_ff: hidden width of each routed expert (fine-grained MoE = more experts
       with a smaller d_ff).
-    activation: 'relu', 'gelu', 'silu' (MLP) or 'swiglu', 'geglu' (GLU).
+    activation: 'relu', 'gelu', 'silu' (MLP) or 'swiglu', 'geglu',
+      'clamped_swiglu' (GLU; the last is gpt-oss's: gate and up clipped at 7,
+      (up + 1) * gate * sigmoid(1.702 gate)).
     dispatch: 'einsum' (one-hot einsum; the readable reference, and the only
       one for Soft MoE), 'gather' (index gather into capacity buckets; needs
       router.capacity_factor), 'dropless' (sort by expert + grouped matmul).

@@ -22,7 +22,22 @@ from moejax.grouped_matmul import (DEFAULT_BLOCK_SIZE, RowLayout, gmm, group_ids
                                    resolve_backend, row_layout)
 from moejax.grouped_matmul.blocked_ffn import blocked_ffn
 
-GLU_ACTIVATIONS = {"swiglu": jax.nn.silu, "geglu": jax.nn.gelu}
+# gpt-oss's SwiGLU: the gate is clipped from above and the up projection on
+# both sides at this limit, the gate's sigmoid is sharpened by alpha, and the
+# up projection is shifted by one (model card values; moejax has no other).
+CLAMPED_SWIGLU_LIMIT, CLAMPED_SWIGLU_ALPHA = 7.0, 1.702
+
+
+def _clamped_swiglu(up: jax.Array, gate: jax.Array) -> jax.Array:
+  gate = jnp.minimum(gate, CLAMPED_SWIGLU_LIMIT)
+  up = jnp.clip(up, -CLAMPED_SWIGLU_LIMIT, CLAMPED_SWIGLU_LIMIT)
+  return (up + 1) * gate * jax.nn.sigmoid(CLAMPED_SWIGLU_ALPHA * gate)
+
+
+# (up [..., f], gate [..., f]) -> hidden [..., f]
+GLU_ACTIVATIONS = {"swiglu": lambda up, gate: jax.nn.silu(gate) * up,
+                   "geglu": lambda up, gate: jax.nn.gelu(gate) * up,
+                   "clamped_swiglu": _clamped_swiglu}
 MLP_ACTIVATIONS = {"relu": jax.nn.relu, "gelu": jax.nn.gelu, "silu": jax.nn.silu}
 
 
@@ -31,9 +46,10 @@ def is_glu(activation: str) -> bool:
 
 
 def hidden_activation(activation: str, h_in: jax.Array, h_gate: Optional[jax.Array]):
-  """act(h_in) for MLPs; act(h_gate) * h_in for GLUs."""
+  """act(h_in) for MLPs; act(h_gate) * h_in for GLUs (clamped_swiglu: see
+  _clamped_swiglu)."""
   if is_glu(activation):
-    return GLU_ACTIVATIONS[activation](h_gate) * h_in
+    return GLU_ACTIVATIONS[activation](h_in, h_gate)
   return MLP_ACTIVATIONS[activation](h_in)
 
 
@@ -70,7 +86,7 @@ def expert_ffn(params, batch: ExpertBatch, activation: str,
 
   Args:
     params: dict with w_in [E, d, f], w_out [E, f, d], optional w_gate
-      [E, d, f], b_in [E, f], b_out [E, d].
+      [E, d, f], b_in [E, f], b_gate [E, f], b_out [E, d].
     batch: bucketed [E, C, d] or grouped [M, d] + group_sizes [E].
     activation: one of moejax.config.ACTIVATIONS.
     gmm_backend: backend for the grouped layout (moejax.grouped_matmul).
@@ -85,7 +101,7 @@ def expert_ffn(params, batch: ExpertBatch, activation: str,
     weight = lambda name: params[name].astype(x.dtype) if name in params else None
     y = blocked_ffn(functools.partial(hidden_activation, activation), gmm_block_size, x,
                     weight("w_in"), weight("w_gate"), weight("w_out"), weight("b_in"),
-                    weight("b_out"), batch.group_sizes.astype(jnp.int32))
+                    weight("b_gate"), weight("b_out"), batch.group_sizes.astype(jnp.int32))
     return batch.replace_x(y)
   if batch.is_grouped:
     rows_group = group_ids(batch.group_sizes, x.shape[0])
@@ -100,6 +116,8 @@ def expert_ffn(params, batch: ExpertBatch, activation: str,
   if "b_in" in params:
     h = h + bias(params["b_in"]).astype(h.dtype)
   gate = matmul(x, params["w_gate"]) if is_glu(activation) else None
+  if "b_gate" in params:
+    gate = gate + bias(params["b_gate"]).astype(gate.dtype)
   y = matmul(hidden_activation(activation, h, gate), params["w_out"])
   if "b_out" in params:
     y = y + bias(params["b_out"]).astype(y.dtype)
@@ -167,9 +185,13 @@ class ExpertBank(nn.Module):
                                self.param(f"{name}_scale", nn.initializers.ones,
                                           quantized_scale_shape(shape, self.quantization_group)))
                         for name, shape in shapes.items()}
+    self._biases = {}
     if self.use_bias:
-      self.b_in = self.param("b_in", nn.initializers.zeros, (e, f))
-      self.b_out = self.param("b_out", nn.initializers.zeros, (e, d))
+      shapes = {"b_in": (e, f), "b_gate": (e, f), "b_out": (e, d)}
+      if not is_glu(self.activation):
+        del shapes["b_gate"]
+      self._biases = {name: self.param(name, nn.initializers.zeros, shape)
+                      for name, shape in shapes.items()}
     if self.lora_rank:
       # A random, B zero: the adapted expert starts as the base expert.
       self._adapters = {
@@ -180,7 +202,7 @@ class ExpertBank(nn.Module):
           for name, shape in shapes.items()}
 
   def weights(self) -> dict:
-    """{'w_in': [E, d, f], 'w_out': [E, f, d], + 'w_gate', 'b_in', 'b_out'};
+    """{'w_in': [E, d, f], 'w_out': [E, f, d], + 'w_gate', 'b_in', 'b_gate', 'b_out'};
     quantized weights come back dequantized to the compute dtype, adapters
     merged (W + lora_alpha / lora_rank * A B: every dispatch and the
     expert-parallel path see plain expert weights)."""
@@ -191,9 +213,7 @@ class ExpertBank(nn.Module):
     else:
       params = {name: dequantize(q, scale, self.quantization, self.dtype)
                 for name, (q, scale) in self._matrices.items()}
-    if self.use_bias:
-      params.update(b_in=self.b_in, b_out=self.b_out)
-    return params
+    return {**params, **self._biases}
 
   def row_layout(self) -> RowLayout:
     """How a dispatch must group the rows it hands to these experts (block

@@ -6,6 +6,7 @@ Variables:
   params/router/kernel        [d_model, router outputs]
   params/router/noise_kernel  [d_model, router outputs]  (noisy_top_k)
   params/router/scale         []  (soft_moe_normalize)
+  params/router/bias          [router outputs]  (logit_bias)
   params/router/sub_keys      [heads, 2, sqrt(E), key_dim / 2]  (product_key;
       the kernel is then the query projection [d_model, heads * key_dim])
   router_state/router/expert_bias [E]  (use_expert_bias; not trained by
@@ -15,7 +16,7 @@ Variables:
   router_state/router/expert_threshold [E], threshold_updates []
       (router.name='expert_threshold'; likewise updated on training calls by
       moejax.routing.expert_threshold.update_expert_threshold)
-  params/experts/{w_in, w_gate, w_out, b_in, b_out}  stacked over experts
+  params/experts/{w_in, w_gate, w_out, b_in, b_gate, b_out}  stacked over experts
   params/router/gating_residual [outputs, outputs]  (gating_residual, in MoE
       layers after the first)
   params/shared/...  and params/shared_gate/kernel  (shared experts)
@@ -103,6 +104,8 @@ class Router(nn.Module):
         logits = scale * (_l2_normalize(x, axis=-1) @ _l2_normalize(kernel, axis=0))
       else:
         logits = x @ kernel
+      if cfg.logit_bias:
+        logits = logits + self.param("bias", nn.initializers.zeros, (cfg.num_router_outputs,))
       if cfg.gating_residual and prev_logits is not None:
         residual = self.param("gating_residual", nn.initializers.zeros,
                               (cfg.num_router_outputs, cfg.num_router_outputs))

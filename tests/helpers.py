@@ -28,12 +28,13 @@ ROUTER_CASES = {
 
 
 def make_params(key, d, f, e, outputs, glu=True, dtype=jnp.float32):
-  ks = jax.random.split(key, 5)
+  ks = jax.random.split(key, 6)
   n = lambda k, s, fan: (jax.random.normal(k, s) / jnp.sqrt(fan)).astype(dtype)
   experts = {"w_in": n(ks[0], (e, d, f), d), "w_out": n(ks[1], (e, f, d), f),
              "b_in": n(ks[3], (e, f), 1.0) * 0.1, "b_out": n(ks[4], (e, d), 1.0) * 0.1}
   if glu:
     experts["w_gate"] = n(ks[2], (e, d, f), d)
+    experts["b_gate"] = n(ks[5], (e, f), 1.0) * 0.1
   router = n(jax.random.fold_in(key, 9), (d, outputs), 1.0)
   return {"router": router, "experts": experts}
 

@@ -38,6 +38,13 @@ FAMILY_KWARGS = {
     "ernie4_5_moe": dict(moe_num_experts=4, moe_k=2, moe_intermediate_size=24,
                          moe_num_shared_experts=1, moe_layer_start_index=1, num_hidden_layers=3,
                          moe_layer_end_index=1),
+    # Three layers: windowed, full, windowed (a 4-key window, 13 tokens); yarn RoPE.
+    "gpt_oss": dict(num_local_experts=4, num_experts_per_tok=2, head_dim=8, sliding_window=4,
+                    num_hidden_layers=3),
+    # Clipping at 2 bites: the fused q / k / v projections reach about 5. DBRX's
+    # own size names: its FFN config copies d_model before hidden_size is mapped.
+    "dbrx": dict(d_model=32, n_heads=4, n_layers=2, attn_config=dict(kv_n_heads=2, clip_qkv=2.0, rope_theta=10000.0),
+                 ffn_config=dict(ffn_hidden_size=24, moe_num_experts=4, moe_top_k=2)),
     "llama": dict(),
 }
 MOE_FAMILIES = [f for f in FAMILY_KWARGS if f != "llama"]
@@ -66,7 +73,14 @@ def hf_router_choices(model, ids: np.ndarray) -> dict:
   """{layer index: sorted top-k expert indices [tokens, k]} from the HF routers."""
   choices = {}
   hooks = []
-  for i, layer in enumerate(model.model.layers):
+  layers = model.transformer.blocks if hasattr(model, "transformer") else model.model.layers
+  for i, layer in enumerate(layers):
+    if hasattr(layer, "ffn"):  # DBRX: the router gives logits; its experts get the choice
+
+      def pre_hook(module, args, i=i):
+        choices[i] = np.sort(args[1].numpy(), axis=-1)
+      hooks.append(layer.ffn.experts.register_forward_pre_hook(pre_hook))
+      continue
     mlp = getattr(layer, "mlp", None) or getattr(layer, "block_sparse_moe")
     router = getattr(mlp, "gate", None) or getattr(mlp, "router", None)
     if router is None or not hasattr(mlp, "experts"):

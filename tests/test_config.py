@@ -25,6 +25,7 @@ BAD_ROUTERS = [
     (dict(name="soft_moe", top_k=1, use_expert_bias=True), "router.use_expert_bias", "True"),
     (dict(top_k=2.5), "router.top_k", "2.5"),
     (dict(jitter_noise=1.0), "router.jitter_noise", "1.0"),
+    (dict(name="hash", top_k=1, logit_bias=True), "router.logit_bias", "True"),
 ]
 
 
@@ -107,3 +108,17 @@ def test_bad_rope_scaling_is_one_line(fields, message):
   from moejax.models.config import LMConfig
   with pytest.raises(ValueError, match=message):
     LMConfig(**fields)
+
+
+@pytest.mark.parametrize("fields, message", [
+    (dict(full_attention_layers=(1,)), r"model.full_attention_layers=\(1,\) is invalid: only "
+     "means something with model.attention_window > 0"),
+    (dict(attention_window=4, full_attention_layers=(4,)),
+     r"model.full_attention_layers=\(4,\) is invalid: must hold block indices in \[0, 4\)"),
+    (dict(clip_qkv=0.0), "model.clip_qkv=0.0 is invalid"),
+    (dict(attention="mla", clip_qkv=8.0), "model.clip_qkv=8.0 is invalid: is for attention='mha'"),
+])
+def test_bad_attention_options_are_one_line(fields, message):
+  from moejax.models.config import ModelConfig
+  with pytest.raises(ValueError, match=message):
+    ModelConfig(moe_every=0, **fields)

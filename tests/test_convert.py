@@ -93,11 +93,12 @@ def test_fused_expert_layout_imports_the_same(saved, family, tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
-# GraniteMoE stores its experts fused only: one layout.
+# GraniteMoE, gpt-oss and DBRX store their experts fused only: one layout.
 @pytest.mark.parametrize("family,layout", [
     (family, layout) for family in ("mixtral", "deepseek_v2", "deepseek_v3", "phimoe",
                                     "qwen2_moe", "ernie4_5_moe")
-    for layout in ("per_expert", "fused")] + [("granitemoe", "fused")])
+    for layout in ("per_expert", "fused")] + [
+        (family, "fused") for family in ("granitemoe", "gpt_oss", "dbrx")])
 def test_export_round_trip_through_transformers(saved, family, layout, tmp_path):
   """Export (sharded, both layouts) loads in transformers with the original
   logits, and re-imports to identical variables."""
@@ -214,6 +215,68 @@ def test_export_takes_a_ds_moe_model_and_refuses_moe_plus_plus_experts(saved, tm
                                                   r"cannot be exported as mixtral"):
     save_hf(str(tmp_path / "pp"), with_router(num_copy_experts=1), model.variables, "mixtral")
   assert not os.path.exists(tmp_path / "pp")
+
+
+def test_gpt_oss_and_dbrx_options_outside_the_parity_tests_are_refused(saved, tmp_path):
+  oss, dbrx = saved["gpt_oss"][1], saved["dbrx"][1]
+  with pytest.raises(UnsupportedModelError, match=r"swiglu_limit, swiglu_alpha=\(5.0, 1.702\)"):
+    load_hf(_copy_without(oss, tmp_path / "limit", config_update={"swiglu_limit": 5.0}))
+  with pytest.raises(UnsupportedModelError, match="quantization_config.quant_method='bnb'"):
+    load_hf(_copy_without(oss, tmp_path / "bnb", config_update={
+        "quantization_config": {"quant_method": "bnb"}}))
+  with open(f"{dbrx}/config.json") as f:
+    ffn = json.load(f)["ffn_config"]
+  with pytest.raises(UnsupportedModelError, match="moe_normalize_expert_weights=2.0"):
+    load_hf(_copy_without(dbrx, tmp_path / "p2", config_update={
+        "ffn_config": {**ffn, "moe_normalize_expert_weights": 2.0}}))
+  # Mixed windowed and full layers, in a family whose transformers code ignores layer_types.
+  with pytest.raises(UnsupportedModelError, match="sliding-window attention must be on every"):
+    load_hf(_copy_without(saved["mixtral"][1], tmp_path / "mixed", config_update={
+        "sliding_window": 4, "layer_types": ["sliding_attention", "full_attention"]}))
+  mixtral = load_hf(saved["mixtral"][1])  # RMSNorm: DBRX's norms are LayerNorms
+  with pytest.raises(UnsupportedModelError, match=r"^model\.norm='rms' cannot be exported as "
+                                                  r"dbrx: that family gives 'layer_no_bias'"):
+    save_hf(str(tmp_path / "x"), mixtral.config, mixtral.variables, "dbrx")
+
+
+def test_gpt_oss_mxfp4_experts_import_with_parity(tmp_path):
+  """A gpt-oss checkpoint as released: experts as MXFP4 blocks and scales.
+  The reference model holds transformers' own dequantization of them."""
+  from transformers.integrations.mxfp4 import convert_moe_packed_tensors
+  torch_model = tiny_hf_model("gpt_oss", intermediate_size=32)   # whole 32-channel groups
+  rng = np.random.default_rng(0)
+  state = {k: v.contiguous() for k, v in torch_model.state_dict().items()}
+  packed = {}
+  for name in [k for k in state if k.endswith(("gate_up_proj", "down_proj"))]:
+    e, d_in, d_out = state[name].shape
+    blocks = rng.integers(0, 256, size=(e, d_out, d_in // 32, 16), dtype=np.uint8)
+    scales = rng.integers(124, 128, size=(e, d_out, d_in // 32), dtype=np.uint8)
+    state[name] = convert_moe_packed_tensors(torch.from_numpy(blocks), torch.from_numpy(scales),
+                                             dtype=torch.float32)
+    packed.update({f"{name}_blocks": torch.from_numpy(blocks),
+                   f"{name}_scales": torch.from_numpy(scales)})
+  torch_model.load_state_dict(state)
+  torch_model.config.save_pretrained(tmp_path)
+  with open(tmp_path / "config.json") as f:
+    config = json.load(f)
+  config["quantization_config"] = {"quant_method": "mxfp4"}
+  with open(tmp_path / "config.json", "w") as f:
+    json.dump(config, f)
+  save_file({**{k: v for k, v in state.items() if not k.endswith(("gate_up_proj", "down_proj"))},
+             **packed}, str(tmp_path / "model.safetensors"))
+  model = load_hf(str(tmp_path))
+  np.testing.assert_allclose(_our_logits(model), hf_logits(torch_model, IDS), atol=1e-4, rtol=0)
+  # The export is float, and says so.
+  save_hf(str(tmp_path / "float"), model.config, model.variables, "gpt_oss", base=model.hf_config)
+  with open(tmp_path / "float" / "config.json") as f:
+    assert "quantization_config" not in json.load(f)
+  from moejax.convert.mxfp4 import MXFP4FormatError, dequantize_checkpoint
+  blocks = np.zeros((1, 2, 1, 16), np.uint8)
+  with pytest.raises(MXFP4FormatError, match="has 'w_blocks' but no 'w_scales'"):
+    dequantize_checkpoint({"w_blocks": blocks})
+  with pytest.raises(MXFP4FormatError, match=r"w: MXFP4 needs uint8 .* got float32 \[1, 2, 1, 16\]"):
+    dequantize_checkpoint({"w_blocks": blocks.astype(np.float32),
+                           "w_scales": np.zeros((1, 2, 1), np.uint8)})
 
 
 def _copy_without(folder, dst, drop=None, config_update=None):

@@ -75,7 +75,7 @@ def test_degenerate_loads(dispatch, backend, align, situation):
 def _ffn_numpy(p, e, v):
   silu = lambda z: z / (1 + np.exp(-z))
   h = v @ p["w_in"][e] + p["b_in"][e]
-  g = v @ p["w_gate"][e]
+  g = v @ p["w_gate"][e] + p["b_gate"][e]
   return (silu(g) * h) @ p["w_out"][e] + p["b_out"][e]
 
 
@@ -279,7 +279,8 @@ def test_gmm_differentiates_under_vmap_both_ways():
 
 @pytest.mark.parametrize("activation,bias,sizes,block", [
     ("gelu", False, [5, 0, 9, 3], 4),     # groups straddle blocks, one is empty
-    ("swiglu", True, [7, 2, 0, 8], 4),    # GLU gate and both biases
+    ("swiglu", True, [7, 2, 0, 8], 4),    # GLU gate and all three biases
+    ("clamped_swiglu", True, [6, 6, 2, 3], 4),  # gpt-oss's: clipped at 7, |x| scaled to reach it
     ("relu", False, [4, 4, 8, 0], 4),     # whole blocks (dropless padding)
 ])
 def test_fused_blocked_ffn_equals_the_unfused_reference(activation, bias, sizes, block):
@@ -293,20 +294,25 @@ def test_fused_blocked_ffn_equals_the_unfused_reference(activation, bias, sizes,
   keys = jax.random.split(jax.random.key(0), 6)
   x = jax.random.normal(keys[0], (m, d))
   w_in, w_out = jax.random.normal(keys[1], (4, d, f)), jax.random.normal(keys[2], (4, f, d))
-  w_gate = jax.random.normal(keys[3], (4, d, f)) if activation == "swiglu" else None
+  glu = activation in ("swiglu", "clamped_swiglu")
+  if activation == "clamped_swiglu":
+    x = 4 * x
+  w_gate = jax.random.normal(keys[3], (4, d, f)) if glu else None
   b_in = jax.random.normal(keys[4], (4, f)) if bias else None
+  b_gate = jax.random.normal(jax.random.fold_in(keys[4], 1), (4, f)) if bias and glu else None
   b_out = jax.random.normal(keys[5], (4, d)) if bias else None
   gs = jnp.array(sizes, jnp.int32)
   act = functools.partial(hidden_activation, activation)
   row_bias = lambda b: jnp.take(b, group_ids(gs, m), axis=0, mode="fill", fill_value=0)
 
-  def reference(x, w_in, w_gate, w_out, b_in, b_out):
+  def reference(x, w_in, w_gate, w_out, b_in, b_gate, b_out):
     h = gmm(x, w_in, gs, "einsum") + (0 if b_in is None else row_bias(b_in))
     gate = None if w_gate is None else gmm(x, w_gate, gs, "einsum")
+    gate = gate if b_gate is None else gate + row_bias(b_gate)
     return gmm(act(h, gate), w_out, gs, "einsum") + (0 if b_out is None else row_bias(b_out))
 
   fused = lambda *args: blocked_ffn(act, block, *args, gs)
-  args = (x, w_in, w_gate, w_out, b_in, b_out)
+  args = (x, w_in, w_gate, w_out, b_in, b_gate, b_out)
   np.testing.assert_allclose(fused(*args), reference(*args), rtol=1e-5, atol=1e-5)
   assert not np.any(np.asarray(fused(*args))[sum(sizes):])
   cos = jnp.cos(jnp.arange(m * d, dtype=jnp.float32)).reshape(m, d)

@@ -47,7 +47,10 @@ def _greedy_without_cache(model, variables, prompt, steps):
 
 
 GENERATION_CASES = [
-    dict(num_kv_heads=2, qk_norm="full", attention_window=3),
+    # gpt-oss's and DBRX's attention options too: a full layer after a windowed
+    # one, sinks, clipped queries / keys / values.
+    dict(num_kv_heads=2, qk_norm="full", attention_window=3, full_attention_layers=(1,),
+         attention_sinks=True, clip_qkv=1.5),
     dict(attention="mla", mla=MLAConfig(q_rank=8, kv_rank=8, nope_dim=4, rope_dim=4, v_dim=6),
          first_dense_layers=1),
 ]

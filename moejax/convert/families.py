@@ -11,10 +11,11 @@ from __future__ import annotations
 from typing import Any, Callable, Dict, Optional, Tuple
 
 from moejax.config import MoEConfig, RouterConfig
+from moejax.experts import CLAMPED_SWIGLU_ALPHA, CLAMPED_SWIGLU_LIMIT
 from moejax.models.config import LMConfig, MLAConfig, ModelConfig
 
 MOE_FAMILIES = ("mixtral", "qwen2_moe", "qwen3_moe", "olmoe", "deepseek_v2", "deepseek_v3",
-                "phimoe", "granitemoe", "ernie4_5_moe")
+                "phimoe", "granitemoe", "ernie4_5_moe", "gpt_oss", "dbrx")
 DENSE_FAMILIES = ("llama", "mistral", "qwen2", "qwen3")
 FAMILIES = MOE_FAMILIES + DENSE_FAMILIES
 _MISSING = object()
@@ -117,20 +118,23 @@ def rope_parameters(lm) -> dict:
   return out
 
 
-def _window(hf: dict) -> int:
-  window = hf.get("sliding_window")
+def _window(hf: dict, per_layer: bool = False) -> Dict[str, Any]:
+  """attention_window and full_attention_layers. per_layer: the family's
+  transformers code reads layer_types per layer (else a mix is refused)."""
+  window = int(hf.get("sliding_window") or 0)
   layer_types = hf.get("layer_types") or []
-  if hf.get("use_sliding_window") is False or (
+  if hf.get("use_sliding_window") is False or not window or (
       layer_types and "sliding_attention" not in layer_types):
-    return 0
-  if layer_types and set(layer_types) != {"sliding_attention"}:
+    return dict(attention_window=0)
+  full = tuple(i for i, kind in enumerate(layer_types) if kind != "sliding_attention")
+  if full and not per_layer:
     _refuse(hf, "layer_types", sorted(set(layer_types)),
             "sliding-window attention must be on every layer or none")
-  return int(window or 0)
+  return dict(attention_window=window, full_attention_layers=full)
 
 
 def _backbone(hf: dict, unembed_bias: bool = False, lm_fields: Optional[Dict[str, Any]] = None,
-              **overrides) -> Dict[str, Any]:
+              per_layer_windows: bool = False, **overrides) -> Dict[str, Any]:
   """ModelConfig fields shared by the Llama-style families."""
   act = hf.get("hidden_act", "silu")
   if act != "silu":
@@ -144,7 +148,7 @@ def _backbone(hf: dict, unembed_bias: bool = False, lm_fields: Optional[Dict[str
       # transformers' Llama-style attention puts the bias on q, k, v and o alike
       attention_bias=bool(hf.get("attention_bias", False)),
       attention_out_bias=bool(hf.get("attention_bias", False)),
-      attention_window=_window(hf), dense_d_ff=_get(hf, "intermediate_size"),
+      **_window(hf, per_layer_windows), dense_d_ff=_get(hf, "intermediate_size"),
       activation="swiglu", norm_eps=float(hf.get("rms_norm_eps", 1e-6)),
       lm=LMConfig(vocab_size=_get(hf, "vocab_size"), **rope_fields(hf),
                   tie_embeddings=False, unembed_bias=unembed_bias, **(lm_fields or {})),
@@ -157,8 +161,8 @@ def _moe(hf: dict, fields: dict, *, num_experts: int, d_ff: int, router: Dict[st
          **moe_fields) -> ModelConfig:
   router = RouterConfig(name=router.pop("name", "top_k"), num_experts=num_experts,
                         top_k=_get(hf, "num_experts_per_tok"), **router)
-  moe = MoEConfig(router=router, d_model=fields["d_model"], d_ff=d_ff, activation="swiglu",
-                  dispatch="dropless", **moe_fields)
+  moe = MoEConfig(router=router, d_model=fields["d_model"], d_ff=d_ff,
+                  **{"activation": "swiglu", "dispatch": "dropless", **moe_fields})
   return ModelConfig(**{**fields, "moe": moe, "moe_every": fields.get("moe_every") or 1})
 
 
@@ -213,6 +217,51 @@ def _ernie4_5_moe(hf: dict) -> ModelConfig:
               d_ff=_get(hf, "moe_intermediate_size"),
               router=dict(normalize_top_k=True, use_expert_bias=True),
               num_shared_experts=int(hf.get("moe_num_shared_experts") or 0))
+
+
+def _gpt_oss(hf: dict) -> ModelConfig:
+  """Attention sinks, biases everywhere, windowed and full layers as
+  layer_types says; a router with a bias choosing by logits (softmax over
+  the chosen), experts with biases and the clamped SwiGLU."""
+  limits = (float(hf.get("swiglu_limit", 7.0)), float(hf.get("swiglu_alpha", 1.702)))
+  if limits != (CLAMPED_SWIGLU_LIMIT, CLAMPED_SWIGLU_ALPHA):
+    _refuse(hf, "swiglu_limit, swiglu_alpha", limits,
+            f"only ({CLAMPED_SWIGLU_LIMIT}, {CLAMPED_SWIGLU_ALPHA}) is implemented")
+  quant = (hf.get("quantization_config") or {}).get("quant_method")
+  if quant not in (None, "mxfp4"):
+    _refuse(hf, "quantization_config.quant_method", quant,
+            "implemented: float checkpoints and 'mxfp4' experts")
+  bias = bool(hf.get("attention_bias", True))
+  fields = _backbone(hf, per_layer_windows=True, attention_bias=bias, attention_out_bias=bias,
+                     attention_sinks=True)
+  return _moe(hf, fields, num_experts=_get_first(hf, _EXPERTS),
+              d_ff=_get(hf, "intermediate_size"),
+              router=dict(normalize_top_k=True, logit_bias=True),
+              activation="clamped_swiglu", use_bias=True)
+
+
+def _dbrx(hf: dict) -> ModelConfig:
+  """DBRX: its own field names (attention and FFN settings nested), a fused
+  Wqkv with optional clipping, LayerNorms without biases, softmax routing
+  with the top-k weights renormalised (moe_normalize_expert_weights = 1, an
+  L1 norm). moe_jitter_eps (training-time noise) is not carried over."""
+  attn, ffn = hf.get("attn_config") or {}, hf.get("ffn_config") or {}
+  act = (ffn.get("ffn_act_fn") or {}).get("name", "silu")
+  norm_p = ffn.get("moe_normalize_expert_weights", 1.0)
+  if norm_p not in (None, 1, 1.0):
+    _refuse(hf, "ffn_config.moe_normalize_expert_weights", norm_p,
+            "implemented: 1 (sum to one) or None")
+  # The Llama-style names _backbone reads.
+  view = {**hf, "hidden_size": _get(hf, "d_model"), "num_attention_heads": _get(hf, "n_heads"),
+          "num_hidden_layers": _get(hf, "n_layers"), "num_key_value_heads": attn.get("kv_n_heads", 1),
+          "intermediate_size": _get(ffn, "ffn_hidden_size"), "hidden_act": act,
+          "num_experts_per_tok": ffn.get("moe_top_k", 1),
+          "rope_theta": attn.get("rope_theta", 10000.0), "head_dim": None}
+  clip = attn.get("clip_qkv")
+  fields = _backbone(view, norm="layer_no_bias", norm_eps=1e-5,
+                     clip_qkv=None if clip is None else float(clip))
+  return _moe(view, fields, num_experts=_get(ffn, "moe_num_experts"),
+              d_ff=_get(ffn, "ffn_hidden_size"), router=dict(normalize_top_k=norm_p is not None))
 
 
 def _qwen_moe(hf: dict, **overrides) -> ModelConfig:
@@ -279,7 +328,7 @@ def _dense(**overrides) -> Callable[[dict], ModelConfig]:
 
 _BUILDERS = {
     "mixtral": _mixtral, "phimoe": _phimoe, "granitemoe": _granitemoe,
-    "ernie4_5_moe": _ernie4_5_moe, "qwen2_moe": lambda hf: _qwen_moe(
+    "ernie4_5_moe": _ernie4_5_moe, "gpt_oss": _gpt_oss, "dbrx": _dbrx, "qwen2_moe": lambda hf: _qwen_moe(
         hf, attention_bias=bool(hf.get("qkv_bias", True)), **_QKV_BIAS_ONLY),
     "qwen3_moe": lambda hf: _qwen_moe(hf, qk_norm="head"), "olmoe": _olmoe,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v3, "llama": _dense(), "mistral": _dense(**_NO_BIAS),

@@ -12,7 +12,7 @@ comparison: the exported model routes without capacity limits.
 from __future__ import annotations
 
 import dataclasses
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from flax.traverse_util import flatten_dict
@@ -23,6 +23,7 @@ from moejax.convert.families import (FAMILIES, UnsupportedModelError, model_conf
 from moejax.convert.layout import Experts, Linear, tensor_plan
 from moejax.convert.lora import merge_lora
 from moejax.convert.safetensors_io import write_checkpoint_dir
+from moejax.experts import CLAMPED_SWIGLU_ALPHA, CLAMPED_SWIGLU_LIMIT
 from moejax.models.attention import rope_attention_factor
 from moejax.models.config import ModelConfig
 
@@ -32,7 +33,8 @@ ARCHITECTURES = {
     "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
     "deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
     "phimoe": "PhimoeForCausalLM", "granitemoe": "GraniteMoeForCausalLM",
-    "ernie4_5_moe": "Ernie4_5_MoeForCausalLM",
+    "ernie4_5_moe": "Ernie4_5_MoeForCausalLM", "gpt_oss": "GptOssForCausalLM",
+    "dbrx": "DbrxForCausalLM",
     "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
     "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
 }
@@ -49,8 +51,10 @@ def _moe_fields(cfg: ModelConfig, model_type: str) -> dict:
   moe: MoEConfig = cfg.moe
   r: RouterConfig = moe.router
   shared = moe.num_shared_experts * (moe.shared_d_ff or moe.d_ff)
-  if model_type in ("mixtral", "phimoe", "granitemoe"):
+  if model_type in ("mixtral", "phimoe", "granitemoe", "gpt_oss"):
     out = dict(num_local_experts=r.num_experts, intermediate_size=moe.d_ff)
+    if model_type == "gpt_oss":
+      out.update(swiglu_limit=CLAMPED_SWIGLU_LIMIT, swiglu_alpha=CLAMPED_SWIGLU_ALPHA)
     if model_type == "granitemoe":
       out.update(embedding_multiplier=cfg.lm.embedding_multiplier,
                  logits_scaling=cfg.lm.logits_scaling,
@@ -86,6 +90,22 @@ def _moe_fields(cfg: ModelConfig, model_type: str) -> dict:
   return out
 
 
+def _dbrx_config(cfg: ModelConfig, hf: dict) -> dict:
+  """DBRX's config.json: its own names, attention and FFN fields nested."""
+  r = cfg.moe.router
+  hf.update(
+      model_type="dbrx", architectures=[ARCHITECTURES["dbrx"]], vocab_size=cfg.lm.vocab_size,
+      d_model=cfg.d_model, n_heads=cfg.num_heads, n_layers=cfg.num_layers,
+      max_seq_len=hf.get("max_seq_len", 2048), rope_parameters=rope_parameters(cfg.lm),
+      attn_config=dict(kv_n_heads=cfg.kv_heads, clip_qkv=cfg.clip_qkv,
+                       rope_theta=cfg.lm.rope_theta),
+      ffn_config=dict(ffn_hidden_size=cfg.moe.d_ff, moe_num_experts=r.num_experts,
+                      moe_top_k=r.top_k, ffn_act_fn={"name": "silu"},
+                      moe_normalize_expert_weights=1.0 if r.normalize_top_k else None),
+      tie_word_embeddings=False, dtype="float32")
+  return hf
+
+
 def hf_config_from_model(cfg: ModelConfig, model_type: str,
                          base: Optional[dict] = None) -> dict:
   """config.json for `cfg` as `model_type`, on top of `base` (e.g. the
@@ -94,6 +114,12 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str,
     raise UnsupportedModelError(f"model_type={model_type!r} is not supported; supported: "
                                 f"{', '.join(FAMILIES)}")
   hf = dict(base or {})
+  hf.pop("quantization_config", None)  # the export is float
+  if model_type == "dbrx":
+    if cfg.moe is None:
+      raise UnsupportedModelError("cannot export as dbrx: DBRX models are MoE in every block; "
+                                  "this model has none (model.moe_every=0)")
+    return _dbrx_config(cfg, hf)
   hf.pop("rope_scaling", None)
   hf.update(
       model_type=model_type, architectures=[ARCHITECTURES[model_type]],
@@ -118,9 +144,9 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str,
     hf["rope_parameters"].update(short_mscale=factor, long_mscale=factor)
   if cfg.lm.rope_scaling == "dynamic":  # its unscaled context is config.json's
     hf["max_position_embeddings"] = cfg.lm.rope_max_positions
-  if hf.get("layer_types"):
-    kind = "sliding_attention" if cfg.attention_window else "full_attention"
-    hf["layer_types"] = [kind] * cfg.num_layers
+  if hf.get("layer_types") or cfg.full_attention_layers or model_type == "gpt_oss":
+    hf["layer_types"] = ["sliding_attention" if cfg.window_of(i) else "full_attention"
+                         for i in range(cfg.num_layers)]
   return hf
 
 
@@ -165,28 +191,31 @@ def export_tensors(cfg: ModelConfig, variables: dict, model_type: str, hf: dict,
     raise ValueError(f"layout={layout!r} is invalid: valid values are {', '.join(LAYOUTS)}")
   flat = {path: np.asarray(v) for path, v in flatten_dict(variables).items()}
   tensors: Dict[str, np.ndarray] = {}
-  fused_parts: Dict[str, dict] = {}
+  fused_parts: Dict[str, Tuple[Experts, dict]] = {}
+  fused_rows: Dict[str, Dict[int, np.ndarray]] = {}   # DBRX's Wqkv: {start row: rows}
   for entry in tensor_plan(cfg, model_type, hf):
     value = flat[entry.path]
     if not isinstance(entry, Experts) and entry.perm is not None:
       value = value[..., list(np.argsort(entry.perm))]
     if isinstance(entry, Linear):
-      tensors[entry.names[0]] = value.reshape(
-          int(np.prod(value.shape[:entry.in_axes])), -1).T
-    elif isinstance(entry, Experts):
-      per_expert = np.swapaxes(value, 1, 2)            # [E, out, in] like torch Linear
-      if layout == "per_expert" and entry.per_expert:
-        for e in range(per_expert.shape[0]):
-          tensors[entry.per_expert[0].format(e=e)] = per_expert[e]
-      elif entry.part == "down":
-        tensors[entry.fused[0]] = per_expert
+      weight = value.reshape(int(np.prod(value.shape[:entry.in_axes])), -1).T
+      if entry.rows is None:
+        tensors[entry.names[0]] = weight
       else:
-        fused_parts.setdefault(entry.fused[0], {})[entry.part] = per_expert
+        fused_rows.setdefault(entry.names[0], {})[entry.rows[0]] = weight
+    elif isinstance(entry, Experts):
+      if layout == "per_expert" and entry.per_expert:
+        for e in range(value.shape[0]):               # [out, in] like a torch Linear
+          tensors[entry.per_expert[0].format(e=e)] = value[e].T
+      else:
+        fused_parts.setdefault(entry.fused[0], (entry, {}))[1][entry.part] = value
     else:
       tensors[entry.names[0]] = (value.reshape(entry.hf_shape) if entry.hf_shape else
                                  value.reshape(-1) if entry.flat else value)
-  for name, parts in fused_parts.items():
-    tensors[name] = np.concatenate([parts["gate"], parts["up"]], axis=1)
+  for name, (entry, parts) in fused_parts.items():
+    tensors[name] = entry.to_fused(parts)
+  for name, pieces in fused_rows.items():
+    tensors[name] = np.concatenate([pieces[start] for start in sorted(pieces)])
   return {name: np.ascontiguousarray(t, dtype=dtype) for name, t in tensors.items()}
 
 

@@ -30,7 +30,9 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from moejax.convert.families import model_config_from_hf
-from moejax.convert.layout import Experts, Linear, Vector, hf_linear_shape, tensor_plan
+from moejax.convert.layout import (BackboneNames, Experts, Linear, Vector, backbone_names,
+                                   hf_linear_shape, tensor_plan)
+from moejax.convert.mxfp4 import dequantize_checkpoint
 from moejax.convert.safetensors_io import read_checkpoint_dir
 from moejax.models import abstract_variables
 from moejax.models.config import ModelConfig
@@ -40,32 +42,39 @@ class CheckpointMismatchError(ValueError):
   """Checkpoint tensors that do not fit the model config.json describes."""
 
 
-_LAYER = re.compile(r"^model\.layers\.(\d+)\.")
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")
 
 
-def ignored_tensor(name: str, config: ModelConfig) -> bool:
+def _block_pattern(names: BackboneNames) -> re.Pattern:
+  """Matches a tensor of block i, capturing i."""
+  return re.compile("^" + re.escape(names.block).replace(re.escape("{i}"), r"(\d+)") + r"\.")
+
+
+def ignored_tensor(name: str, config: ModelConfig,
+                   names: BackboneNames = BackboneNames()) -> bool:
   """Whether a checkpoint tensor may go unused (see module docstring)."""
   if name.endswith("rotary_emb.inv_freq"):
     return True
-  layer = _LAYER.match(name)
+  layer = _block_pattern(names).match(name)
   return bool(layer) and int(layer.group(1)) >= config.num_layers
 
 
 def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray],
-                fused_down: Sequence[str] = ()) -> None:
+                fused_down: Sequence[Experts] = (),
+                names: BackboneNames = BackboneNames()) -> None:
   """CheckpointMismatchError when config.json's layer count, vocabulary,
   width or expert count disagrees with the tensors (cheap: names and shapes).
-  fused_down: the family's fused [E, d, f] down-projection names (layout plan)."""
-  embed = tensors.get("model.embed_tokens.weight")
+  fused_down: the layout plan's down-projection entries; names: the family's."""
+  embed = tensors.get(names.embed)
   if embed is None:
-    raise CheckpointMismatchError("checkpoint has no tensor 'model.embed_tokens.weight'")
+    raise CheckpointMismatchError(f"checkpoint has no tensor {names.embed!r}")
   if tuple(embed.shape) != (config.lm.vocab_size, config.d_model):
     raise CheckpointMismatchError(
-        f"tensor 'model.embed_tokens.weight' has shape {tuple(embed.shape)}; config.json's "
+        f"tensor {names.embed!r} has shape {tuple(embed.shape)}; config.json's "
         f"vocab_size={config.lm.vocab_size}, hidden_size={config.d_model} imply "
         f"{(config.lm.vocab_size, config.d_model)}")
-  layers = {int(m.group(1)) for m in map(_LAYER.match, tensors) if m}
+  block = _block_pattern(names)
+  layers = {int(m.group(1)) for m in map(block.match, tensors) if m}
   missing = next((i for i in range(config.num_layers) if i not in layers), None)
   if missing is not None:
     raise CheckpointMismatchError(
@@ -73,10 +82,12 @@ def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray],
         f"of layer {missing} (it has {len(layers)} layers)")
   if config.moe is None or not config.moe_layers:
     return
-  first = f"model.layers.{config.moe_layers[0]}."
+  first = names.block.format(i=config.moe_layers[0]) + "."
   names = [n for n in tensors if n.startswith(first)]
   per_expert = {int(m.group(1)) for m in map(_EXPERT.search, names) if m}
-  fused = [tensors[n].shape[0] for n in fused_down if n.startswith(first) and n in tensors]
+  # Fused tensors lead with the expert axis, or with experts x d_ff rows (DBRX).
+  fused = [tensors[n].shape[0] // (config.moe.d_ff if e.stacked_rows else 1)
+           for e in fused_down for n in e.fused if n.startswith(first) and n in tensors]
   found = max(per_expert) + 1 if per_expert else (fused[0] if fused else 0)
   if found != config.moe.router.num_experts:
     raise CheckpointMismatchError(
@@ -123,16 +134,13 @@ class _Reader:
 
 
 def _expert_stack(reader: _Reader, entry: Experts, shape: Tuple[int, ...]) -> np.ndarray:
-  """[E, a, b] stacked moejax weight from per-expert or fused tensors."""
-  num_experts, a, b = shape
+  """[E, in, out] stacked moejax weight (or [E, out] bias) from per-expert or
+  fused tensors."""
   fused = reader.find(entry.fused)
   what = "/".join(entry.path)
   if fused and not reader.find([t.format(e=0) for t in entry.per_expert]):
-    if entry.part == "down":     # [E, d, f] -> w_out [E, f, d]
-      return np.swapaxes(reader.take((fused,), (num_experts, b, a), what), 1, 2)
-    both = reader.take((fused,), (num_experts, 2 * b, a), what)   # [E, 2f, d]
-    half = both[:, :b] if entry.part == "gate" else both[:, b:]
-    return np.swapaxes(half, 1, 2)
+    return entry.from_fused(reader.take((fused,), entry.fused_shape(shape), what), shape)
+  num_experts, a, b = shape
   template = next((t for t in entry.per_expert if t.format(e=0) in reader.tensors),
                   entry.per_expert[0])
   return np.stack([reader.take((template.format(e=e),), (b, a), what).T
@@ -144,11 +152,12 @@ def import_tensors(config: ModelConfig, model_type: str, hf: dict,
   """(variables, ignored tensor names) for `config` from HF-named tensors.
   CheckpointMismatchError for a tensor that is missing, mis-shaped or unused."""
   plan = tensor_plan(config, model_type, hf)
-  check_sizes(config, tensors, [name for e in plan if isinstance(e, Experts) and e.part == "down"
-                                for name in e.fused])
+  names = backbone_names(model_type)
+  check_sizes(config, tensors, [e for e in plan if isinstance(e, Experts) and e.part == "down"],
+              names)
   shapes = variable_shapes(config)
   if hf.get("tie_word_embeddings"):
-    plan = [dataclasses.replace(e, names=e.names + ("model.embed_tokens.weight",))
+    plan = [dataclasses.replace(e, names=e.names + (names.embed,))
             if isinstance(e, Linear) and e.names == ("lm_head.weight",) else e for e in plan]
   reader = _Reader(tensors)
   flat = {}
@@ -158,7 +167,12 @@ def import_tensors(config: ModelConfig, model_type: str, hf: dict,
     shape = shapes[entry.path]
     what = "/".join(entry.path)
     if isinstance(entry, Linear):
-      weight = reader.take(entry.names, hf_linear_shape(shape, entry.in_axes), what)
+      out_rows, in_width = hf_linear_shape(shape, entry.in_axes)
+      if entry.rows is None:
+        weight = reader.take(entry.names, (out_rows, in_width), what)
+      else:  # a slice of a fused weight's rows
+        start, stop, total = entry.rows
+        weight = reader.take(entry.names, (total, in_width), what)[start:stop]
       kernel = weight.T.reshape(shape)
       if entry.perm is not None:
         kernel = kernel[..., list(entry.perm)]
@@ -173,7 +187,7 @@ def import_tensors(config: ModelConfig, model_type: str, hf: dict,
   if uncovered:
     raise AssertionError(f"no checkpoint tensor maps to {'/'.join(uncovered[0])}")
   unused = sorted(set(tensors) - reader.used)
-  unexpected = [name for name in unused if not ignored_tensor(name, config)]
+  unexpected = [name for name in unused if not ignored_tensor(name, config, names)]
   if unexpected:
     raise CheckpointMismatchError(
         f"checkpoint tensor {unexpected[0]!r} ({len(unexpected)} in all) is not used by the "
@@ -186,10 +200,13 @@ def import_tensors(config: ModelConfig, model_type: str, hf: dict,
 def load_hf(directory: str) -> ImportedModel:
   """Reads config.json + safetensors from `directory` into an ImportedModel.
 
-  Parameters are float32 whatever the checkpoint's dtype.
+  Parameters are float32 whatever the checkpoint's dtype; MXFP4 experts
+  (gpt-oss) are dequantized (moejax.convert.mxfp4).
   """
   hf, tensors = read_checkpoint_dir(directory)
   config = model_config_from_hf(hf)
+  if (hf.get("quantization_config") or {}).get("quant_method") == "mxfp4":
+    tensors = dequantize_checkpoint(tensors)
   variables, unused = import_tensors(config, hf["model_type"], hf, tensors)
   if unused:
     warnings.warn(f"{len(unused)} checkpoint tensors take no part in the forward pass and are "

@@ -5,13 +5,17 @@ variable path (('params', 'block_0', 'attention', 'query', 'kernel'), ...):
 
 - `Linear`: a torch Linear weight [out, in] <-> a Flax kernel whose first
   `in_axes` axes are inputs (Dense [in, out], DenseGeneral [in, heads, dim],
-  output projections [heads, dim, out]).
+  output projections [heads, dim, out]); `rows` takes a slice of the
+  weight's output rows (DBRX's fused Wqkv holds query, key and value).
 - `Vector`: norm scales and biases, reshaped only.
-- `Experts`: a stacked [E, ...] expert weight <-> either one tensor per expert
-  (`...experts.{e}.up_proj.weight`, Mixtral's w1/w3/w2) or the fused
-  transformers-5 layout (`...experts.gate_up_proj` [E, 2 * f, d], gate half
-  first, and `...experts.down_proj` [E, d, f]). Families that store only
-  the fused layout (GraniteMoE) have no per-expert names.
+- `Experts`: a stacked [E, in, out] expert weight (or [E, out] bias) <->
+  either one tensor per expert (`...experts.{e}.up_proj.weight`, Mixtral's
+  w1/w3/w2) or a fused tensor over all experts. The fused form of
+  transformers 5 is `...experts.gate_up_proj` [E, 2 * f, d] (gate half
+  first) and `...experts.down_proj` [E, d, f]; the entry's fields describe
+  the others: gpt-oss's [E, in, out] with gate and up interleaved, DBRX's
+  separate gate / up / down tensors of [E * f, d] rows. Families that store
+  only a fused form (GraniteMoE, gpt-oss, DBRX) have no per-expert names.
 
 Names are tried in order on import (older and newer transformers spell some
 differently); export writes the first.
@@ -36,6 +40,7 @@ class Linear:
   in_axes: int = 1
   # Permutes the kernel's last axis on import (DeepSeek's interleaved RoPE).
   perm: Optional[Tuple[int, ...]] = None
+  rows: Optional[Tuple[int, int, int]] = None  # (start, stop, total) output rows
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,6 +59,57 @@ class Experts:
   fused: Tuple[str, ...]        # fused tensor names
   part: str                     # 'gate', 'up' (-> w_gate, w_in) or 'down' (-> w_out)
   path: Path
+  in_out: bool = False          # fused matrices are [E, in, out], not torch's [E, out, in]
+  gate_up: str = "halves"       # gate and up share a fused tensor as 'halves' (gate
+                                # first) or 'interleaved' (gpt-oss), or are 'separate'
+  stacked_rows: bool = False    # fused matrices are stored [E * rows, cols] (DBRX)
+
+  @property
+  def joined(self) -> bool:
+    """Whether this part shares its fused tensor with another."""
+    return self.part != "down" and self.gate_up != "separate"
+
+  def out_axis(self, ndim: int) -> int:
+    """The fused tensor's output axis (where gate and up are joined)."""
+    return -1 if ndim == 2 or self.in_out else 1
+
+  def fused_shape(self, shape: Tuple[int, ...]) -> Tuple[int, ...]:
+    """The fused tensor's shape for our weight's `shape`."""
+    out = shape[-1] * (2 if self.joined else 1)
+    if len(shape) == 2:                                      # a bias [E, out]
+      return (shape[0], out)
+    hf = (shape[0], shape[1], out) if self.in_out else (shape[0], out, shape[1])
+    return (hf[0] * hf[1], hf[2]) if self.stacked_rows else hf
+
+  def from_fused(self, tensor: np.ndarray, shape: Tuple[int, ...]) -> np.ndarray:
+    """Our [E, in, out] weight (or [E, out] bias) from the fused tensor."""
+    t = tensor.reshape(shape[0], -1, tensor.shape[-1]) if self.stacked_rows else tensor
+    if self.joined:
+      axis = self.out_axis(t.ndim) % t.ndim
+      n = t.shape[axis] // 2
+      first = self.part == "gate"
+      if self.gate_up == "interleaved":
+        t = np.take(t, np.arange(0 if first else 1, 2 * n, 2), axis=axis)
+      else:
+        t = np.take(t, np.arange(0, n) if first else np.arange(n, 2 * n), axis=axis)
+    return t if t.ndim == 2 or self.in_out else np.swapaxes(t, 1, 2)
+
+  def to_fused(self, parts: dict) -> np.ndarray:
+    """The fused tensor from our weights {part: array} (gate and up when
+    joined, else this entry's part)."""
+    hf = {part: a if a.ndim == 2 or self.in_out else np.swapaxes(a, 1, 2)
+          for part, a in parts.items()}
+    if self.joined:
+      gate, up = hf["gate"], hf["up"]
+      axis = self.out_axis(gate.ndim) % gate.ndim
+      if self.gate_up == "interleaved":
+        t = np.stack([gate, up], axis=axis + 1)
+        t = t.reshape(*gate.shape[:axis], 2 * gate.shape[axis], *gate.shape[axis + 1:])
+      else:
+        t = np.concatenate([gate, up], axis=axis)
+    else:
+      t = hf[self.part]
+    return t.reshape(-1, t.shape[-1]) if self.stacked_rows else t
 
 
 # Multi-head-attention families whose RoPE rotates adjacent channel pairs.
@@ -106,6 +162,8 @@ def _attention(cfg: ModelConfig, model_type: str, hf: dict, at: str, ours: Path)
   entries.append(Linear((f"{at}.o_proj.weight",), p("out", "kernel"), in_axes=2))
   if cfg.attention_out_bias:
     entries.append(Vector((f"{at}.o_proj.bias",), p("out", "bias")))
+  if cfg.attention_sinks:
+    entries.append(Vector((f"{at}.sinks",), p("sinks")))
   return entries
 
 
@@ -135,9 +193,26 @@ def _granite_moe(at: str, ours: Path) -> List:
       for part, ours_name in (("gate", "w_gate"), ("up", "w_in"), ("down", "w_out"))]
 
 
+def _gpt_oss_moe(at: str, ours: Path) -> List:
+  """gpt-oss: a router Linear with a bias; fused [E, in, out] experts with
+  gate and up interleaved, and their biases."""
+  mlp = f"{at}.mlp"
+  entries = [Linear((f"{mlp}.router.weight",), ours + ("router", "kernel")),
+             Vector((f"{mlp}.router.bias",), ours + ("router", "bias"))]
+  for part, name in (("gate", "gate_up_proj"), ("up", "gate_up_proj"), ("down", "down_proj")):
+    ours_name = {"gate": "gate", "up": "in", "down": "out"}[part]
+    entries += [Experts(per_expert=(), fused=(f"{mlp}.experts.{name}{suffix}",), part=part,
+                        path=ours + ("experts", f"{kind}_{ours_name}"), in_out=True,
+                        gate_up="interleaved")
+                for suffix, kind in (("", "w"), ("_bias", "b"))]
+  return entries
+
+
 def _moe(cfg: ModelConfig, model_type: str, at: str, ours: Path) -> List:
   if model_type == "granitemoe":
     return _granite_moe(at, ours)
+  if model_type == "gpt_oss":
+    return _gpt_oss_moe(at, ours)
   mixtral_style = model_type in ("mixtral", "phimoe")
   # Per-expert checkpoints of Mixtral / PhiMoE live under block_sparse_moe;
   # transformers 5 keeps them under mlp in memory.
@@ -171,12 +246,56 @@ def _moe(cfg: ModelConfig, model_type: str, at: str, ours: Path) -> List:
   return entries
 
 
+def _dbrx_block(cfg: ModelConfig, at: str, ours: Path) -> List:
+  """DBRX: one Wqkv rows [query; key; value], LayerNorms without biases,
+  separate gate (w1), up (v1) and down (w2) expert tensors of [E * f, d]
+  rows; w2's rows are inputs."""
+  n = f"{at}.norm_attn_norm"
+  q, kv = cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
+  bounds = {"query": (0, q), "key": (q, q + kv), "value": (q + kv, q + 2 * kv)}
+  attention = ours + ("attention",)
+  entries = _norm(cfg, f"{n}.norm_1", ours + ("attention_norm",))
+  entries += [Linear((f"{n}.attn.Wqkv.weight",), attention + (name, "kernel"),
+                     rows=(start, stop, q + 2 * kv))
+              for name, (start, stop) in bounds.items()]
+  entries.append(Linear((f"{n}.attn.out_proj.weight",), attention + ("out", "kernel"),
+                        in_axes=2))
+  entries += _norm(cfg, f"{n}.norm_2", ours + ("ffn_norm",))
+  moe = ours + ("moe",)
+  entries.append(Linear((f"{at}.ffn.router.layer.weight",), moe + ("router", "kernel")))
+  for part, name, ours_name in (("gate", "w1", "w_gate"), ("up", "v1", "w_in"),
+                                ("down", "w2", "w_out")):
+    entries.append(Experts(per_expert=(), fused=(f"{at}.ffn.experts.mlp.{name}",), part=part,
+                           path=moe + ("experts", ours_name), in_out=part == "down",
+                           gate_up="separate", stacked_rows=True))
+  return entries
+
+
+@dataclasses.dataclass(frozen=True)
+class BackboneNames:
+  """Where a family keeps its embedding, blocks and final norm."""
+  embed: str = "model.embed_tokens.weight"
+  block: str = "model.layers.{i}"
+  final_norm: str = "model.norm"
+
+
+BACKBONE_NAMES = {"dbrx": BackboneNames("transformer.wte.weight", "transformer.blocks.{i}",
+                                        "transformer.norm_f")}
+
+
+def backbone_names(model_type: str) -> BackboneNames:
+  return BACKBONE_NAMES.get(model_type, BackboneNames())
+
+
 def tensor_plan(cfg: ModelConfig, model_type: str, hf: dict) -> List:
   """Every entry of a model of this family (see module docstring)."""
-  entries: List = [Vector(("model.embed_tokens.weight",), ("params", "embed", "embedding"),
-                               flat=False)]
+  names = backbone_names(model_type)
+  entries: List = [Vector((names.embed,), ("params", "embed", "embedding"), flat=False)]
   for i in range(cfg.num_layers):
-    at, ours = f"model.layers.{i}", ("params", f"block_{i}")
+    at, ours = names.block.format(i=i), ("params", f"block_{i}")
+    if model_type == "dbrx":
+      entries += _dbrx_block(cfg, at, ours)
+      continue
     entries += _norm(cfg, f"{at}.input_layernorm", ours + ("attention_norm",))
     entries += _attention(cfg, model_type, hf, f"{at}.self_attn", ours + ("attention",))
     entries += _norm(cfg, f"{at}.post_attention_layernorm", ours + ("ffn_norm",))
@@ -184,7 +303,7 @@ def tensor_plan(cfg: ModelConfig, model_type: str, hf: dict) -> List:
       entries += _moe(cfg, model_type, at, ours + ("moe",))
     else:
       entries += _glu(f"{at}.mlp", ours + ("ffn", "ffn"))
-  entries += _norm(cfg, "model.norm", ("params", "final_norm"))
+  entries += _norm(cfg, names.final_norm, ("params", "final_norm"))
   entries.append(Linear(("lm_head.weight",), ("params", "unembed", "kernel")))
   if cfg.lm.unembed_bias:
     entries.append(Vector(("lm_head.bias",), ("params", "unembed", "bias")))

@@ -28,7 +28,7 @@ from moejax.routing.types import Routing
 def retrieval_ffn(x: jax.Array, routing: Routing, params: Dict[str, jax.Array],
                   activation: str) -> jax.Array:
   """x: [T, d]; params: w_in [E, d, f], w_out [E, f, d], optional w_gate
-  [E, d, f], b_in [E, f], b_out [E, d] (ExpertBank.weights()). Returns [T, d]."""
+  [E, d, f], b_in [E, f], b_gate [E, f], b_out [E, d] (ExpertBank.weights()). Returns [T, d]."""
   if not isinstance(routing, Routing):
     raise ValueError("dispatch='retrieval' needs a sparse Routing; this router gives dense "
                      "weights (Soft MoE): use dispatch='einsum'")
@@ -39,6 +39,8 @@ def retrieval_ffn(x: jax.Array, routing: Routing, params: Dict[str, jax.Array],
   if "b_in" in params:
     h = h + take("b_in")
   gate = jnp.einsum("td,tkdf->tkf", x, take("w_gate")) if is_glu(activation) else None
+  if "b_gate" in params:
+    gate = gate + take("b_gate")
   out = jnp.einsum("tkf,tkfd->tkd", hidden_activation(activation, h, gate), take("w_out"))
   if "b_out" in params:
     out = out + take("b_out")

@@ -27,7 +27,7 @@ from moejax.grouped_matmul.blocked import (acc_dtype, for_group_blocks, pad_rows
                                            block_schedule)
 
 
-def _hidden(act, xb, w_in, w_gate, b_in, acc):
+def _hidden(act, xb, w_in, w_gate, b_in, b_gate, acc):
   """(pre-activations, hidden block) of xb [b, d] for one group's weights."""
   dot = lambda a, w: jax.lax.dot_general(a, w, (((1,), (0,)), ((), ())),
                                          preferred_element_type=acc).astype(xb.dtype)
@@ -35,6 +35,8 @@ def _hidden(act, xb, w_in, w_gate, b_in, acc):
   if b_in is not None:
     pre = pre + b_in.astype(pre.dtype)
   gate = None if w_gate is None else dot(xb, w_gate)
+  if b_gate is not None:
+    gate = gate + b_gate.astype(gate.dtype)
   return (pre, gate), act(pre, gate)
 
 
@@ -45,7 +47,8 @@ def _take(w, g):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
 def blocked_ffn(act: Callable, block_size: int, x: jax.Array, w_in: jax.Array,
                 w_gate: Optional[jax.Array], w_out: jax.Array, b_in: Optional[jax.Array],
-                b_out: Optional[jax.Array], group_sizes: jax.Array) -> jax.Array:
+                b_gate: Optional[jax.Array], b_out: Optional[jax.Array],
+                group_sizes: jax.Array) -> jax.Array:
   """Each group's FFN on its rows.
 
   Args:
@@ -53,15 +56,17 @@ def blocked_ffn(act: Callable, block_size: int, x: jax.Array, w_in: jax.Array,
     block_size: rows per block.
     x: [M, d] rows sorted by group.
     w_in, w_gate (or None), w_out: [G, d, f], [G, d, f], [G, f, d].
-    b_in, b_out: [G, f], [G, d] or None.
+    b_in, b_gate, b_out: [G, f], [G, f], [G, d] or None (b_gate only with w_gate).
     group_sizes: [G] int32, summing to at most M.
   Returns:
     [M, d] in x's dtype; rows past sum(group_sizes) are zero.
   """
-  return _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_out, group_sizes)[0]
+  return _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_gate, b_out,
+                  group_sizes)[0]
 
 
-def _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_out, group_sizes, keep_pre=False):
+def _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_gate, b_out, group_sizes,
+             keep_pre=False):
   """y [M, d], and with keep_pre the pre-activations ([P, f] each, P = M
   rounded up to whole blocks) that the backward pass reads."""
   b, padded, tiles = block_schedule(group_sizes, x.shape[0], block_size)
@@ -72,12 +77,12 @@ def _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_out, group_sizes, 
 
   def group(g, carry):
     wi, wg, wo = _take(w_in, g), _take(w_gate, g), _take(w_out, g)
-    bi, bo = _take(b_in, g), _take(b_out, g)
+    bi, bg, bo = _take(b_in, g), _take(b_gate, g), _take(b_out, g)
 
     def block(row0, keep, carry):
       out, pres = carry
       xb = jax.lax.dynamic_slice_in_dim(xp, row0, b)
-      pre, hb = _hidden(act, xb, wi, wg, bi, acc)
+      pre, hb = _hidden(act, xb, wi, wg, bi, bg, acc)
       yb = jax.lax.dot_general(hb, wo.astype(hb.dtype), (((1,), (0,)), ((), ())),
                                preferred_element_type=acc).astype(x.dtype)
       if bo is not None:
@@ -97,13 +102,15 @@ def _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_out, group_sizes, 
   return out[:x.shape[0]], pres
 
 
-def _fwd(act, block_size, x, w_in, w_gate, w_out, b_in, b_out, group_sizes):
-  y, pres = _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_out, group_sizes, True)
-  return y, (x, w_in, w_gate, w_out, b_in, b_out, group_sizes, pres)
+def _fwd(act, block_size, x, w_in, w_gate, w_out, b_in, b_gate, b_out, group_sizes):
+  y, pres = _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_gate, b_out,
+                     group_sizes, True)
+  return y, (x, w_in, w_gate, w_out, b_in, b_gate, b_out, group_sizes, pres)
 
 
 def _bwd(act, block_size, residual, dy):
-  x, w_in, w_gate, w_out, b_in, b_out, group_sizes, (pre_all, gate_all) = residual
+  x, w_in, w_gate, w_out, b_in, b_gate, b_out, group_sizes, (pre_all, gate_all) = residual
+  weights = (w_in, w_gate, w_out, b_in, b_gate, b_out)
   b, padded, tiles = block_schedule(group_sizes, x.shape[0], block_size)
   xp, dyp = pad_rows(x, padded), pad_rows(dy, padded)
   acc = acc_dtype(x.dtype)
@@ -118,7 +125,7 @@ def _bwd(act, block_size, residual, dy):
     wi, wg, wo = _take(w_in, g), _take(w_gate, g), _take(w_out, g)
 
     def block(row0, keep, inner):
-      dx, (d_wi, d_wg, d_wo, d_bi, d_bo) = inner
+      dx, (d_wi, d_wg, d_wo, d_bi, d_bg, d_bo) = inner
       xb = jax.lax.dynamic_slice_in_dim(xp, row0, b)
       # Rows of other groups get a zero cotangent: nothing of theirs flows below.
       dyb = jnp.where(keep, jax.lax.dynamic_slice_in_dim(dyp, row0, b), 0)
@@ -134,24 +141,25 @@ def _bwd(act, block_size, residual, dy):
         dxb = dxb + ndot(d_gate, wg)
       if d_bi is not None:
         d_bi = d_bi + jnp.sum(d_pre, 0, dtype=acc)
+      if d_bg is not None:
+        d_bg = d_bg + jnp.sum(d_gate, 0, dtype=acc)
       if d_bo is not None:
         d_bo = d_bo + jnp.sum(dyb, 0, dtype=acc)
       current = jax.lax.dynamic_slice_in_dim(dx, row0, b)
       dx = jax.lax.dynamic_update_slice_in_dim(dx, jnp.where(keep, dxb, current), row0, 0)
-      return dx, (d_wi, d_wg, d_wo, d_bi, d_bo)
+      return dx, (d_wi, d_wg, d_wo, d_bi, d_bg, d_bo)
 
-    group_grads = tuple(zeros(w) for w in (w_in, w_gate, w_out, b_in, b_out))
+    group_grads = tuple(zeros(w) for w in weights)
     dx, group_grads = for_group_blocks(tiles, g, b, block, (dx, group_grads))
     grads = jax.tree.map(lambda all_g, one: jax.lax.dynamic_update_index_in_dim(all_g, one, g, 0),
                          grads, group_grads)
     return dx, grads
 
-  grads = tuple(None if w is None else jnp.zeros(w.shape, acc)
-                for w in (w_in, w_gate, w_out, b_in, b_out))
+  grads = tuple(None if w is None else jnp.zeros(w.shape, acc) for w in weights)
   dx, grads = jax.lax.fori_loop(0, w_in.shape[0], group, (jnp.zeros((padded, x.shape[1]), x.dtype),
                                                          grads))
   cast = tuple(None if g is None else g.astype(w.dtype)
-               for g, w in zip(grads, (w_in, w_gate, w_out, b_in, b_out)))
+               for g, w in zip(grads, weights))
   return (dx[:x.shape[0]],) + cast + (None,)
 
 

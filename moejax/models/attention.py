@@ -136,14 +136,15 @@ def rotary_embedding(x: jax.Array, positions: jax.Array, theta: float,
 
 def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array,
            k_positions: jax.Array, causal: bool, window: int = 0,
-           scale: Optional[float] = None) -> jax.Array:
+           scale: Optional[float] = None, sinks: Optional[jax.Array] = None) -> jax.Array:
   """Softmax attention with grouped-query heads.
 
   q: [B, T, N, H]; k: [B, S, K, H]; v: [B, S, K, Hv] with K dividing N (query
   head n reads key/value head n // (N / K)); q_positions: [T] or [B, T];
   k_positions: [S] or [B, S]. Keys at negative positions (left padding) are
   hidden. causal: a query sees keys at positions <= its own; window > 0
-  also hides keys `window` or more positions back.
+  also hides keys `window` or more positions back. sinks [N]: one more
+  logit per query head in every softmax row, whose probability is dropped.
   Scores and softmax in float32. Returns [B, T, N, Hv].
   """
   b, t, n, h = q.shape
@@ -161,15 +162,22 @@ def attend(q: jax.Array, k: jax.Array, v: jax.Array, *, q_positions: jax.Array,
   if window:
     seen = seen & (gap < window)
   scores = jnp.where(seen[:, None, None], scores, jnp.finfo(jnp.float32).min)
-  probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
+  if sinks is None:
+    probs = jax.nn.softmax(scores, axis=-1)
+  else:
+    sink = jnp.broadcast_to(sinks.astype(jnp.float32).reshape(1, kv, n // kv, 1, 1),
+                            (*scores.shape[:-1], 1))
+    probs = jax.nn.softmax(jnp.concatenate([scores, sink], axis=-1), axis=-1)[..., :-1]
+  probs = probs.astype(v.dtype)
   out = jnp.einsum("bkgts,bskh->btkgh", probs, v)
   return out.reshape(b, t, n, v.shape[-1])
 
 
 def block_norm(cfg: ModelConfig, name: str) -> nn.Module:
   """The block / final norm chosen by cfg.norm."""
-  if cfg.norm == "layer":
-    return nn.LayerNorm(epsilon=cfg.norm_eps, use_fast_variance=False, name=name)
+  if cfg.norm in ("layer", "layer_no_bias"):
+    return nn.LayerNorm(epsilon=cfg.norm_eps, use_bias=cfg.norm == "layer",
+                        use_fast_variance=False, name=name)
   return nn.RMSNorm(epsilon=cfg.norm_eps, name=name)
 
 
@@ -189,6 +197,7 @@ class Attention(nn.Module):
 
   config: ModelConfig
   causal: bool
+  window: Optional[int] = None  # None: config.attention_window
 
   @nn.compact
   def __call__(self, x: jax.Array, positions: Optional[jax.Array] = None, *,
@@ -215,8 +224,11 @@ class Attention(nn.Module):
       k_positions = k_positions[None, :] - pad_offsets[:, None]
     if cfg.attention_multiplier is not None:
       scale = cfg.attention_multiplier
+    window = cfg.attention_window if self.window is None else self.window
+    sinks = (self.param("sinks", nn.initializers.zeros, (cfg.num_heads,))
+             if cfg.attention_sinks else None)
     out = attend(q, k, v, q_positions=q_positions, k_positions=k_positions,
-                 causal=self.causal, window=cfg.attention_window, scale=scale)
+                 causal=self.causal, window=window, scale=scale, sinks=sinks)
     if cfg.attention_experts:  # SwitchHead: the output mix is chosen per destination token
       b, t, heads, _ = out.shape
       y = self._switchhead("out", x.reshape(b * t, -1), out.reshape(b * t, heads, -1),
@@ -249,6 +261,8 @@ class Attention(nn.Module):
       flat_norm = lambda a, name: nn.RMSNorm(epsilon=cfg.norm_eps, name=name)(
           a.reshape(*a.shape[:2], -1)).reshape(a.shape)
       q, k = flat_norm(q, "query_norm"), flat_norm(k, "key_norm")
+    if cfg.clip_qkv is not None:
+      q, k, v = (jnp.clip(a, -cfg.clip_qkv, cfg.clip_qkv) for a in (q, k, v))
     if positions is not None:
       freqs = rope_frequencies(cfg.lm, q.shape[-1] // 2, positions)
       factor = rope_attention_factor(cfg.lm)

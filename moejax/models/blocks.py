@@ -28,6 +28,7 @@ class Block(nn.Module):
   config: ModelConfig
   use_moe: bool
   causal: bool
+  window: Optional[int] = None  # None: config.attention_window
 
   @nn.compact
   def __call__(self, x: jax.Array, *, positions: Optional[jax.Array] = None,
@@ -37,7 +38,7 @@ class Block(nn.Module):
                pad_offsets: Optional[jax.Array] = None
                ) -> Tuple[jax.Array, Optional[MoEAux]]:
     cfg = self.config
-    attended = Attention(cfg, self.causal, name="attention")(
+    attended = Attention(cfg, self.causal, self.window, name="attention")(
         block_norm(cfg, "attention_norm")(x), positions, decode=decode, pad_offsets=pad_offsets)
     x = x + _scaled(attended, cfg.residual_multiplier)
     h = block_norm(cfg, "ffn_norm")(x)
@@ -65,7 +66,8 @@ def run_blocks(config: ModelConfig, x: jax.Array, *, causal: bool,
   aux = {}
   router_logits = None  # the last MoE layer's, for MoE++'s gating residual
   for i in range(config.num_layers):
-    x, layer_aux = Block(config, config.is_moe_layer(i), causal, name=f"block_{i}")(
+    x, layer_aux = Block(config, config.is_moe_layer(i), causal, config.window_of(i),
+                         name=f"block_{i}")(
         x, positions=positions, token_ids=token_ids, deterministic=deterministic,
         decode=decode, prev_router_logits=router_logits, pad_offsets=pad_offsets)
     if layer_aux is not None:

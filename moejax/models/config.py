@@ -16,7 +16,7 @@ from moejax.validation import check_choice, check_float, check_int, fail, from_m
 
 MODEL_KINDS = ("lm", "vit")
 POOLS = ("mean", "cls")
-NORMS = ("rms", "layer")
+NORMS = ("rms", "layer", "layer_no_bias")
 QK_NORMS = ("none", "head", "full")
 ATTENTIONS = ("mha", "mla")
 ROPE_SCALINGS = ("none", "linear", "llama3", "yarn", "longrope", "dynamic")
@@ -211,6 +211,15 @@ class ModelConfig:
       key/value latent, shaped by `mla`; num_kv_heads and head_dim unused).
     attention_window: a causal query sees only the last `attention_window`
       keys (sliding-window attention, Mistral-style); 0 = all of them.
+    full_attention_layers: blocks (0-based indices) that see all keys
+      whatever attention_window says (gpt-oss alternates windowed and full
+      layers); needs attention_window > 0.
+    attention_sinks: a learned logit per query head that joins every
+      softmax row as one more key without a value (gpt-oss): the share of
+      attention it takes is dropped, so a head may attend to nothing.
+    clip_qkv: queries, keys and values are clipped to [-clip_qkv, clip_qkv]
+      after their projections (and qk_norm), before RoPE (DBRX, OLMoE);
+      None = no clipping. attention='mha' only.
     attention_experts: SwitchHead (moejax/models/switchhead.py): each head's
       value and output projections become this many linear experts, of
       which each token uses attention_top_k (sigmoid gates); 0 = dense
@@ -232,8 +241,9 @@ class ModelConfig:
       moe_every says (Qwen-MoE's mlp_only_layers).
     moe: the MoEConfig of MoE blocks (its d_model equals model.d_model).
       None only when moe_every = 0.
-    norm: the block / final norms: 'rms' (RMSNorm) or 'layer' (LayerNorm
-      with a bias; PhiMoE).
+    norm: the block / final norms: 'rms' (RMSNorm), 'layer' (LayerNorm
+      with a bias; PhiMoE) or 'layer_no_bias' (LayerNorm with a scale only;
+      DBRX).
     norm_eps: epsilon of those norms (and of qk_norm).
     dtype: compute dtype of attention and dense FFNs ('float32', 'bfloat16').
       Params are float32; the router computes in float32.
@@ -253,6 +263,9 @@ class ModelConfig:
   qk_norm: str = "none"
   attention: str = "mha"
   attention_window: int = 0
+  full_attention_layers: Tuple[int, ...] = ()
+  attention_sinks: bool = False
+  clip_qkv: Optional[float] = None
   attention_experts: int = 0
   attention_top_k: int = 2
   attention_multiplier: Optional[float] = None
@@ -282,12 +295,7 @@ class ModelConfig:
     check_choice("model.activation", self.activation, ACTIVATIONS)
     check_int("model.moe_every", self.moe_every, 0)
     check_int("model.first_dense_layers", self.first_dense_layers, 0)
-    object.__setattr__(self, "dense_layers", tuple(self.dense_layers))  # lists from configs
-    for index in self.dense_layers:
-      if isinstance(index, bool) or not isinstance(index, int) or not (
-          0 <= index < self.num_layers):
-        fail("model.dense_layers", self.dense_layers,
-             f"must hold block indices in [0, {self.num_layers})")
+    self._check_layer_indices("dense_layers")
     if self.moe_every:
       if not isinstance(self.moe, MoEConfig):
         fail("model.moe", self.moe, "needs an MoE layer config when moe_every >= 1")
@@ -316,6 +324,12 @@ class ModelConfig:
     check_choice("model.attention", self.attention, ATTENTIONS)
     check_choice("model.qk_norm", self.qk_norm, QK_NORMS)
     check_int("model.attention_window", self.attention_window, 0)
+    self._check_layer_indices("full_attention_layers")
+    if self.full_attention_layers and not self.attention_window:
+      fail("model.full_attention_layers", self.full_attention_layers,
+           "only means something with model.attention_window > 0")
+    if self.clip_qkv is not None:
+      check_float("model.clip_qkv", self.clip_qkv, 0.0, False)
     check_int("model.attention_experts", self.attention_experts, 0)
     check_int("model.attention_top_k", self.attention_top_k, 1)
     if self.attention_experts:
@@ -339,6 +353,8 @@ class ModelConfig:
       if self.qk_norm != "none":
         fail("model.qk_norm", self.qk_norm, "attention='mla' normalises its latents; "
              "leave it 'none'")
+      if self.clip_qkv is not None:
+        fail("model.clip_qkv", self.clip_qkv, "is for attention='mha'; leave it None")
       return
     check_int("model.num_kv_heads", self.num_kv_heads, 0)
     if self.num_kv_heads and self.num_heads % self.num_kv_heads:
@@ -351,6 +367,18 @@ class ModelConfig:
       fail("model.head_dim" if self.head_dim else "model.num_heads",
            self.head_dim or self.num_heads,
            f"gives head_dim {self.head_size}; it must be even for RoPE")
+
+  def _check_layer_indices(self, field: str) -> None:
+    object.__setattr__(self, field, tuple(getattr(self, field)))  # lists from configs
+    for index in getattr(self, field):
+      if isinstance(index, bool) or not isinstance(index, int) or not (
+          0 <= index < self.num_layers):
+        fail(f"model.{field}", getattr(self, field),
+             f"must hold block indices in [0, {self.num_layers})")
+
+  def window_of(self, index: int) -> int:
+    """Block `index`'s attention window (0 = all keys)."""
+    return 0 if index in self.full_attention_layers else self.attention_window
 
   def is_moe_layer(self, index: int) -> bool:
     """Whether block `index` (0-based) has an MoE FFN."""

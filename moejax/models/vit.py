@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.moe import MoEAux
+from moejax.models.attention import block_norm
 from moejax.models.blocks import run_blocks
 from moejax.models.config import ModelConfig
 
@@ -38,7 +39,7 @@ class ViT(nn.Module):
     pos = self.param("position_embed", nn.initializers.normal(0.02), (1,) + x.shape[1:])
     x = (x + pos).astype(jnp.dtype(cfg.dtype))
     x, aux = run_blocks(cfg, x, causal=False, deterministic=deterministic)
-    x = nn.RMSNorm(epsilon=cfg.norm_eps, name="final_norm")(x)
+    x = block_norm(cfg, "final_norm")(x)
     pooled = x[:, 0] if cfg.vit.pool == "cls" else x.mean(axis=1)
     logits = nn.Dense(cfg.vit.num_classes, name="head")(pooled.astype(jnp.float32))
     return logits, aux

@@ -24,7 +24,7 @@ PARAM_LOGICAL_AXES: Tuple[Tuple[str, Tuple[Optional[str], ...]], ...] = (
     # Quantized experts: integer values and their [E, K / group, N] scales.
     (r"experts/(w_in|w_gate)(_q|_scale)?$", ("expert", "embed", "mlp")),
     (r"experts/w_out(_q|_scale)?$", ("expert", "mlp", "embed")),
-    (r"experts/b_in$", ("expert", "mlp")),
+    (r"experts/b_(in|gate)$", ("expert", "mlp")),
     (r"experts/b_out$", ("expert", "embed")),
     (r"attention/(query|key|value)/kernel$", ("embed", "heads", None)),
     (r"attention/out/kernel$", ("heads", None, "embed")),
