@@ -9,12 +9,15 @@ dense models into MoE models.
   # dense LM (HF Llama/Qwen2/..., moejax folder or workdir) -> MoE model folder
   python experiments/convert.py --mode=upcycle --src=/tmp/dense_workdir --out=/tmp/moe \
       --num_experts=8 --top_k=2 [--granularity=2 --noise_std=0.01]
+  # ... or a mixture of LoRA experts over the one dense FFN (MoLoRA)
+  python experiments/convert.py --mode=upcycle --src=/tmp/dense_workdir --out=/tmp/molora \
+      --num_experts=8 --top_k=2 --lora_rank=8 --lora_shared_base
 
 The source's tokenizer (tokenizer.json, tokenizer_config.json, ...) is copied along.
 Supported HF families: mixtral, qwen2_moe, qwen3_moe, olmoe, deepseek_v2, deepseek_v3, phimoe,
-granitemoe, ernie4_5_moe and the dense llama, mistral, qwen2, qwen3. Only safetensors are read
-(pickle `.bin` checkpoints are refused). --out must not exist; it appears only once fully
-written.
+granitemoe, ernie4_5_moe, gpt_oss, dbrx and the dense llama, mistral, qwen2, qwen3. Only
+safetensors are read (pickle `.bin` checkpoints are refused). --out must not exist; it appears
+only once fully written.
 Exit codes: 0 done; 1 the model cannot be converted; 2 bad flags. Errors are one line.
 """
 
@@ -47,6 +50,11 @@ _NOISE_STD = flags.DEFINE_float("noise_std", 0.0, "(upcycle) relative Gaussian n
                                 "each expert copy.")
 _ROUTER_STD = flags.DEFINE_float("router_init_std", 0.02, "(upcycle) std of the new router.")
 _MOE_EVERY = flags.DEFINE_integer("moe_every", 1, "(upcycle) every n-th block becomes MoE.")
+_LORA_RANK = flags.DEFINE_integer("lora_rank", 0, "(upcycle) LoRA adapters of this rank on "
+                                  "every expert (model.moe.lora_rank); 0 = none.")
+_LORA_SHARED = flags.DEFINE_bool("lora_shared_base", False, "(upcycle) the experts share one "
+                                 "copy of the dense FFN and differ by their adapters only "
+                                 "(MoLoRA; needs --lora_rank).")
 _SEED = flags.DEFINE_integer("seed", 0, "(upcycle) seed of the router and the noise.")
 
 
@@ -102,14 +110,18 @@ def main(argv):
       moe = MoEConfig(router=RouterConfig(num_experts=_NUM_EXPERTS.value, top_k=_TOP_K.value,
                                           normalize_top_k=True),
                       d_model=config.d_model, d_ff=max(d_ff, 1), activation=config.activation,
-                      dispatch="dropless")
+                      dispatch="dropless", lora_rank=_LORA_RANK.value,
+                      lora_shared_base=_LORA_SHARED.value)
       config, variables = upcycle(config, variables, moe, rng=jax.random.PRNGKey(_SEED.value),
                                   moe_every=_MOE_EVERY.value, granularity=_GRANULARITY.value,
                                   noise_std=_NOISE_STD.value,
                                   router_init_std=_ROUTER_STD.value)
       save_model_dir(_OUT.value, config, variables, tokenizer_from=tokenizer_from)
+      adapters = f", LoRA rank {moe.lora_rank}" if moe.lora_rank else ""
+      if moe.lora_shared_base:
+        adapters += " over one shared FFN"
       print(f"upcycled: {len(config.moe_layers)} MoE blocks x {_NUM_EXPERTS.value} experts "
-            f"(d_ff {moe.d_ff}, top-{_TOP_K.value}), {_count(variables):,} parameters"
+            f"(d_ff {moe.d_ff}, top-{_TOP_K.value}{adapters}), {_count(variables):,} parameters"
             f"{with_tokenizer} -> {_OUT.value}")
   except (ValueError, FileNotFoundError, FileExistsError) as err:
     fail(1, str(err).splitlines()[0])

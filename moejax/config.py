@@ -415,6 +415,12 @@ class MoEConfig:
       (moejax/experts.py). Train only them with train.trainable='lora'.
       0 = none.
     lora_alpha: the adapters' scale numerator (scale = lora_alpha / lora_rank).
+    lora_shared_base: the routed experts share one base FFN, stored once
+      ([1, in, out] per matrix), and differ only by their adapters: a
+      mixture of LoRA experts over one (frozen) dense FFN (MoLoRA, Zadouri
+      et al. 2023). Needs lora_rank > 0. experiments/convert.py
+      --mode=upcycle --lora_rank=r --lora_shared_base makes one from a
+      dense LM.
     dtype: compute dtype of the experts ('float32', 'bfloat16', 'float16';
       'float64' needs jax x64 and is for numerical checks). The router
       computes in float32 (float64 under x64 with float64 inputs).
@@ -438,6 +444,7 @@ class MoEConfig:
   expert_quantization_group: int = 0
   lora_rank: int = 0
   lora_alpha: float = 16.0
+  lora_shared_base: bool = False
   dtype: str = "float32"
 
   def __post_init__(self):
@@ -480,6 +487,9 @@ class MoEConfig:
       fail("lora_rank", self.lora_rank, f"must be <= min(d_model, d_ff) = "
            f"{min(self.d_model, self.d_ff)}: a larger rank than the expert matrices have")
     check_float("lora_alpha", self.lora_alpha, 0.0, False)
+    if self.lora_shared_base and not self.lora_rank:
+      fail("lora_shared_base", True, "needs lora_rank > 0: without adapters every expert "
+           "would be the same FFN")
     if self.lora_rank and self.expert_quantization is not None:
       fail("lora_rank", self.lora_rank, "adapters on quantized experts are not supported; "
            "quantize after merging them (experiments/compress.py)")

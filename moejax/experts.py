@@ -128,12 +128,18 @@ def expert_ffn(params, batch: ExpertBatch, activation: str,
 LORA_A, LORA_B = "_lora_a", "_lora_b"
 
 
+def init_lora_a(key: jax.Array, shape) -> jax.Array:
+  """A [E, in, r]: random (fan-in scaled); B starts at zero."""
+  return _stacked_init(True)(key, shape)
+
+
 def is_adapter_name(name: str) -> bool:
   return name.endswith((LORA_A, LORA_B))
 
 
 def merge_adapters(matrices: dict, adapters: dict, scale: float) -> dict:
-  """{name: W + scale * A @ B} for W [E, in, out], A [E, in, r], B [E, r, out]."""
+  """{name: W + scale * A @ B} for W [E or 1, in, out], A [E, in, r], B [E, r,
+  out] (a shared base W [1, in, out] broadcasts over the experts)."""
   merged = dict(matrices)
   for name, (a, b) in adapters.items():
     merged[name] = matrices[name] + scale * jnp.einsum("eir,ero->eio", a, b)
@@ -160,6 +166,7 @@ class ExpertBank(nn.Module):
   quantization_group: int = 0
   lora_rank: int = 0
   lora_alpha: float = 16.0
+  lora_shared_base: bool = False   # one base matrix [1, in, out] for all experts (MoLoRA)
 
   @classmethod
   def from_config(cls, cfg, **kwargs) -> "ExpertBank":
@@ -168,7 +175,7 @@ class ExpertBank(nn.Module):
                gmm_backend=cfg.gmm_backend, gmm_block_size=cfg.gmm_block_size,
                dtype=jnp.dtype(cfg.dtype), quantization=cfg.expert_quantization,
                quantization_group=cfg.expert_quantization_group, lora_rank=cfg.lora_rank,
-               lora_alpha=cfg.lora_alpha, **kwargs)
+               lora_alpha=cfg.lora_alpha, lora_shared_base=cfg.lora_shared_base, **kwargs)
 
   def setup(self):
     e, d, f = self.num_experts, self.d_model, self.d_ff
@@ -177,7 +184,9 @@ class ExpertBank(nn.Module):
       shapes["w_gate"] = (e, d, f)
     if self.quantization is None:
       init = _stacked_init(True)
-      self._matrices = {name: self.param(name, init, shape) for name, shape in shapes.items()}
+      base = lambda shape: (1, *shape[1:]) if self.lora_shared_base else shape
+      self._matrices = {name: self.param(name, init, base(shape))
+                        for name, shape in shapes.items()}
     else:
       # Integer values (int4 kept in int8 containers) and float scales, one per
       # output channel and group of contraction rows (compress/quantize.py).
@@ -195,7 +204,7 @@ class ExpertBank(nn.Module):
     if self.lora_rank:
       # A random, B zero: the adapted expert starts as the base expert.
       self._adapters = {
-          name: (self.param(name + LORA_A, _stacked_init(True),
+          name: (self.param(name + LORA_A, init_lora_a,
                             (e, shape[1], self.lora_rank)),
                  self.param(name + LORA_B, nn.initializers.zeros,
                             (e, self.lora_rank, shape[2])))
@@ -204,8 +213,9 @@ class ExpertBank(nn.Module):
   def weights(self) -> dict:
     """{'w_in': [E, d, f], 'w_out': [E, f, d], + 'w_gate', 'b_in', 'b_gate', 'b_out'};
     quantized weights come back dequantized to the compute dtype, adapters
-    merged (W + lora_alpha / lora_rank * A B: every dispatch and the
-    expert-parallel path see plain expert weights)."""
+    merged (W + lora_alpha / lora_rank * A B, a shared base broadcast over
+    the experts: every dispatch and the expert-parallel path see plain
+    expert weights)."""
     if self.quantization is None:
       params = dict(self._matrices)
       if self.lora_rank:

@@ -43,7 +43,8 @@ FAMILY_KWARGS = {
                     num_hidden_layers=3),
     # Clipping at 2 bites: the fused q / k / v projections reach about 5. DBRX's
     # own size names: its FFN config copies d_model before hidden_size is mapped.
-    "dbrx": dict(d_model=32, n_heads=4, n_layers=2, attn_config=dict(kv_n_heads=2, clip_qkv=2.0, rope_theta=10000.0),
+    "dbrx": dict(d_model=32, n_heads=4, n_layers=2,
+                 attn_config=dict(kv_n_heads=2, clip_qkv=2.0, rope_theta=10000.0),
                  ffn_config=dict(ffn_hidden_size=24, moe_num_experts=4, moe_top_k=2)),
     "llama": dict(),
 }

@@ -274,7 +274,8 @@ def test_gpt_oss_mxfp4_experts_import_with_parity(tmp_path):
   blocks = np.zeros((1, 2, 1, 16), np.uint8)
   with pytest.raises(MXFP4FormatError, match="has 'w_blocks' but no 'w_scales'"):
     dequantize_checkpoint({"w_blocks": blocks})
-  with pytest.raises(MXFP4FormatError, match=r"w: MXFP4 needs uint8 .* got float32 \[1, 2, 1, 16\]"):
+  with pytest.raises(MXFP4FormatError,
+                     match=r"w: MXFP4 needs uint8 .* got float32 \[1, 2, 1, 16\]"):
     dequantize_checkpoint({"w_blocks": blocks.astype(np.float32),
                            "w_scales": np.zeros((1, 2, 1), np.uint8)})
 

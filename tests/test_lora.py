@@ -22,9 +22,10 @@ from tiny_configs import tiny_config
 TOKENS = np.random.default_rng(0).integers(0, 64, size=(2, 12)).astype(np.int32)
 
 
-def _config(lora_rank=0, activation="swiglu"):
+def _config(lora_rank=0, activation="swiglu", shared_base=False):
   moe = MoEConfig(router=RouterConfig(num_experts=4, top_k=2), d_model=32, d_ff=24,
-                  activation=activation, dispatch="dropless", lora_rank=lora_rank)
+                  activation=activation, dispatch="dropless", lora_rank=lora_rank,
+                  lora_shared_base=shared_base)
   return ModelConfig(kind="lm", num_layers=2, d_model=32, num_heads=2, dense_d_ff=48, moe=moe,
                      lm=LMConfig(vocab_size=64))
 
@@ -63,8 +64,9 @@ def test_adapted_model_starts_as_its_base_and_merges_exactly():
                              atol=1e-5, rtol=0)
 
 
-def test_adapter_gradients_match_finite_differences():
-  config = _config(lora_rank=3, activation="gelu")
+@pytest.mark.parametrize("shared_base", [False, True], ids=["per_expert_base", "molora"])
+def test_adapter_gradients_match_finite_differences(shared_base):
+  config = _config(lora_rank=3, activation="gelu", shared_base=shared_base)
   model = TransformerLM(config)
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), TOKENS)
   flat = flatten_dict(variables["params"])
@@ -158,6 +160,8 @@ def test_bad_lora_settings_are_one_line():
   quantized = dataclasses.replace(_config().moe, expert_quantization="int8")
   with pytest.raises(ValueError, match="adapters on quantized experts"):
     dataclasses.replace(quantized, lora_rank=2)
+  with pytest.raises(ValueError, match="lora_shared_base=True is invalid: needs lora_rank > 0"):
+    _config(shared_base=True)
 
 
 def test_hf_export_merges_the_adapters(tmp_path):
@@ -185,3 +189,39 @@ def test_hf_export_merges_the_adapters(tmp_path):
   np.testing.assert_allclose(hf_logits(reloaded, TOKENS), ours, atol=1e-4, rtol=0)
   assert np.abs(ours - np.asarray(jax.jit(TransformerLM(imported.config).apply)(
       imported.variables, TOKENS)[0])).max() > 1e-2
+
+
+def test_molora_upcycle_starts_as_the_dense_model_on_one_copy_of_its_ffn():
+  """MoLoRA: a dense LM upcycled into LoRA experts over its one FFN. The
+  experts store the FFN once; the model starts equal to the dense one; with
+  trained (here: random) adapters the experts differ, and merging gives E
+  plain experts that compute the same."""
+  from flax.traverse_util import unflatten_dict
+  from moejax.convert.upcycle import upcycle
+  dense = ModelConfig(kind="lm", num_layers=2, d_model=32, num_heads=2, dense_d_ff=24,
+                      moe_every=0, activation="swiglu", lm=LMConfig(vocab_size=64))
+  dense_variables = jax.jit(TransformerLM(dense).init)(jax.random.PRNGKey(0), TOKENS)
+  moe = dataclasses.replace(_config(lora_rank=4, shared_base=True).moe,
+                            router=RouterConfig(num_experts=4, top_k=2, normalize_top_k=True))
+  config, variables = upcycle(dense, dense_variables, moe, rng=jax.random.PRNGKey(1))
+  experts = variables["params"]["block_0"]["moe"]["experts"]
+  assert experts["w_in"].shape == (1, 32, 24) and experts["w_in_lora_a"].shape == (4, 32, 4)
+  dense_ffn = dense_variables["params"]["block_0"]["ffn"]["ffn"]
+  np.testing.assert_array_equal(experts["w_in"][0], dense_ffn["w_in"]["kernel"])
+  logits = lambda cfg, v: np.asarray(jax.jit(TransformerLM(cfg).apply)(v, TOKENS)[0])
+  np.testing.assert_allclose(logits(config, variables), logits(dense, dense_variables),
+                             atol=1e-5, rtol=0)
+  rng = np.random.default_rng(5)
+  trained = {**variables, "params": unflatten_dict({
+      k: (rng.normal(size=v.shape).astype(np.float32) * 0.1 if k[-1].endswith("_lora_b") else v)
+      for k, v in flatten_dict(variables["params"]).items()})}
+  adapted = logits(config, trained)
+  assert np.abs(adapted - logits(dense, dense_variables)).max() > 1e-2
+  merged_config, merged = merge_lora(config, trained)
+  assert merged["params"]["block_0"]["moe"]["experts"]["w_in"].shape == (4, 32, 24)
+  assert not merged_config.moe.lora_shared_base and not merged_config.moe.lora_rank
+  np.testing.assert_allclose(logits(merged_config, merged), adapted, atol=1e-5, rtol=0)
+  with pytest.raises(ValueError, match="granularity=2 is invalid: must be 1 with "
+                     "moe.lora_shared_base"):
+    upcycle(dense, dense_variables, dataclasses.replace(moe, d_ff=12),
+            rng=jax.random.PRNGKey(1), granularity=2)

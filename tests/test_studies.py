@@ -9,7 +9,8 @@ import pytest
 
 from moejax.train import experiment_from_config, studies
 from moejax.train.comparison import apply_override
-from moejax.train.studies import FAILS, HOLDS, INCONCLUSIVE, STUDIES, run_study, verdict
+from moejax.train.studies import (FAILS, HOLDS, INCONCLUSIVE, STUDIES, run_study,
+                                   upcycle_overrides, verdict)
 
 TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "data.seq_len=32",
         "data.batch_size=8", "data.eval_batches=1"]
@@ -29,7 +30,7 @@ def test_every_study_row_is_a_valid_experiment(name):
   study = STUDIES[name]
   for row, overrides in study.rows.items():
     config = study.base()
-    for assignment in overrides:
+    for assignment in (*overrides, *upcycle_overrides(study, row)):
       apply_override(config, assignment)
     experiment_from_config(config)
   assert {c.better for c in study.claims} | {c.worse for c in study.claims} <= set(study.rows)

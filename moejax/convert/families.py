@@ -253,7 +253,8 @@ def _dbrx(hf: dict) -> ModelConfig:
             "implemented: 1 (sum to one) or None")
   # The Llama-style names _backbone reads.
   view = {**hf, "hidden_size": _get(hf, "d_model"), "num_attention_heads": _get(hf, "n_heads"),
-          "num_hidden_layers": _get(hf, "n_layers"), "num_key_value_heads": attn.get("kv_n_heads", 1),
+          "num_hidden_layers": _get(hf, "n_layers"),
+          "num_key_value_heads": attn.get("kv_n_heads", 1),
           "intermediate_size": _get(ffn, "ffn_hidden_size"), "hidden_act": act,
           "num_experts_per_tok": ffn.get("moe_top_k", 1),
           "rope_theta": attn.get("rope_theta", 10000.0), "head_dim": None}
@@ -328,7 +329,8 @@ def _dense(**overrides) -> Callable[[dict], ModelConfig]:
 
 _BUILDERS = {
     "mixtral": _mixtral, "phimoe": _phimoe, "granitemoe": _granitemoe,
-    "ernie4_5_moe": _ernie4_5_moe, "gpt_oss": _gpt_oss, "dbrx": _dbrx, "qwen2_moe": lambda hf: _qwen_moe(
+    "ernie4_5_moe": _ernie4_5_moe, "gpt_oss": _gpt_oss, "dbrx": _dbrx,
+    "qwen2_moe": lambda hf: _qwen_moe(
         hf, attention_bias=bool(hf.get("qkv_bias", True)), **_QKV_BIAS_ONLY),
     "qwen3_moe": lambda hf: _qwen_moe(hf, qk_norm="head"), "olmoe": _olmoe,
     "deepseek_v2": _deepseek_v2, "deepseek_v3": _deepseek_v3, "llama": _dense(), "mistral": _dense(**_NO_BIAS),

@@ -199,12 +199,12 @@ def _gpt_oss_moe(at: str, ours: Path) -> List:
   mlp = f"{at}.mlp"
   entries = [Linear((f"{mlp}.router.weight",), ours + ("router", "kernel")),
              Vector((f"{mlp}.router.bias",), ours + ("router", "bias"))]
-  for part, name in (("gate", "gate_up_proj"), ("up", "gate_up_proj"), ("down", "down_proj")):
-    ours_name = {"gate": "gate", "up": "in", "down": "out"}[part]
+  for part, name, ours_name in (("gate", "gate_up_proj", "gate"), ("up", "gate_up_proj", "in"),
+                                ("down", "down_proj", "out")):
     entries += [Experts(per_expert=(), fused=(f"{mlp}.experts.{name}{suffix}",), part=part,
                         path=ours + ("experts", f"{kind}_{ours_name}"), in_out=True,
                         gate_up="interleaved")
-                for suffix, kind in (("", "w"), ("_bias", "b"))]
+                for suffix, kind in (("", "w"), ("_bias", "b"))]   # weight, then bias
   return entries
 
 
@@ -247,7 +247,7 @@ def _moe(cfg: ModelConfig, model_type: str, at: str, ours: Path) -> List:
 
 
 def _dbrx_block(cfg: ModelConfig, at: str, ours: Path) -> List:
-  """DBRX: one Wqkv rows [query; key; value], LayerNorms without biases,
+  """DBRX: one Wqkv whose rows are [query; key; value], LayerNorms without biases,
   separate gate (w1), up (v1) and down (w2) expert tensors of [E * f, d]
   rows; w2's rows are inputs."""
   n = f"{at}.norm_attn_norm"

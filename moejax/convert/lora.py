@@ -31,5 +31,5 @@ def merge_lora(config: ModelConfig, variables: dict) -> Tuple[ModelConfig, dict]
     adapters = {name: (flat[key], flat[owner + (name + LORA_B,)])}
     merged[owner + (name,)] = merge_adapters({name: flat[owner + (name,)]}, adapters,
                                              scale)[name]
-  moe = dataclasses.replace(config.moe, lora_rank=0)
+  moe = dataclasses.replace(config.moe, lora_rank=0, lora_shared_base=False)
   return dataclasses.replace(config, moe=moe), {**variables, "params": unflatten_dict(merged)}

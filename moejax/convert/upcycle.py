@@ -12,6 +12,11 @@ Step-0 equality with the dense model holds when granularity = 1,
 noise_std = 0 and the router renormalises its top-k weights to sum to one
 (router.normalize_top_k with softmax scores, routed_scaling_factor = 1, no
 null experts, no capacity drops).
+
+With moe.lora_rank > 0 every expert gets LoRA adapters (A random, B zero, so
+step-0 equality still holds); with moe.lora_shared_base the experts keep one
+copy of the dense FFN and differ only by their adapters (MoLoRA): train
+them with train.trainable='lora_and_router'.
 """
 
 from __future__ import annotations
@@ -26,6 +31,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from moejax.config import MoEConfig
 from moejax.convert.hf_import import variable_shapes
+from moejax.experts import LORA_A, LORA_B, init_lora_a
 from moejax.models.config import ModelConfig
 from moejax.validation import fail
 
@@ -43,6 +49,9 @@ def upcycled_config(dense: ModelConfig, moe: MoEConfig, moe_every: int = 1,
   if dense.dense_d_ff % granularity or moe.d_ff != dense.dense_d_ff // granularity:
     fail("moe.d_ff", moe.d_ff, f"must be dense d_ff / granularity = {dense.dense_d_ff} / "
          f"{granularity}")
+  if moe.lora_shared_base and granularity != 1:
+    fail("granularity", granularity, "must be 1 with moe.lora_shared_base: the experts share "
+         "the whole dense FFN")
   if moe.num_shared_experts:
     fail("moe.num_shared_experts", moe.num_shared_experts, "upcycling makes routed experts "
          "only; use 0")
@@ -59,6 +68,9 @@ def upcycle(dense: ModelConfig, variables: dict, moe: MoEConfig, *, rng: jax.Arr
   if noise_std < 0 or router_init_std < 0:
     fail("noise_std" if noise_std < 0 else "router_init_std",
          min(noise_std, router_init_std), "must be >= 0")
+  if noise_std and moe.lora_shared_base:
+    fail("noise_std", noise_std, "must be 0 with moe.lora_shared_base (one copy of the FFN; "
+         "the random adapters tell the experts apart)")
   source = {path: np.asarray(v) for path, v in flatten_dict(variables).items()}
   shapes = variable_shapes(config)
   out = {}
@@ -75,6 +87,15 @@ def upcycle(dense: ModelConfig, variables: dict, moe: MoEConfig, *, rng: jax.Arr
       if ("params", f"block_{i}", "ffn", "ffn", name, "kernel") not in source:
         continue
       kernel = ffn(name, "kernel")
+      if moe.lora_rank:
+        rng, key = jax.random.split(rng)
+        a_path = moe_at + ("experts", name + LORA_A)
+        out[a_path] = np.asarray(init_lora_a(key, shapes[a_path]))
+        b_path = moe_at + ("experts", name + LORA_B)
+        out[b_path] = np.zeros(shapes[b_path], np.float32)
+      if moe.lora_shared_base:
+        out[moe_at + ("experts", name)] = kernel[None]
+        continue
       experts = []
       for e in range(num_experts):
         part = e % granularity

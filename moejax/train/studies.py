@@ -9,10 +9,10 @@ mean ± std: it *holds* when better's interval lies wholly below worse's, *does
 not hold* when it lies wholly above, and is *inconclusive* when they overlap.
 
 A row may start from an earlier row's weights: in its overrides, `{row}`
-stands for that row's workdir (same seed) and `{upcycled:row}` for a sparse
-upcycle of it (Study.upcycle's experts; moejax.convert.upcycle), e.g.
-`train.init_from={upcycled:dense_pretrained}`. Such a row's model is the
-source's (moejax.train.init_from) plus its own `model.*` overrides.
+stands for that row's workdir (same seed) and `{kind:row}` for a sparse
+upcycle of it made as Study.upcycles[kind] says (moejax.convert.upcycle),
+e.g. `train.init_from={upcycled:dense_pretrained}`. Such a row's model is
+the source's (moejax.train.init_from) plus its own `model.*` overrides.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import re
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Sequence, Tuple
 
 import numpy as np
 
@@ -45,7 +45,9 @@ class Study:
   base: Callable                                 # () -> ConfigDict
   rows: Dict[str, Tuple[str, ...]]               # row -> 'field=value' overrides
   claims: Tuple[Claim, ...]
-  upcycle: Optional[Tuple[int, int]] = None      # (experts, top_k) of `{upcycled:row}`
+  # kind -> MoEConfig fields of the upcycle `{kind:row}` (num_experts, top_k
+  # and any MoEConfig field: lora_rank, lora_shared_base, ...)
+  upcycles: Dict[str, Dict] = dataclasses.field(default_factory=dict)
   curve_rows: Tuple[str, ...] = ()               # rows whose train-loss curves are tabled
 
 
@@ -74,6 +76,16 @@ def _capacity(factor: float) -> Tuple[str, ...]:
 # seen before, by chance).
 _CONTINUED = ("data.shuffle_seed=1",)
 _SCRATCH_8X512 = _DROPLESS + ("model.moe.d_ff=512",)
+
+# MoLoRA (Zadouri et al. 2023): the same pretrained dense model fine-tuned 500
+# more steps with all weights, or frozen under LoRA adapters on its FFNs
+# (adapters and routers trained): 8 LoRA experts over each FFN, top-2, vs one
+# adapter of the experts' rank and one with as many parameters as all 8.
+_ADAPTERS_ONLY = _CONTINUED + ("train.trainable=lora_and_router",)
+
+
+def _lora_experts(experts: int, top_k: int, rank: int) -> Dict:
+  return dict(num_experts=experts, top_k=top_k, lora_rank=rank, lora_shared_base=True)
 
 
 STUDIES: Dict[str, Study] = {
@@ -171,7 +183,30 @@ STUDIES: Dict[str, Study] = {
                "the FFN per token)", "eval_loss", "upcycled", "dense_continued"),
          Claim("... and beats the MoE from scratch given the dense pretraining's steps too "
                "(1000)", "eval_loss", "upcycled", "scratch_1000_steps")),
-        upcycle=(8, 2), curve_rows=("upcycled", "scratch", "dense_continued")),
+        upcycles={"upcycled": dict(num_experts=8, top_k=2)},
+        curve_rows=("upcycled", "scratch", "dense_continued")),
+    "molora": Study(
+        "fine-tuning a dense 2-block model pretrained 500 steps, 500 steps more on the same "
+        "corpus (another order): all weights vs LoRA adapters on its frozen FFNs (adapters and "
+        "routers trained): 8 LoRA experts of rank 8 over each FFN, top-2 (MoLoRA) vs one "
+        "adapter of rank 8, or of rank 64 (as many adapter parameters as the 8 experts)",
+        lm_study,
+        {"dense_pretrained": _DENSE,
+         "full_finetune": _CONTINUED + ("train.init_from={dense_pretrained}",),
+         "lora_r8": _ADAPTERS_ONLY + ("train.init_from={lora_r8:dense_pretrained}",),
+         "lora_r64": _ADAPTERS_ONLY + ("train.init_from={lora_r64:dense_pretrained}",),
+         "molora_8x_r8": _ADAPTERS_ONLY + ("train.init_from={molora_8x_r8:dense_pretrained}",)},
+        (Claim("a mixture of LoRA experts beats one adapter with as many parameters (MoLoRA, "
+               "Zadouri et al. 2023): molora_8x_r8 < lora_r64", "eval_loss", "molora_8x_r8",
+               "lora_r64"),
+         Claim("... and one adapter of its experts' rank", "eval_loss", "molora_8x_r8",
+               "lora_r8"),
+         Claim("MoLoRA, its base frozen, ends below fine-tuning every weight (MoLoRA reports "
+               "it on par or better): molora_8x_r8 < full_finetune", "eval_loss",
+               "molora_8x_r8", "full_finetune")),
+        upcycles={"lora_r8": _lora_experts(1, 1, 8), "lora_r64": _lora_experts(1, 1, 64),
+                  "molora_8x_r8": _lora_experts(8, 2, 8)},
+        curve_rows=("molora_8x_r8", "lora_r64", "full_finetune")),
     "ds_moe": Study(
         "top-2 over 8 experts x 256 trained sparsely vs DS-MoE: trained with all 8 experts "
         "(4x the expert FLOPs), evaluated top-2 (equal inference parameters), with and without "
@@ -291,12 +326,12 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
   return results
 
 
-_SOURCE = re.compile(r"\{(?:(upcycled):)?(\w+)\}")
+_SOURCE = re.compile(r"\{(?:(\w+):)?(\w+)\}")
 
 
 def _sources(assignment: str, row_dirs: Dict[str, str], study: Study, workdir: str,
              seed: int) -> str:
-  """`assignment` with {row} / {upcycled:row} replaced by folders (made on
+  """`assignment` with {row} / {kind:row} replaced by folders (made on
   first use: an upcycle is written once per seed)."""
   def folder(match):
     kind, row = match.groups()
@@ -304,17 +339,21 @@ def _sources(assignment: str, row_dirs: Dict[str, str], study: Study, workdir: s
       raise ValueError(f"{assignment!r} names {row!r}, which is not a row of the study")
     if kind is None:
       return row_dirs[row]
-    out = os.path.join(workdir, f"{row}_upcycled", f"seed_{seed}")
+    if kind not in study.upcycles:
+      raise ValueError(f"{assignment!r} names the upcycle {kind!r}; the study has "
+                       f"{sorted(study.upcycles)}")
+    out = os.path.join(workdir, f"{row}_{kind}", f"seed_{seed}")
     if not os.path.isdir(out):
-      _upcycle(row_dirs[row], out, *study.upcycle, seed)
+      _upcycle(row_dirs[row], out, seed, **study.upcycles[kind])
     return out
   return _SOURCE.sub(folder, assignment)
 
 
-def _upcycle(source: str, out: str, num_experts: int, top_k: int, seed: int) -> None:
+def _upcycle(source: str, out: str, seed: int, num_experts: int, top_k: int,
+             **moe_fields) -> None:
   """Every FFN of the dense model in workdir `source` becomes num_experts
   copies of itself, top_k of them per token, renormalised (equal to the
-  dense model at step 0)."""
+  dense model at step 0); moe_fields: further MoEConfig fields (LoRA)."""
   import jax
   from moejax.config import MoEConfig, RouterConfig
   from moejax.convert.model_dir import save_model_dir
@@ -324,9 +363,22 @@ def _upcycle(source: str, out: str, num_experts: int, top_k: int, seed: int) -> 
   moe = MoEConfig(router=RouterConfig(num_experts=num_experts, top_k=top_k,
                                       normalize_top_k=True),
                   d_model=config.d_model, d_ff=config.dense_d_ff, activation=config.activation,
-                  dispatch="dropless")
+                  dispatch="dropless", **moe_fields)
   config, variables = upcycle(config, variables, moe, rng=jax.random.PRNGKey(seed))
   save_model_dir(out, config, variables)
+
+
+def upcycle_overrides(study: Study, row: str) -> List[str]:
+  """The model.* assignments that give `row`'s config the MoE of the upcycle
+  it starts from (none for other rows): what train.init_from does to it."""
+  out = []
+  for kind, fields in study.upcycles.items():
+    if any("{" + kind + ":" in assignment for assignment in study.rows[row]):
+      for field, value in fields.items():
+        section = "router." if field in ("num_experts", "top_k") else ""
+        out.append(f"model.moe.{section}{field}={value}")
+      out.append("model.moe_every=1")
+  return out
 
 
 def _from_source(config, own: Sequence[str]):
