@@ -211,6 +211,12 @@ def test_molora_upcycle_starts_as_the_dense_model_on_one_copy_of_its_ffn():
   logits = lambda cfg, v: np.asarray(jax.jit(TransformerLM(cfg).apply)(v, TOKENS)[0])
   np.testing.assert_allclose(logits(config, variables), logits(dense, dense_variables),
                              atol=1e-5, rtol=0)
+  # A token uses the whole shared FFN and 2 of the 4 experts' adapters.
+  from moejax.train.comparison import active_params
+  flat = flatten_dict(variables["params"])
+  adapters = sum(v.size for k, v in flat.items() if "lora" in k[-1])
+  total = sum(v.size for v in flat.values())
+  assert active_params(config, variables["params"]) == total - adapters // 2
   rng = np.random.default_rng(5)
   trained = {**variables, "params": unflatten_dict({
       k: (rng.normal(size=v.shape).astype(np.float32) * 0.1 if k[-1].endswith("_lora_b") else v)
