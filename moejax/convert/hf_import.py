@@ -22,7 +22,7 @@ from __future__ import annotations
 import dataclasses
 import re
 import warnings
-from typing import Dict, List, Mapping, Sequence, Tuple
+from typing import Dict, List, Mapping, Tuple
 
 import jax
 import jax.numpy as jnp
@@ -59,12 +59,12 @@ def ignored_tensor(name: str, config: ModelConfig,
   return bool(layer) and int(layer.group(1)) >= config.num_layers
 
 
-def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray],
-                fused_down: Sequence[Experts] = (),
-                names: BackboneNames = BackboneNames()) -> None:
+def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray], model_type: str,
+                hf: dict) -> None:
   """CheckpointMismatchError when config.json's layer count, vocabulary,
-  width or expert count disagrees with the tensors (cheap: names and shapes).
-  fused_down: the layout plan's down-projection entries; names: the family's."""
+  width or expert count disagrees with the tensors (cheap: names and shapes,
+  and the layout plan only once the layer count is known to be real)."""
+  names = backbone_names(model_type)
   embed = tensors.get(names.embed)
   if embed is None:
     raise CheckpointMismatchError(f"checkpoint has no tensor {names.embed!r}")
@@ -82,6 +82,8 @@ def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray],
         f"of layer {missing} (it has {len(layers)} layers)")
   if config.moe is None or not config.moe_layers:
     return
+  fused_down = [e for e in tensor_plan(config, model_type, hf)
+                if isinstance(e, Experts) and e.part == "down"]
   first = names.block.format(i=config.moe_layers[0]) + "."
   names = [n for n in tensors if n.startswith(first)]
   per_expert = {int(m.group(1)) for m in map(_EXPERT.search, names) if m}
@@ -151,10 +153,9 @@ def import_tensors(config: ModelConfig, model_type: str, hf: dict,
                    tensors: Mapping[str, np.ndarray]) -> Tuple[dict, List[str]]:
   """(variables, ignored tensor names) for `config` from HF-named tensors.
   CheckpointMismatchError for a tensor that is missing, mis-shaped or unused."""
+  check_sizes(config, tensors, model_type, hf)
   plan = tensor_plan(config, model_type, hf)
   names = backbone_names(model_type)
-  check_sizes(config, tensors, [e for e in plan if isinstance(e, Experts) and e.part == "down"],
-              names)
   shapes = variable_shapes(config)
   if hf.get("tie_word_embeddings"):
     plan = [dataclasses.replace(e, names=e.names + (names.embed,))
