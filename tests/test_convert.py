@@ -2,6 +2,7 @@
 family, router choices, both expert layouts, sharded checkpoints, and one-line
 errors for checkpoints that cannot be converted."""
 
+import dataclasses
 import functools
 import json
 import os
@@ -334,6 +335,23 @@ def test_safetensors_writer_is_read_by_the_reference_library(tmp_path):
     np.testing.assert_array_equal(np.asarray(ours[key]), value)
     if key != "b":  # safetensors.numpy has no bfloat16
       np.testing.assert_array_equal(theirs[key], value)
+
+
+def test_olmoe_clip_qkv_imports_and_exports_with_parity(tmp_path):
+  """OLMoE clips its normed queries and keys and its values at clip_qkv (here
+  0.5, well inside their range)."""
+  torch_model = tiny_hf_model("olmoe", clip_qkv=0.5)
+  torch_model.save_pretrained(tmp_path / "hf")
+  model = load_hf(str(tmp_path / "hf"))
+  assert model.config.clip_qkv == 0.5
+  np.testing.assert_allclose(_our_logits(model), hf_logits(torch_model, IDS), atol=1e-4, rtol=0)
+  unclipped = dataclasses.replace(model, config=dataclasses.replace(model.config, clip_qkv=None))
+  assert np.abs(_our_logits(unclipped) - _our_logits(model)).max() > 1e-2
+  save_hf(str(tmp_path / "out"), model.config, model.variables, "olmoe", base=model.hf_config)
+  reloaded = AutoModelForCausalLM.from_pretrained(str(tmp_path / "out"),
+                                                  attn_implementation="eager").eval()
+  np.testing.assert_allclose(hf_logits(reloaded, IDS), hf_logits(torch_model, IDS), atol=1e-5,
+                             rtol=0)
 
 
 @pytest.mark.parametrize("family", ["llama", "qwen3_moe", "olmoe", "deepseek_v3"])

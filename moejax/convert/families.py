@@ -278,9 +278,9 @@ def _qwen_moe(hf: dict, **overrides) -> ModelConfig:
 
 
 def _olmoe(hf: dict) -> ModelConfig:
-  if hf.get("clip_qkv") is not None:
-    _refuse(hf, "clip_qkv", hf["clip_qkv"], "only None is implemented")
-  return _moe(hf, _backbone(hf, qk_norm="full"), num_experts=_get_first(hf, _EXPERTS),
+  clip = hf.get("clip_qkv")
+  fields = _backbone(hf, qk_norm="full", clip_qkv=None if clip is None else float(clip))
+  return _moe(hf, fields, num_experts=_get_first(hf, _EXPERTS),
               d_ff=_get(hf, "intermediate_size"),
               router=dict(normalize_top_k=bool(hf.get("norm_topk_prob", False))))
 

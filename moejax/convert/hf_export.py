@@ -72,7 +72,7 @@ def _moe_fields(cfg: ModelConfig, model_type: str) -> dict:
                 moe_num_shared_experts=moe.num_shared_experts, use_bias=False)
   if model_type == "olmoe":
     return dict(num_experts=r.num_experts, intermediate_size=moe.d_ff,
-                norm_topk_prob=r.normalize_top_k, clip_qkv=None)
+                norm_topk_prob=r.normalize_top_k, clip_qkv=cfg.clip_qkv)
   if model_type.startswith("deepseek"):
     out = dict(n_routed_experts=r.num_experts, moe_intermediate_size=moe.d_ff,
                first_k_dense_replace=cfg.first_dense_layers, n_group=r.num_expert_groups,
