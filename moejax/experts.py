@@ -194,13 +194,11 @@ class ExpertBank(nn.Module):
                                self.param(f"{name}_scale", nn.initializers.ones,
                                           quantized_scale_shape(shape, self.quantization_group)))
                         for name, shape in shapes.items()}
-    self._biases = {}
-    if self.use_bias:
-      shapes = {"b_in": (e, f), "b_gate": (e, f), "b_out": (e, d)}
-      if not is_glu(self.activation):
-        del shapes["b_gate"]
-      self._biases = {name: self.param(name, nn.initializers.zeros, shape)
-                      for name, shape in shapes.items()}
+    bias_shapes = {"b_in": (e, f), "b_out": (e, d)}
+    if is_glu(self.activation):
+      bias_shapes["b_gate"] = (e, f)
+    self._biases = {name: self.param(name, nn.initializers.zeros, shape)
+                    for name, shape in bias_shapes.items()} if self.use_bias else {}
     if self.lora_rank:
       # A random, B zero: the adapted expert starts as the base expert.
       self._adapters = {

@@ -231,3 +231,17 @@ def test_molora_upcycle_starts_as_the_dense_model_on_one_copy_of_its_ffn():
                      "moe.lora_shared_base"):
     upcycle(dense, dense_variables, dataclasses.replace(moe, d_ff=12),
             rng=jax.random.PRNGKey(1), granularity=2)
+
+
+def test_adapters_with_expert_biases_cover_the_matrices_only():
+  """use_bias and lora_rank together: adapters on w_in / w_gate / w_out, none
+  on the biases, and the adapted layer starts as its base."""
+  moe = dataclasses.replace(_config(lora_rank=2).moe, use_bias=True)
+  config = dataclasses.replace(_config(lora_rank=2), moe=moe)
+  variables = jax.jit(TransformerLM(config).init)(jax.random.PRNGKey(0), TOKENS)
+  experts = variables["params"]["block_0"]["moe"]["experts"]
+  assert sorted(experts) == sorted(["w_in", "w_gate", "w_out", "b_in", "b_gate", "b_out"] + [
+      f"{m}_lora_{ab}" for m in ("w_in", "w_gate", "w_out") for ab in "ab"])
+  merged_config, merged = merge_lora(config, variables)
+  logits = lambda cfg, v: np.asarray(jax.jit(TransformerLM(cfg).apply)(v, TOKENS)[0])
+  np.testing.assert_array_equal(logits(config, variables), logits(merged_config, merged))

@@ -9,8 +9,8 @@ import pytest
 
 from moejax.train import experiment_from_config, studies
 from moejax.train.comparison import apply_override
-from moejax.train.studies import (FAILS, HOLDS, INCONCLUSIVE, STUDIES, run_study,
-                                   upcycle_overrides, verdict)
+from moejax.train.studies import (FAILS, HOLDS, INCONCLUSIVE, STUDIES, Study, run_study,
+                                   verdict)
 
 TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "data.seq_len=32",
         "data.batch_size=8", "data.eval_batches=1"]
@@ -24,13 +24,26 @@ def test_verdict_is_judged_on_disjoint_intervals():
   assert verdict([1.0, 1.5, 0.5], [1.2, 1.3, 1.1]) == INCONCLUSIVE
 
 
+def _upcycle_overrides(study: Study, row: str) -> list:
+  """The model.* assignments that give `row`'s config the MoE of the upcycle
+  it starts from (none for other rows): what train.init_from does to it."""
+  out = []
+  for kind, fields in study.upcycles.items():
+    if any("{" + kind + ":" in assignment for assignment in study.rows[row]):
+      for field, value in fields.items():
+        section = "router." if field in ("num_experts", "top_k") else ""
+        out.append(f"model.moe.{section}{field}={value}")
+      out.append("model.moe_every=1")
+  return out
+
+
 @pytest.mark.parametrize("name", sorted(STUDIES))
 def test_every_study_row_is_a_valid_experiment(name):
   """Each row's overrides apply to its base and validate (nothing trains)."""
   study = STUDIES[name]
   for row, overrides in study.rows.items():
     config = study.base()
-    for assignment in (*overrides, *upcycle_overrides(study, row)):
+    for assignment in (*overrides, *_upcycle_overrides(study, row)):
       apply_override(config, assignment)
     experiment_from_config(config)
   assert {c.better for c in study.claims} | {c.worse for c in study.claims} <= set(study.rows)

@@ -20,6 +20,7 @@ fails at once instead of tracing a model of a million layers.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import warnings
 from typing import Dict, List, Mapping, Tuple
@@ -45,6 +46,7 @@ class CheckpointMismatchError(ValueError):
 _EXPERT = re.compile(r"\.experts\.(\d+)\.")
 
 
+@functools.lru_cache(maxsize=None)
 def _block_pattern(names: BackboneNames) -> re.Pattern:
   """Matches a tensor of block i, capturing i."""
   return re.compile("^" + re.escape(names.block).replace(re.escape("{i}"), r"(\d+)") + r"\.")
@@ -85,8 +87,8 @@ def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray], model_ty
   fused_down = [e for e in tensor_plan(config, model_type, hf)
                 if isinstance(e, Experts) and e.part == "down"]
   first = names.block.format(i=config.moe_layers[0]) + "."
-  names = [n for n in tensors if n.startswith(first)]
-  per_expert = {int(m.group(1)) for m in map(_EXPERT.search, names) if m}
+  layer_tensors = [n for n in tensors if n.startswith(first)]
+  per_expert = {int(m.group(1)) for m in map(_EXPERT.search, layer_tensors) if m}
   # Fused tensors lead with the expert axis, or with experts x d_ff rows (DBRX).
   fused = [tensors[n].shape[0] // (config.moe.d_ff if e.stacked_rows else 1)
            for e in fused_down for n in e.fused if n.startswith(first) and n in tensors]

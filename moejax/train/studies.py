@@ -368,19 +368,6 @@ def _upcycle(source: str, out: str, seed: int, num_experts: int, top_k: int,
   save_model_dir(out, config, variables)
 
 
-def upcycle_overrides(study: Study, row: str) -> List[str]:
-  """The model.* assignments that give `row`'s config the MoE of the upcycle
-  it starts from (none for other rows): what train.init_from does to it."""
-  out = []
-  for kind, fields in study.upcycles.items():
-    if any("{" + kind + ":" in assignment for assignment in study.rows[row]):
-      for field, value in fields.items():
-        section = "router." if field in ("num_experts", "top_k") else ""
-        out.append(f"model.moe.{section}{field}={value}")
-      out.append("model.moe_every=1")
-  return out
-
-
 def _from_source(config, own: Sequence[str]):
   """The row's config with the model of its train.init_from, plus the row's
   own model.* overrides (--set's model fields shaped the source already)."""
