@@ -1,16 +1,19 @@
-"""Seeded studies: the verdict rule, every study's rows validate, the
-aggregation over seeds on known numbers, and studies end to end at a tiny
-budget (outputs and verdict lines written; the numbers mean nothing there)."""
+"""Seeded studies: the paired statistics and the sweep's choice on known
+numbers, every study's rows validate, the tuning and aggregation over seeds
+on rows with known numbers, and studies end to end at a tiny budget (outputs
+and verdict lines written; the numbers mean nothing there)."""
 
 import json
 
 import numpy as np
 import pytest
 
-from moejax.train import experiment_from_config, studies
+from moejax.train import experiment_from_config, study_jobs
 from moejax.train.comparison import apply_override
-from moejax.train.studies import (FAILS, HOLDS, INCONCLUSIVE, STUDIES, Study, run_study,
-                                   verdict)
+from moejax.train.studies import STUDIES, Study, plan_study, run_study
+from moejax.train.study_report import write_scales
+from moejax.train.study_stats import (FAILS, HOLDS, INCONCLUSIVE, choose, paired_difference,
+                                      trend)
 
 TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "data.seq_len=32",
         "data.batch_size=8", "data.eval_batches=1"]
@@ -18,10 +21,35 @@ TINY_VIT = ["model.num_layers=2", "model.d_model=32", "model.num_heads=2", "data
             "data.eval_batches=1"]
 
 
-def test_verdict_is_judged_on_disjoint_intervals():
-  assert verdict([1.0, 1.1, 0.9], [2.0, 2.1, 1.9]) == HOLDS
-  assert verdict([2.0, 2.1, 1.9], [1.0, 1.1, 0.9]) == FAILS
-  assert verdict([1.0, 1.5, 0.5], [1.2, 1.3, 1.1]) == INCONCLUSIVE
+T_975_2 = 4.302652729911275   # Student-t 97.5% quantile, 2 degrees of freedom
+
+
+def test_paired_difference_on_known_numbers():
+  # Per-row intervals overlap (1.0 ± 0.1 vs 1.05 ± 0.11), but every seed is
+  # 0.04-0.06 better: d = [-0.05, -0.06, -0.04], mean -0.05, std 0.01.
+  p = paired_difference([1.0, 1.1, 0.9], [1.05, 1.16, 0.94])
+  half = T_975_2 * 0.01 / np.sqrt(3)
+  np.testing.assert_allclose([p["delta"], p["std"], p["low"], p["high"]],
+                             [-0.05, 0.01, -0.05 - half, -0.05 + half], atol=1e-12)
+  np.testing.assert_allclose(p["t"], -0.05 / (0.01 / np.sqrt(3)))
+  assert p["n"] == 3 and p["verdict"] == HOLDS
+  assert paired_difference([1.05, 1.16, 0.94], [1.0, 1.1, 0.9])["verdict"] == FAILS
+  # Signs disagree across seeds: the interval straddles 0.
+  assert paired_difference([1.0, 1.2, 0.9], [1.05, 1.1, 0.95])["verdict"] == INCONCLUSIVE
+  one = paired_difference([1.0], [2.0])
+  assert one["verdict"] == INCONCLUSIVE and one["low"] is None and one["delta"] == -1.0
+  with pytest.raises(ValueError, match="one per seed"):
+    paired_difference([1.0, 2.0], [1.0])
+
+
+def test_sweep_choice_and_trend_on_known_numbers():
+  assert choose([0.5, 1.0, 2.0], [1.2, 1.1, 1.15]) == 1.0
+  assert choose([0.5, 1.0, 2.0], [1.2, 1.3, None]) == 0.5          # diverged: never chosen
+  assert choose([0.5, 1.0, 2.0], [float("nan"), 1.3, 1.3]) == 1.0   # ties: the earlier
+  with pytest.raises(ValueError, match="diverged"):
+    choose([1.0, 2.0], [None, float("nan")])
+  assert trend(-0.01, -0.03) == "grew" and trend(-0.03, -0.01) == "shrank"
+  assert trend(0.02, -0.01) == "flipped" and trend(0.01, 0.02) == "grew"
 
 
 def _upcycle_overrides(study: Study, row: str) -> list:
@@ -56,33 +84,66 @@ def _tiny(study: str, data_dir) -> list:
 
 
 def _fake_train_row(name, config, workdir, verbose=True):
-  """train_row's stand-in: a row whose numbers depend only on its name and seed."""
+  """train_row's stand-in: a row whose numbers depend only on its name, its
+  seed and (for the sweep) how far its learning rate is from 6e-3."""
   seed, moe = config.seed, config.model.moe_every > 0
-  loss = 1.0 + 0.1 * len(name) + 0.01 * seed
+  loss = 1.0 + 0.1 * len(name) + 0.01 * seed + 1e3 * (config.train.learning_rate - 6e-3) ** 2
+  if config.data.eval_split != "validation":   # a tuning run: its held-out slice
+    assert (config.data.train_split, config.data.eval_split, seed) == (
+        "train[:90%]", "train[90%:]", 0)
   return {"params": 10, "active_params": 5, "steps": 2, "eval_loss": loss,
           "train_loss": loss + 0.5, "balance": 1.5 + seed if moe else None,
           "fraction_dropped": 0.25 if moe else None,
           "balance_curve": [[1, 3.0 + seed], [2, 2.0 + seed]] if moe else []}
 
 
-def test_study_aggregates_seeds_into_mean_std_verdicts_and_curves(tmp_path, monkeypatch):
-  """The study's bookkeeping over 2 seeds, on rows with known numbers."""
-  monkeypatch.setattr(studies, "train_row", _fake_train_row)
+def test_study_tunes_each_row_then_aggregates_seeds(tmp_path, monkeypatch):
+  """The study's bookkeeping over 2 seeds, on rows with known numbers: the
+  sweep picks each row's best learning rate on the held-out slice, every
+  seed trains at it, claims are judged on the paired differences, and a
+  second run reuses every finished row."""
+  calls = []
+  monkeypatch.setattr(study_jobs, "train_row",
+                      lambda *a, **k: calls.append(a[2]) or _fake_train_row(*a, **k))
+  plan = plan_study("moe_vs_dense", 2, str(tmp_path))
+  assert [(phase, runs, todo) for phase, runs, todo, _ in plan] == [("tune lr", 9, 9),
+                                                                     ("seeds", 6, 6)]
   results = run_study("moe_vs_dense", 2, str(tmp_path), verbose=False)
+  assert len(calls) == 15
   assert set(results["rows"]) == set(STUDIES["moe_vs_dense"].rows)
   dense, moe = results["rows"]["dense"], results["rows"]["moe_8x_top2"]
+  # lm_tiny's rate is 3e-3: the sweep 1.5e-3, 3e-3, 6e-3 picks 6e-3 for every row.
+  assert dense["sweeps"]["train.learning_rate"]["candidates"] == [1.5e-3, 3e-3, 6e-3]
+  assert dense["settings"] == {"train.learning_rate": 6e-3}
+  assert (tmp_path / "dense" / "lr0.006" / "seed_1" / "study_row.json").exists()
   np.testing.assert_allclose(dense["eval_loss"]["values"], [1.5, 1.51])
   np.testing.assert_allclose(dense["eval_loss"]["mean"], 1.505)
   np.testing.assert_allclose(dense["eval_loss"]["std"], 0.01 / np.sqrt(2))   # sample std
   # MoE rows: balance over training averaged over the seeds; the dense row has none.
   assert moe["balance_curve"] == {"steps": [1, 2], "mean": [3.5, 2.5]}
   assert "balance_curve" not in dense and "balance" not in dense
-  # 'moe_8x_top2' (2.1) is worse than 'dense' (1.5) here: the claim does not hold.
-  assert [c["verdict"] for c in results["claims"]] == [FAILS, FAILS]
+  # 'moe_8x_top2' (2.1) is worse than 'dense' (1.5) on both seeds by exactly 0.6:
+  # std 0, the interval is the point +0.6, above 0.
+  claim = results["claims"][0]
+  assert claim["verdict"] == FAILS and claim["paired"]["n"] == 2
+  np.testing.assert_allclose([claim["paired"]["low"], claim["paired"]["high"]], [0.6, 0.6])
   text = (tmp_path / "results.md").read_text()
   assert text.count("**Verdict: does not hold**") == 2 and "1.5050 ± 0.0071" in text
+  assert "| dense | lr | 0.0015: 1.5203, 0.003: 1.5090, 0.006: 1.5000 | 0.006 |" in text
   assert json.loads((tmp_path / "results.json").read_text())["seeds"] == 2
   assert (tmp_path / "results.png").stat().st_size > 0
+  # Everything finished: nothing retrains, nothing is left to plan.
+  assert run_study("moe_vs_dense", 2, str(tmp_path), verbose=False) == results
+  assert len(calls) == 15
+  assert all(todo == 0 for _, _, todo, _ in plan_study("moe_vs_dense", 2, str(tmp_path)))
+  # The large scale trains 4x the steps in workdir/large; scales.md compares.
+  run_study("moe_vs_dense", 2, str(tmp_path), verbose=False, tune=(), scale="large")
+  assert len(calls) == 21 and (tmp_path / "large" / "dense" / "seed_0").is_dir()
+  assert "| moe_8x_top2 < dense (eval_loss) | Δ +0.6000" in write_scales(str(tmp_path))
+  with pytest.raises(ValueError, match="--tune=lr,bogus is invalid"):
+    run_study("moe_vs_dense", 1, str(tmp_path), tune=("lr", "bogus"))
+  with pytest.raises(ValueError, match="--scale=large is not defined for the study 'molora'"):
+    run_study("molora", 1, str(tmp_path), scale="large")
 
 
 # The studies run end to end from one per base config (lm_tiny, lm_study,
@@ -101,11 +162,16 @@ def test_smoke_studies_cover_every_base_config():
 def test_study_runs_at_a_tiny_budget(tmp_path, data_dir, name):
   """CI's smoke run of a study: every row trains (1 seed, 2 steps) and
   results.md has one verdict line per claim."""
-  results = run_study(name, 1, str(tmp_path), _tiny(name, data_dir), verbose=False)
+  # moe_vs_dense is also tuned (its sweep at the same tiny budget).
+  results = run_study(name, 1, str(tmp_path), _tiny(name, data_dir), verbose=False,
+                      tune=None if name == "moe_vs_dense" else ())
   assert set(results["rows"]) == set(STUDIES[name].rows)
   text = (tmp_path / "results.md").read_text()
   assert text.count("**Verdict: ") == len(STUDIES[name].claims)
   assert (tmp_path / "results.png").stat().st_size > 0
+  if name == "moe_vs_dense":
+    assert all(len(s["sweeps"]["train.learning_rate"]["held_out_loss"]) == 3
+               for s in results["rows"].values())
   if name == "upcycling":
     # The upcycle equals its dense source at step 0, and both continuations read
     # the same batches: their first task losses agree, a fresh MoE's does not.
