@@ -22,7 +22,7 @@ setup(
         "absl-py>=1.0",
         "numpy>=1.26",
         "safetensors>=0.4.3",   # validated reading/writing of HF and moejax model folders
-        "tokenizers>=0.15",     # a checkpoint's tokenizer.json (moejax/convert/tokenizer.py)
+        "tokenizers>=0.15",     # a checkpoint's tokenizer.json (moejax/data/tokenizer.py)
         "jinja2>=3.1.6",        # its chat template, rendered in jinja2's sandbox
         "qwix>=0.1.8",          # int8 / int4 expert weights (moejax/compress/quantize.py)
         # data: TFDS builders written as array_record, read through grain (no TensorFlow)

@@ -120,7 +120,7 @@ for path in summary.plots:  # the trainer's own plots, also in the workdir
     "03_compare_routers.ipynb": [
         ("md", """# Compare routers on the same budget
 
-Every entry of the router zoo (`moejax/train/router_zoo.py`) changes only the routing of the tiny LM,
+Every entry of the router zoo (`moejax/studies/router_zoo.py`) changes only the routing of the tiny LM,
 keeping the parameters a token uses equal, and trains for the same steps. Routers marked † choose
 experts from the whole batch (future tokens included), so their LM loss is optimistic. The full run
 is `python experiments/router_zoo.py --workdir=/tmp/router_zoo` (the README shows its table)."""),
@@ -128,9 +128,9 @@ is `python experiments/router_zoo.py --workdir=/tmp/router_zoo` (the README show
         ("code", STEPS.format(default=150)),
         ("code", '''import tempfile
 from IPython.display import Image, Markdown, display
-from moejax.train.comparison import train_row, markdown_table
+from moejax.studies.comparison import train_row, markdown_table
 from moejax.train.presets import lm_tiny
-from moejax.train.router_zoo import ZOO, plot_zoo, zoo_configs
+from moejax.studies.router_zoo import ZOO, plot_zoo, zoo_configs
 
 routers = ["top2_capacity", "expert_choice", "aux_loss_free", "null_experts", "soft_moe"]
 # The test suite runs the first MOEJAX_NOTEBOOK_ROUTERS of them (each compiles its own model).

@@ -409,7 +409,7 @@ def _trace(jobs, trace_dir: str) -> None:
 
 def _train_step(common):
   """Rows of --train_config: the config file with --train_set applied."""
-  from moejax.train.comparison import apply_override, load_config_file
+  from moejax.studies.comparison import apply_override, load_config_file
   from moejax.train.config import experiment_from_config
   from train_step_rows import train_step_rows
   try:

@@ -29,7 +29,7 @@ def main(argv):
   require_workdir(argv, _WORKDIR.value)
   from moejax.data import DataError
   from moejax.train import CheckpointError, TrainingError
-  from moejax.train.comparison import (apply_override, load_config_file, train_row,
+  from moejax.studies.comparison import (apply_override, load_config_file, train_row,
                                        write_results)
 
   rows = []

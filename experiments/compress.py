@@ -112,7 +112,7 @@ def main(argv):
       fail(2, f"--{flag}={path} exists; choose a new folder")
   from moejax.compress.measure import evaluate, size_row
   from moejax.compress.pipeline import compress_model
-  from moejax.convert.sources import load_any
+  from moejax.train.sources import load_any
   from moejax.data.pipeline import make_datasets
 
   data_config = data_config_or_exit(name=_DATA.value, data_dir=_DATA_DIR.value,

@@ -79,8 +79,8 @@ def main(argv):
   from moejax.config import MoEConfig, RouterConfig
   from moejax.convert.hf_export import save_hf
   from moejax.convert.model_dir import save_model_dir
-  from moejax.convert.sources import load_any, tokenizer_folder
-  from moejax.convert.tokenizer import tokenizer_for_model
+  from moejax.train.sources import load_any, tokenizer_folder
+  from moejax.data.tokenizer import tokenizer_for_model
   from moejax.convert.upcycle import upcycle
   try:
     config, variables, hf = load_any(_SRC.value)

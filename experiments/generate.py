@@ -8,7 +8,7 @@
 
 --model: a training workdir (latest checkpoint), a moejax model folder from
 experiments/convert.py, or a HuggingFace folder. --prompt is text: a folder with a
-tokenizer.json (moejax.convert.tokenizer), or a workdir trained with data.tokenizer,
+tokenizer.json (moejax.data.tokenizer), or a workdir trained with data.tokenizer,
 encodes it with that tokenizer; a byte-level model (vocab 256, the embedded corpus)
 takes its UTF-8 bytes. --chat wraps each prompt as one user message in the
 tokenizer's chat template. Repeated --prompt flags run as one left-padded batch.
@@ -56,8 +56,8 @@ def main(argv):
     fail(2, "--chat needs --prompt (text)")
   import jax
   import numpy as np
-  from moejax.convert.sources import load_any, tokenizer_folder
-  from moejax.convert.tokenizer import tokenizer_for_model
+  from moejax.train.sources import load_any, tokenizer_folder
+  from moejax.data.tokenizer import tokenizer_for_model
   from moejax.generate import generate, left_pad
   from moejax.models import TransformerLM
   try:

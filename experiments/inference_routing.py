@@ -58,7 +58,7 @@ def main(argv):
   top_ks = _numbers("top_k", _TOP_K.value, int)
   thresholds = _numbers("thresholds", _THRESHOLDS.value, float)
   from moejax.compress.inference_routing import routing_variants, sweep
-  from moejax.convert.sources import load_any
+  from moejax.train.sources import load_any
   from moejax.data.pipeline import make_datasets
 
   data_config = data_config_or_exit(name=_DATA.value, data_dir=_DATA_DIR.value,

@@ -4,7 +4,7 @@ parameters and equal steps, tabulated (Markdown + JSON) and plotted.
   python experiments/router_zoo.py --workdir=/tmp/router_zoo [--routers=top2_capacity,soft_moe]
       [--base_config=configs/lm_tiny.py] [--set=train.num_steps=300]
 
-Every entry (moejax/train/router_zoo.py) starts from --base_config (lm_tiny:
+Every entry (moejax/studies/router_zoo.py) starts from --base_config (lm_tiny:
 8 experts x d_ff 256, top-2) and changes only its routing; top-1 routers get experts twice as wide so that
 active parameters per token stay equal. Runs train in <workdir>/<router>
 (resuming when present); <workdir>/results.md, results.json and routers.png
@@ -19,7 +19,7 @@ import os
 from absl import flags
 
 from moejax.cli import fail, require_workdir, run
-from moejax.train.router_zoo import DEFAULT_ROUTERS, SLOW_ON_CPU, ZOO
+from moejax.studies.router_zoo import DEFAULT_ROUTERS, SLOW_ON_CPU, ZOO
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Parent directory of the runs (required).")
 _ROUTERS = flags.DEFINE_list("routers", list(DEFAULT_ROUTERS), "Which entries to run; any of "
@@ -34,8 +34,8 @@ def main(argv):
   require_workdir(argv, _WORKDIR.value)
   from moejax.data import DataError
   from moejax.train import CheckpointError, TrainingError
-  from moejax.train.comparison import load_config_file, train_row, write_results
-  from moejax.train.router_zoo import plot_zoo, zoo_configs
+  from moejax.studies.comparison import load_config_file, train_row, write_results
+  from moejax.studies.router_zoo import plot_zoo, zoo_configs
   try:
     runs = zoo_configs(load_config_file(_BASE.value), _ROUTERS.value, _SET.value)
     from moejax.train import experiment_from_config

@@ -1,5 +1,5 @@
 """Runs a seeded study: each row tuned, then trained for every seed; a table of
-mean ± std per row and a paired verdict per claim (moejax/train/studies.py).
+mean ± std per row and a paired verdict per claim (moejax/studies/runner.py).
 
   python experiments/study.py --study=moe_vs_dense --seeds=5 --workdir=/tmp/study_moe_vs_dense
   python experiments/study.py --study=num_experts --seeds=3 --workdir=... --plan
@@ -21,7 +21,7 @@ from __future__ import annotations
 from absl import flags
 
 from moejax.cli import fail, require_workdir, run
-from moejax.train.studies import SCALES, STUDIES, TUNABLE
+from moejax.studies.runner import SCALES, STUDIES, TUNABLE
 
 _STUDY = flags.DEFINE_enum("study", None, sorted(STUDIES), "Which study to run.")
 _SEEDS = flags.DEFINE_integer("seeds", 3, "Seeds per row (0, 1, ...). Where a paired interval "
@@ -59,8 +59,8 @@ def main(argv):
   from moejax.data import DataError
   from moejax.train import CheckpointError, TrainingError
   from moejax.train.guarantees import WorkdirError
-  from moejax.train.studies import plan_study, rejudge, run_study
-  from moejax.train.study_report import markdown
+  from moejax.studies.runner import plan_study, rejudge, run_study
+  from moejax.studies.report import markdown
   try:
     if _PLAN.value:
       plan = plan_study(_STUDY.value, _SEEDS.value, _WORKDIR.value, _SET.value, _tune_value(),

@@ -22,7 +22,7 @@ import numpy as np
 
 from moejax.models import build_model
 from moejax.parallel import batch_sharding, make_mesh, tree_shardings
-from moejax.train.comparison import active_params
+from moejax.models.params import active_params
 from moejax.train.optim import make_optimizer
 from moejax.train.step import init_state, make_train_step
 from timing import round_robin_ms

@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import qwix
 
-from moejax.dispatch.base import ExpertBatch
+from moejax.expert_batch import ExpertBatch
 from moejax.grouped_matmul import (DEFAULT_BLOCK_SIZE, RowLayout, gmm, group_ids,
                                    resolve_backend, row_layout)
 from moejax.grouped_matmul.blocked_ffn import blocked_ffn

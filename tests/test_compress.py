@@ -227,7 +227,7 @@ def test_compress_binary_prunes_merges_quantizes_and_the_result_generates(tmp_pa
   the expert count and weight bytes going down, a model folder that loads
   and generates, and one-line refusals that write nothing."""
   from moejax.convert.model_dir import save_model_dir
-  from moejax.convert.sources import load_any
+  from moejax.train.sources import load_any
   from moejax.generate import generate
   config, variables, _ = _model()
   save_model_dir(str(tmp_path / "model"), config, variables)

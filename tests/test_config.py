@@ -71,7 +71,7 @@ def test_capacity_formula():
 
 
 def test_checkpoint_compatibility_ignores_the_moe_fields_of_a_dense_model():
-  from moejax.train.config import incompatible_fields
+  from moejax.train.compatibility import incompatible_fields
   config = lambda moe_every, dispatch: {"seed": 0, "train": {"num_steps": 5},
                                         "model": {"moe_every": moe_every,
                                                   "moe": {"dispatch": dispatch}}}
@@ -85,7 +85,7 @@ def test_checkpoint_compatibility_ignores_the_moe_fields_of_a_dense_model():
 def test_a_checkpoint_from_before_a_field_existed_is_compatible_at_its_default():
   """A field a checkpoint's saved config lacks (added to moejax later) only
   conflicts when the current config sets it away from its default."""
-  from moejax.train.config import incompatible_fields
+  from moejax.train.compatibility import incompatible_fields
   from moejax.train.defaults import experiment_config
   current = experiment_config().to_dict()
   saved = experiment_config().to_dict()

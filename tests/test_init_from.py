@@ -13,7 +13,7 @@ from flax.traverse_util import flatten_dict
 
 from moejax.config import MoEConfig, RouterConfig
 from moejax.convert.model_dir import save_model_dir
-from moejax.convert.sources import load_any
+from moejax.train.sources import load_any
 from moejax.convert.upcycle import upcycle
 from moejax.train import Checkpointer, experiment_from_config, train_and_evaluate
 from moejax.train.init_from import InitFromError, resolve_model

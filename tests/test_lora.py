@@ -212,7 +212,7 @@ def test_molora_upcycle_starts_as_the_dense_model_on_one_copy_of_its_ffn():
   np.testing.assert_allclose(logits(config, variables), logits(dense, dense_variables),
                              atol=1e-5, rtol=0)
   # A token uses the whole shared FFN and 2 of the 4 experts' adapters.
-  from moejax.train.comparison import active_params
+  from moejax.models.params import active_params
   flat = flatten_dict(variables["params"])
   adapters = sum(v.size for k, v in flat.items() if "lora" in k[-1])
   total = sum(v.size for v in flat.values())

@@ -181,7 +181,7 @@ def test_every_config_file_validates(path):
 
 
 def test_every_router_zoo_entry_validates():
-  from moejax.train.router_zoo import ZOO, zoo_configs
+  from moejax.studies.router_zoo import ZOO, zoo_configs
   from moejax.train.presets import lm_tiny
   for name, config in zoo_configs(lm_tiny(), list(ZOO)):
     assert experiment_from_config(config).model.moe_layers, name

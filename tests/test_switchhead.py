@@ -102,7 +102,7 @@ def test_impossible_combinations_are_refused_in_one_line(fields, message):
 
 
 def test_active_parameters_count_top_k_of_each_heads_experts():
-  from moejax.train.comparison import active_params
+  from moejax.models.params import active_params
   config = _config()
   params = TransformerLM(config).init(jax.random.key(8), jnp.zeros((1, 4), jnp.int32))["params"]
   total = sum(x.size for x in jax.tree.leaves(params))

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import tensorflow_datasets as tfds
 
-from moejax.convert.tokenizer import load_tokenizer
+from moejax.data.tokenizer import load_tokenizer
 from moejax.data import DataError, make_datasets
 from moejax.data.builders import byte_corpus_split, pydoc_corpus
 from moejax.data.config import DataConfig
@@ -156,8 +156,8 @@ def test_fine_tune_an_imported_model_on_its_tokens_then_generate(tokenizer_dir, 
   # bits per byte count the bytes a token covers
   assert summary.eval["bits_per_byte"] < summary.eval["loss"] / np.log(2) / 1.2
   # generate.py finds a workdir's tokenizer through its data.tokenizer.
-  from moejax.convert.sources import load_any, tokenizer_folder
-  from moejax.convert.tokenizer import tokenizer_for_model
+  from moejax.train.sources import load_any, tokenizer_folder
+  from moejax.data.tokenizer import tokenizer_for_model
   from moejax.generate import generate
   from moejax.models import TransformerLM
   assert tokenizer_folder(str(tmp_path / "ft")) == str(hf)

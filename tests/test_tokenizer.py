@@ -11,7 +11,7 @@ import sys
 import numpy as np
 import pytest
 
-from moejax.convert.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_model
+from moejax.data.tokenizer import TokenizerError, load_tokenizer, tokenizer_for_model
 from tiny_tokenizer import train_tokenizer
 
 torch = pytest.importorskip("torch")

@@ -27,7 +27,7 @@ import numpy as np
 from moejax.compress.measure import evaluate
 from moejax.models import build_model
 from moejax.models.config import ModelConfig
-from moejax.train.comparison import active_params
+from moejax.models.params import active_params
 
 TOKEN_CHOICE = ("top_k", "threshold")
 

@@ -15,7 +15,7 @@ import numpy as np
 from moejax.compress.quantize import weight_bytes
 from moejax.models import build_model
 from moejax.models.config import ModelConfig
-from moejax.train.comparison import active_params
+from moejax.models.params import active_params
 from moejax.train.step import make_eval_step
 
 

@@ -5,7 +5,7 @@
                                   ('params/block_0/attention/query/kernel')
     <dir>/hf_config.json          (imports only) the original config.json
     <dir>/tokenizer.json, ...     the source's tokenizer files, where it has them
-                                  (moejax.convert.tokenizer)
+                                  (moejax.data.tokenizer)
 
 Written into a temporary folder and renamed, so a failed write leaves nothing.
 """
@@ -22,7 +22,7 @@ import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
 from moejax.convert.safetensors_io import read_safetensors, staged_dir, write_safetensors
-from moejax.convert.tokenizer import copy_tokenizer_files
+from moejax.data.tokenizer import copy_tokenizer_files
 from moejax.models.config import ModelConfig, model_config_from_mapping
 
 CONFIG_FILE = "model_config.json"

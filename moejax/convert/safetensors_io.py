@@ -31,7 +31,7 @@ import numpy as np
 import safetensors
 import safetensors.numpy
 
-from moejax.convert.tokenizer import copy_tokenizer_files
+from moejax.data.tokenizer import copy_tokenizer_files
 
 DTYPES = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),

@@ -115,7 +115,7 @@ def _tokenizer(config: DataConfig, model_config):
   if model_config.kind != "lm":
     raise DataError(f"data.tokenizer={config.tokenizer!r} is invalid for model.kind="
                     f"{model_config.kind!r}: it tokenizes text; use None")
-  from moejax.convert.tokenizer import TokenizerError, load_tokenizer
+  from moejax.data.tokenizer import TokenizerError, load_tokenizer
   try:
     tokenizer = load_tokenizer(config.tokenizer)
   except TokenizerError as err:

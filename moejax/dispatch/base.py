@@ -8,37 +8,12 @@ gives the same numbers on the same Routing (up to float rounding).
 from __future__ import annotations
 
 import abc
-from typing import Any, Callable, Optional, Tuple
+from typing import Any, Tuple
 
 import jax
-from flax import struct
 
+from moejax.expert_batch import ExpertBatch, ExpertFn
 from moejax.routing.types import AnyRouting, Routing
-
-
-@struct.dataclass
-class ExpertBatch:
-  """Expert inputs (or outputs) in one of two layouts.
-
-  Attributes:
-    x: bucketed [E, C, d] (slot c of expert e), or grouped [M, d] with rows
-      sorted by expert.
-    group_sizes: None for bucketed; [E] int32 rows per expert for grouped
-      (rows past sum(group_sizes) are padding).
-  """
-
-  x: jax.Array
-  group_sizes: Optional[jax.Array] = None
-
-  @property
-  def is_grouped(self) -> bool:
-    return self.group_sizes is not None
-
-  def replace_x(self, x: jax.Array) -> "ExpertBatch":
-    return ExpertBatch(x=x, group_sizes=self.group_sizes)
-
-
-ExpertFn = Callable[[ExpertBatch], ExpertBatch]
 
 
 class DispatchStrategy(abc.ABC):

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 
-from moejax.train.config import incompatible_fields
+from moejax.train.compatibility import incompatible_fields
 from moejax.train.guarantees import first_mismatch, tree_checksums
 
 

@@ -156,39 +156,3 @@ def experiment_from_config(config) -> ExperimentConfig:
          "quantized experts cannot be trained; train with None and quantize with "
          "experiments/compress.py")
   return ExperimentConfig(values.get("seed", 0), model, data, train, mesh, values)
-
-
-def flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
-  """{'a': {'b': 1}} -> {'a.b': 1}."""
-  out = {}
-  for key, value in values.items():
-    if isinstance(value, dict):
-      out.update(flatten(value, f"{prefix}{key}."))
-    else:
-      # Tuples come back from a JSON checkpoint as lists; compare them as lists.
-      out[f"{prefix}{key}"] = list(value) if isinstance(value, tuple) else value
-  return out
-
-
-# Fields a checkpoint depends on: the parameter / optimizer-state structure and
-# the data order. Anything else (steps, learning rate, logging) may change on resume.
-STATE_DEFINING = ("seed", "model.", "data.name", "data.train_split", "data.batch_size",
-                  "data.seq_len", "data.shuffle_seed", "data.tokenizer", "train.trainable")
-
-
-def incompatible_fields(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[str, tuple]:
-  """{field: (saved value, current value)} for state-defining fields that differ.
-
-  A field the saved config lacks (a checkpoint from before the field existed)
-  is compatible when the current value is the field's default: the older code
-  behaved as that default does."""
-  from moejax.train.defaults import experiment_config
-  a, b = flatten(saved), flatten(current)
-  defaults = flatten(experiment_config().to_dict())
-  a.update({k: defaults[k] for k in b if k not in a and k in defaults and b[k] == defaults[k]})
-  keys = sorted(k for k in set(a) | set(b)
-                if any(k == p or (p.endswith(".") and k.startswith(p)) for p in STATE_DEFINING))
-  if a.get("model.moe_every") == b.get("model.moe_every") == 0:
-    # A dense model has no MoE block: its model.moe fields define no state.
-    keys = [k for k in keys if not k.startswith("model.moe.")]
-  return {k: (a.get(k), b.get(k)) for k in keys if a.get(k) != b.get(k)}

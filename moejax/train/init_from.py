@@ -1,6 +1,6 @@
 """Training from existing weights: `train.init_from=<folder>`.
 
-The folder is anything moejax.convert.sources.load_any reads: a HuggingFace
+The folder is anything moejax.train.sources.load_any reads: a HuggingFace
 checkpoint, a moejax model folder (imported or upcycled) or a training
 workdir (its latest checkpoint). The source defines the model:
 
@@ -127,8 +127,8 @@ def resolve_model(config, overrides: Dict[str, Any], workdir: Optional[str] = No
   one-line description of where the model came from. A `workdir` that already
   ran from the same source gives its recorded model instead of the source's."""
   from moejax.convert.model_dir import model_config_to_mapping
-  from moejax.convert.sources import load_model_config
-  from moejax.convert.tokenizer import has_tokenizer
+  from moejax.train.sources import load_model_config
+  from moejax.data.tokenizer import has_tokenizer
   source = config.train.init_from
   model_overrides = {k[len("model."):]: v for k, v in overrides.items() if k.startswith("model.")}
   model = _model_of_earlier_run(workdir, source)
@@ -162,7 +162,7 @@ def initial_variables(model: ModelConfig, source: str, target: dict) -> dict:
   """The source's {'params', 'router_state'} cast to `target`'s dtypes (the
   freshly initialised variables of `model`). Router state the new router does
   not share (another router rule) keeps its fresh value."""
-  from moejax.convert.sources import load_any
+  from moejax.train.sources import load_any
   try:
     _, variables, _ = load_any(source)
   except (ValueError, FileNotFoundError) as err:

@@ -10,7 +10,7 @@ from typing import Iterable, List, Sequence, Tuple
 
 import ml_collections
 
-from moejax.train.comparison import apply_override
+from moejax.studies.comparison import apply_override
 
 _DROPLESS = ["model.moe.dispatch=dropless", "model.moe.router.capacity_factor=None"]
 _CAPACITY = ["model.moe.dispatch=gather", "model.moe.router.capacity_factor=1.25"]

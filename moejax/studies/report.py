@@ -8,7 +8,7 @@ import json
 import os
 from typing import Dict, Optional
 
-from moejax.train.study_stats import trend
+from moejax.studies.stats import trend
 
 _SHORT = {"train.learning_rate": "lr", "train.load_balance_weight": "balance weight"}
 

@@ -26,7 +26,8 @@ import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from moejax.train.comparison import _param_shapes, active_params, apply_override, train_row
+from moejax.models.params import active_params
+from moejax.studies.comparison import _param_shapes, apply_override, train_row
 
 ROW_FILE = "study_row.json"
 
@@ -104,7 +105,7 @@ def _train(base: Callable, job: Job, verbose: bool) -> Dict:
 
 def _train_in_worker(study: str, job: Job) -> Dict:
   """A worker process's job: its output goes to <out>/train.log."""
-  from moejax.train.studies import STUDIES
+  from moejax.studies.catalogue import STUDIES
   os.makedirs(job.out, exist_ok=True)
   with open(os.path.join(job.out, "train.log"), "a", buffering=1) as log, \
       contextlib.redirect_stdout(log), contextlib.redirect_stderr(log):
