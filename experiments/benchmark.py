@@ -14,7 +14,10 @@ token, router excluded). Every variant is jitted and warmed up, then all are
 timed in turn for `--repeats` rounds (so drifts of the machine hit all rows
 alike); the median is reported for the forward pass and for
 forward + backward (grads w.r.t. params and input). ratio_vs_dense =
-variant time / dense time for the same pass. The 'dense_expert_shape' row runs
+variant time / dense time for the same pass. Next to the times, each row has
+XLA's temporary bytes of the compiled pass (memory_analysis(): activations
+and scratch, not parameters, inputs or outputs) and temp_ratio_vs_dense, the
+forward + backward bytes over the dense FFN's. The 'dense_expert_shape' row runs
 the experts' matmul shapes ([tokens * top_k, d] x [d, d_ff]) with no routing:
 the part of any MoE row's ratio that comes from narrower matmuls, not from
 routing or dispatch. 'rows/tok' counts the token-expert pairs that reach an
@@ -51,7 +54,7 @@ from moejax.cli import fail, run, write_rows
 from moejax.grouped_matmul import BACKENDS, resolve_backend
 from kernel_rows import kernel_rows
 from phase_rows import phase_rows
-from timing import round_robin_ms
+from timing import round_robin_ms, temp_bytes
 
 PRESETS = {
     # The shape from issue 5: tokens=4096, d=512, d_ff=1024, 8 experts, top-2.
@@ -117,6 +120,9 @@ _SHAPE_BOUND = flags.DEFINE_bool(
 _REPEATS = flags.DEFINE_integer("repeats", 5, "Timed repeats per pass (median reported).",
                                  lower_bound=1)
 _WARMUP = flags.DEFINE_integer("warmup", 2, "Untimed calls after compilation.", lower_bound=0)
+_MEMORY_ONLY = flags.DEFINE_bool(
+    "memory_only", False, "Compile every row and report its temporary bytes without timing "
+    "(no run: any preset fits, and the numbers do not depend on the machine's load).")
 _JSON_OUT = flags.DEFINE_string("json_out", None, "Write the rows as JSON here.")
 _EXPERT_PARALLEL = flags.DEFINE_integer(
     "expert_parallel", 0, "N > 1: time the layer expert-parallel over N devices vs one device "
@@ -353,26 +359,39 @@ def main(argv):
       continue
     for pass_name, job in _layer_jobs(layer, inputs).items():
       jobs[name, pass_name] = job
-  ms = round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
+  if _MEMORY_ONLY.value:   # compile only: no timing, no run
+    ms = {key: None for key in jobs}
+  else:
+    ms = round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
+  # XLA's temporary bytes of each compiled pass (deterministic: unaffected by load).
+  mem = {key: temp_bytes(fn, args) for key, (fn, args) in jobs.items()}
+  ratio = lambda a, b: None if a is None or not b else a / b
   rows = []
   for name, (fields, layer, inputs) in variants.items():
     fwd_bwd = ms.get((name, "fwd_bwd"))
     rows.append(dict(name=name, **fields, fwd_ms=ms[name, "fwd"], fwd_bwd_ms=fwd_bwd,
-                     ratio_vs_dense=fwd_bwd and fwd_bwd / ms["dense", "fwd_bwd"],
-                     fwd_ratio_vs_dense=ms[name, "fwd"] / ms["dense", "fwd"],
+                     ratio_vs_dense=ratio(fwd_bwd, ms["dense", "fwd_bwd"]),
+                     fwd_ratio_vs_dense=ratio(ms[name, "fwd"], ms["dense", "fwd"]),
+                     fwd_temp_bytes=mem[name, "fwd"],
+                     fwd_bwd_temp_bytes=mem.get((name, "fwd_bwd")),
+                     temp_ratio_vs_dense=ratio(mem.get((name, "fwd_bwd")),
+                                               mem["dense", "fwd_bwd"]),
                      **_expert_work(name, layer, inputs, shape), **common))
 
   header = f"{'variant':22s} {'cap.f':>6s} {'rows/tok':>8s} {'FFN GFLOP':>9s} {'fwd ms':>9s} " \
-           f"{'fwd+bwd ms':>11s} {'fwd x dense':>11s} {'fwd+bwd x dense':>15s}"
+           f"{'fwd+bwd ms':>11s} {'fwd x dense':>11s} {'fwd+bwd x dense':>15s} " \
+           f"{'fwd+bwd temp MiB':>16s} {'temp x dense':>12s}"
   print(header)
   print("-" * len(header))
   for r in rows:
     cf = "-" if r["capacity_factor"] is None else f"{r['capacity_factor']:.2f}"
     both = lambda v, width: f"{'-':>{width}s}" if v is None else f"{v:{width}.2f}"
+    mib = None if r["fwd_bwd_temp_bytes"] is None else r["fwd_bwd_temp_bytes"] / 2**20
     print(f"{r['name']:22s} {cf:>6s} {r['ffn_rows_per_token']:8.2f} {r['ffn_gflop']:9.2f} "
-          f"{r['fwd_ms']:9.2f} {both(r['fwd_bwd_ms'], 11)} "
-          f"{r['fwd_ratio_vs_dense']:11.2f} {both(r['ratio_vs_dense'], 15)}")
-  for name in phases:
+          f"{both(r['fwd_ms'], 9)} {both(r['fwd_bwd_ms'], 11)} "
+          f"{both(r['fwd_ratio_vs_dense'], 11)} {both(r['ratio_vs_dense'], 15)} "
+          f"{both(mib, 16)} {both(r['temp_ratio_vs_dense'], 12)}")
+  for name in ([] if _MEMORY_ONLY.value else phases):
     if name in variants:
       print()
       rows += phase_rows(name, variants[name][1], x, _REPEATS.value, _WARMUP.value, common)

@@ -26,3 +26,15 @@ def round_robin_ms(jobs, repeats, warmup):
       jax.block_until_ready(fn(*args))
       times[name].append((time.perf_counter() - start) * 1e3)
   return {name: statistics.median(t) for name, t in times.items()}
+
+
+def temp_bytes(fn, args):
+  """XLA's temporary buffer bytes of the compiled jitted `fn` at `args`
+  (CompiledMemoryStats.temp_size_in_bytes: activations and scratch the
+  program allocates, not its arguments or outputs); None where the backend
+  does not report it."""
+  try:
+    stats = fn.lower(*args).compile().memory_analysis()
+  except (AttributeError, NotImplementedError):
+    return None
+  return None if stats is None else int(stats.temp_size_in_bytes)

@@ -41,8 +41,7 @@ from flax import struct
 
 from moejax.config import MoEConfig, RouterConfig
 from moejax.dispatch import get_strategy
-from moejax.dispatch.retrieval import retrieval_ffn
-from moejax.dispatch.expert_parallel import (EP_DISPATCHES, EXPERT_AXIS, expert_parallel,
+from moejax.dispatch.expert_parallel import (EXPERT_AXIS, expert_parallel,
                                              token_shards)
 from moejax.experts import ExpertBank, FeedForward, ZeroComputationExperts
 from moejax.parallel.mesh import axis_size, current_mesh
@@ -176,14 +175,13 @@ class MoELayer(nn.Module):
     compute_tokens = tokens.astype(dtype)
     layout = experts.row_layout()
     mesh = None if self.is_initializing() else current_mesh()
-    if cfg.dispatch == "retrieval":
-      y = retrieval_ffn(compute_tokens, routing, experts.weights(), cfg.activation)
-    elif mesh is not None and self._expert_parallel_ok(mesh, routing, layout):
+    strategy = get_strategy(cfg.dispatch, layout)
+    if mesh is not None and self._expert_parallel_ok(mesh, routing, strategy):
       y = expert_parallel(compute_tokens, routing, experts.weights(), experts.pure_fn(),
                           dispatch=cfg.dispatch, layout=layout, mesh=mesh,
                           exchange=cfg.ep_exchange)
     else:
-      y = get_strategy(cfg.dispatch, layout)(compute_tokens, routing, experts)
+      y = strategy(compute_tokens, routing, experts)
     if cfg.num_shared_experts:
       shared_ff = cfg.num_shared_experts * (cfg.shared_d_ff or cfg.d_ff)
       shared = FeedForward(cfg.d_model, shared_ff, cfg.activation, cfg.use_bias, dtype,
@@ -208,14 +206,14 @@ class MoELayer(nn.Module):
       return x.shape[0]
     return r.routing_groups
 
-  def _expert_parallel_ok(self, mesh, routing, layout) -> bool:
+  def _expert_parallel_ok(self, mesh, routing, strategy) -> bool:
     """Whether this call can run expert-parallel on `mesh` (warns where the
     mesh changes how it runs, never what it computes)."""
     cfg = self.config
-    if cfg.dispatch not in EP_DISPATCHES or not isinstance(routing, Routing):
+    if not strategy.expert_parallel or not isinstance(routing, Routing):
       return False
     shards = token_shards(mesh)
-    if cfg.dispatch == "dropless" and layout.fused_permute and axis_size(mesh, EXPERT_AXIS) > 1:
+    if getattr(strategy, "pallas", False) and axis_size(mesh, EXPERT_AXIS) > 1:
       warnings.warn(
           "MoE gmm_backend='pallas' on an expert mesh axis of size "
           f"{axis_size(mesh, EXPERT_AXIS)}: the grouped matmul runs on the Pallas kernels, but "

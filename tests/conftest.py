@@ -21,6 +21,11 @@ import tempfile
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest
+from absl import flags
+
+# Libraries that read absl flags (tokamax) would parse pytest's own argv
+# (-q, -k ...) and fail outside xdist: nothing in the tests sets a flag.
+flags.FLAGS.mark_as_parsed()
 
 # tests/multidevice needs 8 fake devices, fixed when JAX starts: it runs in its
 # own process (tests/test_multidevice.py sets MOEJAX_MULTIDEVICE=1 there).

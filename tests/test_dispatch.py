@@ -320,3 +320,31 @@ def test_fused_blocked_ffn_equals_the_unfused_reference(activation, bias, sizes,
   loss = lambda fn: jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a)) * cos), argnums=argnums)(*args)
   for got, want in zip(loss(fused), loss(reference)):  # float32 sums in another order
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
+
+
+def test_every_config_dispatch_is_one_strategy_called_the_same_way():
+  """Each MoEConfig.dispatch value is a registered strategy, and each gives
+  the einsum reference's output when called as strategy(x, routing, experts)."""
+  import flax.linen as nn
+  from moejax.config import DISPATCHES
+  from moejax.dispatch import STRATEGIES
+  from moejax.experts import ExpertBank
+  assert set(DISPATCHES) == set(STRATEGIES)
+  cfg = RouterConfig(num_experts=4, top_k=2, capacity_factor=None)
+  x = jax.random.normal(jax.random.key(1), (12, 8))
+  logits = jax.random.normal(jax.random.key(2), (12, 4))
+  routing = route(cfg, logits).routing
+
+  class Layer(nn.Module):
+    dispatch: str
+
+    @nn.compact
+    def __call__(self, x):
+      bank = ExpertBank(num_experts=4, d_model=8, d_ff=16, activation="swiglu", name="experts")
+      return get_strategy(self.dispatch, bank.row_layout())(x, routing, bank)
+
+  params = Layer("einsum").init(jax.random.key(0), x)
+  want = Layer("einsum").apply(params, x)
+  for name in STRATEGIES:
+    np.testing.assert_allclose(Layer(name).apply(params, x), want, rtol=1e-5, atol=1e-5,
+                               err_msg=name)

@@ -11,8 +11,8 @@ import pytest
 from moejax.studies import jobs as study_jobs
 from moejax.train import experiment_from_config
 from moejax.studies.comparison import apply_override
-from moejax.studies.runner import STUDIES, Study, plan_study, run_study
-from moejax.studies.report import write_scales
+from moejax.studies.runner import STUDIES, Study, plan_study, rejudge, run_study
+from moejax.studies.report import summary_markdown, write_scales
 from moejax.studies.stats import (FAILS, HOLDS, INCONCLUSIVE, choose, paired_difference,
                                       trend)
 
@@ -128,20 +128,21 @@ def test_study_tunes_each_row_then_aggregates_seeds(tmp_path, monkeypatch):
   sweep picks each row's best learning rate on the held-out slice, every
   seed trains at it, claims are judged on the paired differences, and a
   second run reuses every finished row."""
+  work = tmp_path / "moe_vs_dense"
   calls = []
   monkeypatch.setattr(study_jobs, "train_row",
                       lambda *a, **k: calls.append(a[2]) or _fake_train_row(*a, **k))
-  plan = plan_study("moe_vs_dense", 2, str(tmp_path))
+  plan = plan_study("moe_vs_dense", 2, str(work))
   assert [(phase, runs, todo) for phase, runs, todo, _ in plan] == [("tune lr", 9, 9),
                                                                      ("seeds", 6, 6)]
-  results = run_study("moe_vs_dense", 2, str(tmp_path), verbose=False)
+  results = run_study("moe_vs_dense", 2, str(work), verbose=False)
   assert len(calls) == 15
   assert set(results["rows"]) == set(STUDIES["moe_vs_dense"].rows)
   dense, moe = results["rows"]["dense"], results["rows"]["moe_8x_top2"]
   # lm_tiny's rate is 3e-3: the sweep 1.5e-3, 3e-3, 6e-3 picks 6e-3 for every row.
   assert dense["sweeps"]["train.learning_rate"]["candidates"] == [1.5e-3, 3e-3, 6e-3]
   assert dense["settings"] == {"train.learning_rate": 6e-3}
-  assert (tmp_path / "dense" / "lr0.006" / "seed_1" / "study_row.json").exists()
+  assert (work / "dense" / "lr0.006" / "seed_1" / "study_row.json").exists()
   np.testing.assert_allclose(dense["eval_loss"]["values"], [1.5, 1.51])
   np.testing.assert_allclose(dense["eval_loss"]["mean"], 1.505)
   np.testing.assert_allclose(dense["eval_loss"]["std"], 0.01 / np.sqrt(2))   # sample std
@@ -153,23 +154,29 @@ def test_study_tunes_each_row_then_aggregates_seeds(tmp_path, monkeypatch):
   claim = results["claims"][0]
   assert claim["verdict"] == FAILS and claim["paired"]["n"] == 2
   np.testing.assert_allclose([claim["paired"]["low"], claim["paired"]["high"]], [0.6, 0.6])
-  text = (tmp_path / "results.md").read_text()
+  text = (work / "results.md").read_text()
   assert text.count("**Verdict: does not hold**") == 2 and "1.5050 ± 0.0071" in text
   assert "| dense | lr | 0.0015: 1.5203, 0.003: 1.5090, 0.006: 1.5000 | 0.006 |" in text
-  assert json.loads((tmp_path / "results.json").read_text())["seeds"] == 2
-  assert (tmp_path / "results.png").stat().st_size > 0
+  assert json.loads((work / "results.json").read_text())["seeds"] == 2
+  assert (work / "results.png").stat().st_size > 0
   # Everything finished: nothing retrains, nothing is left to plan.
-  assert run_study("moe_vs_dense", 2, str(tmp_path), verbose=False) == results
+  assert run_study("moe_vs_dense", 2, str(work), verbose=False) == results
   assert len(calls) == 15
-  assert all(todo == 0 for _, _, todo, _ in plan_study("moe_vs_dense", 2, str(tmp_path)))
+  assert all(todo == 0 for _, _, todo, _ in plan_study("moe_vs_dense", 2, str(work)))
   # The large scale trains 4x the steps in workdir/large; scales.md compares.
-  run_study("moe_vs_dense", 2, str(tmp_path), verbose=False, tune=(), scale="large")
-  assert len(calls) == 21 and (tmp_path / "large" / "dense" / "seed_0").is_dir()
-  assert "| moe_8x_top2 < dense (eval_loss) | Δ +0.6000" in write_scales(str(tmp_path))
+  run_study("moe_vs_dense", 2, str(work), verbose=False, tune=(), scale="large")
+  assert len(calls) == 21 and (work / "large" / "dense" / "seed_0").is_dir()
+  assert "| moe_8x_top2 < dense (eval_loss) | Δ +0.6000" in write_scales(str(work))
+  summary = summary_markdown(str(tmp_path))
+  assert "| `moe_vs_dense` | moe_8x_top2 < dense | base, 2 seeds | lr | Δ +0.6000" in summary
+  assert "| `moe_vs_dense` | moe_8x_top2 < dense | large, 2 seeds | no | Δ +0.6000" in summary
+  # Judged again from the stored values, without training: the same claims.
+  assert rejudge("moe_vs_dense", str(work))["claims"] == results["claims"]
+  assert len(calls) == 21
   with pytest.raises(ValueError, match="--tune=lr,bogus is invalid"):
-    run_study("moe_vs_dense", 1, str(tmp_path), tune=("lr", "bogus"))
+    run_study("moe_vs_dense", 1, str(work), tune=("lr", "bogus"))
   with pytest.raises(ValueError, match="--scale=large is not defined for the study 'molora'"):
-    run_study("molora", 1, str(tmp_path), scale="large")
+    run_study("molora", 1, str(work), scale="large")
 
 
 # The studies run end to end from one per base config (lm_tiny, lm_study,

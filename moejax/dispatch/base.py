@@ -17,9 +17,24 @@ from moejax.routing.types import AnyRouting, Routing
 
 
 class DispatchStrategy(abc.ABC):
-  """dispatch -> experts -> combine. Subclasses implement the two moves."""
+  """dispatch -> experts -> combine. Subclasses implement the two moves.
+
+  Every `dispatch` value of MoEConfig is one subclass, registered in
+  moejax.dispatch.STRATEGIES under its `name`; the MoE layer makes it with
+  `from_layout` and calls it as strategy(x, routing, experts).
+  """
 
   name: str = ""
+  # Whether moejax.dispatch.expert_parallel can run this strategy's moves
+  # inside shard_map over the 'expert' mesh axis.
+  expert_parallel: bool = False
+
+  @classmethod
+  def from_layout(cls, layout) -> "DispatchStrategy":
+    """The strategy for the experts' row layout (grouped_matmul.RowLayout:
+    block size, fused Pallas permute); most strategies ignore it."""
+    del layout
+    return cls()
 
   @abc.abstractmethod
   def dispatch(self, x: jax.Array, routing: AnyRouting) -> Tuple[ExpertBatch, Any]:
@@ -37,5 +52,7 @@ class DispatchStrategy(abc.ABC):
     return routing
 
   def __call__(self, x: jax.Array, routing: AnyRouting, expert_fn: ExpertFn) -> jax.Array:
+    """x: [T, d] -> [T, d]; expert_fn: ExpertBatch -> ExpertBatch (an
+    ExpertBank is one)."""
     batch, residual = self.dispatch(x, routing)
     return self.combine(expert_fn(batch), routing, residual)

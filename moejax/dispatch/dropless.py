@@ -58,6 +58,14 @@ def grouped_slots(routing: Routing, block_size: int):
 class DroplessDispatch(DispatchStrategy):
   name = "dropless"
 
+  expert_parallel = True
+
+  @classmethod
+  def from_layout(cls, layout) -> "DroplessDispatch":
+    """Rows padded per expert to layout.block_size; moved by the Pallas
+    permute kernels when layout.fused_permute."""
+    return cls(layout.block_size, layout.fused_permute)
+
   def __init__(self, block_size: int = 1, pallas: bool = False):
     if block_size < 1:
       raise ValueError(f"dropless block_size={block_size} is invalid: must be >= 1")

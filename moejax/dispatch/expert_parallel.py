@@ -38,7 +38,7 @@ import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
 
 from moejax.config import EP_EXCHANGES
-from moejax.dispatch import get_strategy
+from moejax.dispatch import STRATEGIES, get_strategy
 from moejax.dispatch.base import ExpertBatch
 from moejax.dispatch.dropless import DroplessDispatch, round_up
 from moejax.dispatch.gather import GatherDispatch
@@ -48,8 +48,8 @@ from moejax.parallel.mesh import BATCH_AXES, axis_size
 from moejax.routing.types import Routing
 
 EXPERT_AXIS = "expert"
-# Dispatch names that have an expert-parallel form.
-EP_DISPATCHES = ("gather", "dropless")
+# The strategies whose moves run inside shard_map (DispatchStrategy.expert_parallel).
+EP_DISPATCHES = tuple(name for name, s in STRATEGIES.items() if s.expert_parallel)
 
 
 def resolve_exchange(exchange: str, platform: str | None = None) -> str:

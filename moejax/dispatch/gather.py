@@ -24,6 +24,7 @@ def _slot_ids(routing: Routing) -> jax.Array:
 
 class GatherDispatch(DispatchStrategy):
   name = "gather"
+  expert_parallel = True
 
   def dispatch(self, x, routing):
     routing = self.require_sparse(routing)

@@ -21,8 +21,9 @@ from typing import Dict
 import jax
 import jax.numpy as jnp
 
+from moejax.dispatch.base import DispatchStrategy
 from moejax.experts import hidden_activation, is_glu
-from moejax.routing.types import Routing
+from moejax.routing.types import AnyRouting, Routing
 
 
 def retrieval_ffn(x: jax.Array, routing: Routing, params: Dict[str, jax.Array],
@@ -45,3 +46,21 @@ def retrieval_ffn(x: jax.Array, routing: Routing, params: Dict[str, jax.Array],
   if "b_out" in params:
     out = out + take("b_out")
   return jnp.einsum("tk,tkd->td", weight, out)
+
+
+class RetrievalDispatch(DispatchStrategy):
+  """dispatch='retrieval': the experts' weights move to the tokens
+  (retrieval_ffn); called like every strategy, with the ExpertBank whose
+  weights and activation it reads."""
+
+  name = "retrieval"
+
+  def dispatch(self, x, routing):
+    raise NotImplementedError("retrieval dispatch moves weights, not tokens: call the strategy")
+
+  def combine(self, y, routing, residual):
+    raise NotImplementedError("retrieval dispatch moves weights, not tokens: call the strategy")
+
+  def __call__(self, x: jax.Array, routing: AnyRouting, expert_fn) -> jax.Array:
+    return retrieval_ffn(x, self.require_sparse(routing), expert_fn.weights(),
+                         expert_fn.activation)

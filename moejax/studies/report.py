@@ -150,3 +150,30 @@ def write_scales(workdir: str) -> Optional[str]:
   with open(os.path.join(workdir, "scales.md"), "w") as f:
     f.write(text + "\n")
   return text
+
+
+def summary_markdown(results_dir: str) -> str:
+  """One table over every study under results_dir (<study>/results.json and
+  <study>/large/results.json): each claim per scale with its paired Δ,
+  interval, n, the tuning, the verdict, and the trend between scales."""
+  lines = ["| study | claim (better < worse) | scale | tuned | paired Δ [95% interval] (n, t) | "
+           "verdict | gap at the large scale |", "|---" * 7 + "|"]
+  for name in sorted(os.listdir(results_dir)):
+    base = _load(os.path.join(results_dir, name, "results.json"))
+    if base is None or not base.get("claims") or "paired" not in base["claims"][0]:
+      continue
+    large = _load(os.path.join(results_dir, name, "large", "results.json"))
+    large_claims = {(c["better"], c["worse"], c["metric"]): c
+                    for c in (large or {}).get("claims", [])}
+    for c in base["claims"]:
+      metric = "" if c["metric"] == "eval_loss" else f" ({c['metric']})"
+      other = large_claims.get((c["better"], c["worse"], c["metric"]))
+      scales = [("base", base, c)] + ([("large", large, other)] if other else [])
+      for scale, results, claim in scales:
+        tuned = ", ".join(results.get("tuned") or []) or "no"
+        change = trend(c["paired"]["delta"], claim["paired"]["delta"]) if scale == "large" \
+            else ""
+        lines.append(f"| `{name}` | {c['better']} < {c['worse']}{metric} | {scale}, "
+                     f"{results['seeds']} seeds | {tuned} | {paired_text(claim['paired'])} | "
+                     f"**{claim['verdict']}** | {change} |")
+  return "\n".join(lines)
