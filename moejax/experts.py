@@ -15,12 +15,11 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import qwix
-
 from moejax.expert_batch import ExpertBatch
 from moejax.grouped_matmul import (DEFAULT_BLOCK_SIZE, RowLayout, gmm, group_ids,
                                    resolve_backend, row_layout)
-from moejax.grouped_matmul.blocked_ffn import blocked_ffn
+from moejax.grouped_matmul.blocked_ffn import blocked_ffn, blocked_ffn_forward
+from moejax.grouped_matmul.quantized import QuantizedWeight
 
 # gpt-oss's SwiGLU: the gate is clipped from above and the up projection on
 # both sides at this limit, the gate's sigmoid is sharpened by alpha, and the
@@ -60,19 +59,6 @@ def quantized_scale_shape(shape, group: int) -> tuple:
   return (experts, k // group if group else 1, n)
 
 
-# Logical integer type of each MoEConfig.expert_quantization (values are
-# stored in int8 containers either way).
-QUANTIZED_TYPES = {"int8": jnp.int8, "int4": jnp.int4}
-
-
-def dequantize(q: jax.Array, scale: jax.Array, qtype: str, dtype) -> jax.Array:
-  """[E, K, N] float weights of integer values q and their scales (qwix)."""
-  logical = QUANTIZED_TYPES[qtype]
-  array = qwix.QArray(qvalue=q.astype(logical), scale=scale.astype(jnp.float32),
-                      zero_point=None, qtype=logical)
-  return qwix.dequantize(array).astype(dtype)
-
-
 def _stacked_init(num_experts_axis: bool):
   batch_axis = (0,) if num_experts_axis else ()
   return nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
@@ -95,14 +81,23 @@ def expert_ffn(params, batch: ExpertBatch, activation: str,
     gmm_block_size: rows per block of the 'blocked' backend.
   """
   x = batch.x
+  quantized = any(isinstance(w, QuantizedWeight) for w in params.values())
   if batch.is_grouped and resolve_backend(gmm_backend) == "blocked":
     # One loop takes each row block through the whole FFN (blocked_ffn.py):
     # 1.3x faster than two blocked matmuls with the activation between them.
-    weight = lambda name: params[name].astype(x.dtype) if name in params else None
-    y = blocked_ffn(functools.partial(hidden_activation, activation), gmm_block_size, x,
-                    weight("w_in"), weight("w_gate"), weight("w_out"), weight("b_in"),
-                    weight("b_gate"), weight("b_out"), batch.group_sizes.astype(jnp.int32))
+    # Integer weights are dequantized one expert at a time inside the loop
+    # (forward only: quantized experts are for inference).
+    weight = lambda name: (None if name not in params else params[name]
+                           if isinstance(params[name], QuantizedWeight)
+                           else params[name].astype(x.dtype))
+    ffn = blocked_ffn_forward if quantized else blocked_ffn
+    y = ffn(functools.partial(hidden_activation, activation), gmm_block_size, x,
+            weight("w_in"), weight("w_gate"), weight("w_out"), weight("b_in"),
+            weight("b_gate"), weight("b_out"), batch.group_sizes.astype(jnp.int32))
     return batch.replace_x(y)
+  if quantized:   # other layouts and backends take the whole float bank
+    params = {name: w.whole() if isinstance(w, QuantizedWeight) else w
+              for name, w in params.items()}
   if batch.is_grouped:
     rows_group = group_ids(batch.group_sizes, x.shape[0])
     matmul = lambda a, w: gmm(a, w.astype(a.dtype), batch.group_sizes, gmm_backend,
@@ -208,19 +203,22 @@ class ExpertBank(nn.Module):
                             (e, self.lora_rank, shape[2])))
           for name, shape in shapes.items()}
 
-  def weights(self) -> dict:
+  def weights(self, keep_quantized: bool = False) -> dict:
     """{'w_in': [E, d, f], 'w_out': [E, f, d], + 'w_gate', 'b_in', 'b_gate', 'b_out'};
-    quantized weights come back dequantized to the compute dtype, adapters
-    merged (W + lora_alpha / lora_rank * A B, a shared base broadcast over
-    the experts: every dispatch and the expert-parallel path see plain
-    expert weights)."""
+    quantized weights come back dequantized to the compute dtype (as
+    QuantizedWeight with keep_quantized, for expert_ffn to dequantize per
+    expert), adapters merged (W + lora_alpha / lora_rank * A B, a shared
+    base broadcast over the experts: every dispatch and the expert-parallel
+    path see plain expert weights)."""
     if self.quantization is None:
       params = dict(self._matrices)
       if self.lora_rank:
         params = merge_adapters(params, self._adapters, self.lora_alpha / self.lora_rank)
     else:
-      params = {name: dequantize(q, scale, self.quantization, self.dtype)
+      params = {name: QuantizedWeight(q, scale, self.quantization, jnp.dtype(self.dtype).name)
                 for name, (q, scale) in self._matrices.items()}
+      if not keep_quantized:
+        params = {name: w.whole() for name, w in params.items()}
     return {**params, **self._biases}
 
   def row_layout(self) -> RowLayout:
@@ -239,7 +237,7 @@ class ExpertBank(nn.Module):
     return apply
 
   def __call__(self, batch: ExpertBatch) -> ExpertBatch:
-    return self.pure_fn()(self.weights(), batch)
+    return self.pure_fn()(self.weights(keep_quantized=True), batch)
 
 
 class FeedForward(nn.Module):

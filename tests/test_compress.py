@@ -11,7 +11,7 @@ import pytest
 from moejax.compress import expert_statistics, keep_most_used, prune_experts
 from moejax.compress.merging import group_experts, logit_similarity, merge_experts, router_logits
 from moejax.compress.quantize import quantize_experts, weight_bytes
-from moejax.experts import dequantize
+from moejax.grouped_matmul.quantized import dequantize
 from moejax.config import MoEConfig, RouterConfig
 from moejax.models import ModelConfig, build_model
 
@@ -182,6 +182,36 @@ def test_quantized_experts_round_trip_within_half_a_step(qtype, group):
   gap = float(jnp.abs(after - before).mean() / jnp.abs(before).mean())
   assert 0 < gap < (0.01 if qtype == "int8" else 0.1), gap
   assert weight_bytes(new_config, quantized) < weight_bytes(config, variables)
+
+
+@pytest.mark.parametrize("qtype,group", [("int8", 0), ("int4", 8)])
+def test_quantized_experts_dequantize_per_expert_inside_the_blocked_loop(qtype, group):
+  """The blocked expert loop dequantizes one expert at a time: the same
+  outputs as the whole float bank through the einsum reference (GLU + biases,
+  an empty expert, groups straddling 8-row blocks), and no float [E, d, f]
+  bank appears in the computation."""
+  from moejax.expert_batch import ExpertBatch
+  from moejax.experts import ExpertBank, expert_ffn
+  bank = ExpertBank(num_experts=4, d_model=16, d_ff=32, activation="swiglu", use_bias=True,
+                    gmm_backend="blocked", gmm_block_size=8, quantization=qtype,
+                    quantization_group=group)
+  sizes = jnp.array([5, 0, 13, 9], jnp.int32)             # expert 1 empty
+  x = jax.random.normal(jax.random.key(0), (int(sizes.sum()) + 3, 16))   # + padding rows
+  batch = ExpertBatch(x=x, group_sizes=sizes)
+  variables = bank.init(jax.random.key(1), batch)
+  keys = iter(jax.random.split(jax.random.key(2), 16))
+  params = {name: (jax.random.randint(next(keys), v.shape, -7, 8).astype(jnp.int8)
+                   if name.endswith("_q") else
+                   jax.random.uniform(next(keys), v.shape, minval=0.01, maxval=0.05))
+            for name, v in variables["params"].items()}
+  per_tile = bank.apply({"params": params}, batch).x
+  floats = bank.apply({"params": params}, method=lambda m: m.weights())
+  assert floats["w_in"].dtype == jnp.float32 and floats["w_in"].shape == (4, 16, 32)
+  want = expert_ffn(floats, batch, "swiglu", "einsum").x
+  np.testing.assert_allclose(per_tile, want, rtol=1e-5, atol=1e-5)
+  shapes = [(v.aval.shape, v.aval.dtype) for eqn in jax.make_jaxpr(
+      lambda p: bank.apply({"params": p}, batch).x)(params).jaxpr.eqns for v in eqn.outvars]
+  assert ((4, 16, 32), jnp.float32) not in shapes and ((4, 32, 16), jnp.float32) not in shapes
 
 
 def test_quantized_model_saves_loads_and_is_refused_for_training(tmp_path):

@@ -32,7 +32,7 @@ import numpy as np
 import qwix
 
 from moejax.compress.remap import check_remappable, moe_blocks
-from moejax.experts import QUANTIZED_TYPES
+from moejax.grouped_matmul.quantized import QUANTIZED_TYPES
 from moejax.models.config import ModelConfig
 
 BITS = {"int8": 8, "int4": 4}

@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from moejax.grouped_matmul.blocked import (acc_dtype, for_group_blocks, pad_rows,
                                            block_schedule)
+from moejax.grouped_matmul.quantized import QuantizedWeight
 
 
 def _hidden(act, xb, w_in, w_gate, b_in, b_gate, acc):
@@ -41,7 +42,13 @@ def _hidden(act, xb, w_in, w_gate, b_in, b_gate, acc):
 
 
 def _take(w, g):
-  return None if w is None else jax.lax.dynamic_index_in_dim(w, g, keepdims=False)
+  """Group g's slice of w; a QuantizedWeight is dequantized for that group
+  alone (the float bank never exists whole)."""
+  if w is None:
+    return None
+  if isinstance(w, QuantizedWeight):
+    return w.take_group(g)
+  return jax.lax.dynamic_index_in_dim(w, g, keepdims=False)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(0, 1))
@@ -61,6 +68,15 @@ def blocked_ffn(act: Callable, block_size: int, x: jax.Array, w_in: jax.Array,
   Returns:
     [M, d] in x's dtype; rows past sum(group_sizes) are zero.
   """
+  return _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_gate, b_out,
+                  group_sizes)[0]
+
+
+def blocked_ffn_forward(act: Callable, block_size: int, x: jax.Array, w_in, w_gate, w_out,
+                        b_in, b_gate, b_out, group_sizes: jax.Array) -> jax.Array:
+  """blocked_ffn's forward pass alone, for weights it need not differentiate:
+  w_in, w_gate, w_out may be QuantizedWeight banks, dequantized one group at
+  a time inside the loop. Same arguments and result as blocked_ffn."""
   return _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_gate, b_out,
                   group_sizes)[0]
 
