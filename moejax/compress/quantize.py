@@ -14,8 +14,9 @@ einsum / ragged_dot calls. moejax's default CPU path is a blocked loop that
 slices one expert's matrix per row block under a custom VJP, which that
 interception does not reach, so the weights are quantized and dequantized
 with qwix's array functions and the rest of the layer is unchanged. The
-dequantized matrices exist while the layer runs (per-tile dequantization
-inside the loop would avoid that; not done).
+blocked loop dequantizes one expert's matrices at a time
+(moejax/grouped_matmul/quantized.py), so the float bank never exists whole;
+other dispatches and backends dequantize the whole bank per call.
 
 int4 values are stored in int8 containers (safetensors has no 4-bit
 type); weight_bytes counts them at 4 bits, the size a packed format has.
