@@ -74,6 +74,8 @@ VARIANTS = {
     "einsum": ("einsum", "auto", True, None),
     "gather": ("gather", "auto", True, None),
     "dropless_blocked": ("dropless", "blocked", False, None),
+    # The expert loop reads token rows and writes outputs by index (no grouped copy).
+    "dropless_gathered": ("dropless", "gathered", False, None),
     "dropless_ragged_dot": ("dropless", "ragged_dot", False, None),
     # tokamax's kernels on GPU / TPU (XLA's ragged dot on CPU); needs tokamax.
     "dropless_tokamax": ("dropless", "tokamax", False, None),

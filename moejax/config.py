@@ -374,10 +374,12 @@ class MoEConfig:
     dispatch: 'einsum' (one-hot einsum; the readable reference, and the only
       one for Soft MoE), 'gather' (index gather into capacity buckets; needs
       router.capacity_factor), 'dropless' (sort by expert + grouped matmul).
-    gmm_backend: grouped-matmul backend for 'dropless': 'auto' ('blocked' on
+    gmm_backend: grouped-matmul backend for 'dropless': 'auto' ('gathered' on
       CPU; 'tokamax' on GPU / TPU where installed, else 'ragged_dot'),
       'blocked' (a loop over row-block tiles; near dense speed on XLA:CPU),
-      'ragged_dot' (jax.lax.ragged_dot), 'tokamax' (tokamax.ragged_dot: its
+      'gathered' ('blocked', with dropless dispatch and combine inside the
+      expert loop: token rows read by index, outputs added back by index;
+      no grouped copy of the tokens), 'ragged_dot' (jax.lax.ragged_dot), 'tokamax' (tokamax.ragged_dot: its
       autotuned Triton / Mosaic kernels; the [gpu] / [tpu] extras install it),
       'einsum' (masked dense einsum; a reference) or 'pallas' (the kernels
       in pallas_kernels/: Triton on GPU, Mosaic on TPU, interpret mode on

@@ -19,6 +19,7 @@ from moejax.expert_batch import ExpertBatch
 from moejax.grouped_matmul import (DEFAULT_BLOCK_SIZE, RowLayout, gmm, group_ids,
                                    resolve_backend, row_layout)
 from moejax.grouped_matmul.blocked_ffn import blocked_ffn, blocked_ffn_forward
+from moejax.grouped_matmul.gathered_ffn import gathered_ffn
 from moejax.grouped_matmul.quantized import QuantizedWeight
 
 # gpt-oss's SwiGLU: the gate is clipped from above and the up projection on
@@ -82,7 +83,7 @@ def expert_ffn(params, batch: ExpertBatch, activation: str,
   """
   x = batch.x
   quantized = any(isinstance(w, QuantizedWeight) for w in params.values())
-  if batch.is_grouped and resolve_backend(gmm_backend) == "blocked":
+  if batch.is_grouped and resolve_backend(gmm_backend) in ("blocked", "gathered"):
     # One loop takes each row block through the whole FFN (blocked_ffn.py):
     # 1.3x faster than two blocked matmuls with the activation between them.
     # Integer weights are dequantized one expert at a time inside the loop
@@ -234,10 +235,33 @@ class ExpertBank(nn.Module):
     def apply(params, batch: ExpertBatch) -> ExpertBatch:
       return expert_ffn(params, batch.replace_x(batch.x.astype(dtype)), activation, backend,
                         block)
+
+    def gathered(params, x, row_token, row_weight, group_sizes):
+      """(params, x [T, d], row_token [P], row_weight [P], group_sizes [E]) -> [T, d]."""
+      x = x.astype(dtype)
+      weight = lambda name: params[name].astype(x.dtype) if name in params else None
+      return gathered_ffn(functools.partial(hidden_activation, activation), block, x,
+                          row_token.astype(jnp.int32), row_weight, weight("w_in"),
+                          weight("w_gate"), weight("w_out"), weight("b_in"), weight("b_gate"),
+                          weight("b_out"), group_sizes.astype(jnp.int32))
+
+    # Experts that read token rows by index (dropless dispatch asks for it).
+    apply.gathered = gathered
     return apply
 
   def __call__(self, batch: ExpertBatch) -> ExpertBatch:
     return self.pure_fn()(self.weights(keep_quantized=True), batch)
+
+  @property
+  def gathered_rows(self):
+    """(x [T, d], row_token [P], row_weight [P], group_sizes [E]) -> [T, d]:
+    the experts on token rows read by index, their gate-weighted outputs
+    summed per token (gmm_backend='gathered'; grouped_matmul/gathered_ffn.py;
+    row_token >= T marks a padding row). None for quantized experts, which
+    the grouped path dequantizes one expert at a time instead."""
+    if self.quantization is not None:
+      return None
+    return functools.partial(self.pure_fn().gathered, self.weights())
 
 
 class FeedForward(nn.Module):

@@ -187,7 +187,7 @@ def test_blocked_gmm_at_scale_with_dtypes(dtype, tol):
 
 def test_auto_backend_per_platform(monkeypatch):
   import moejax.grouped_matmul as grouped_matmul
-  assert resolve_backend("auto", "cpu") == "blocked"
+  assert resolve_backend("auto", "cpu") == "gathered"
   assert resolve_backend("auto", "gpu") == "tokamax"   # [test] installs tokamax
   assert resolve_backend("auto", "tpu") == "tokamax"
   assert resolve_backend("einsum", "cpu") == "einsum"

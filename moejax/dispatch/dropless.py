@@ -63,14 +63,32 @@ class DroplessDispatch(DispatchStrategy):
   @classmethod
   def from_layout(cls, layout) -> "DroplessDispatch":
     """Rows padded per expert to layout.block_size; moved by the Pallas
-    permute kernels when layout.fused_permute."""
-    return cls(layout.block_size, layout.fused_permute)
+    permute kernels when layout.fused_permute; read by the experts
+    themselves when layout.gathered."""
+    return cls(layout.block_size, layout.fused_permute, layout.gathered)
 
-  def __init__(self, block_size: int = 1, pallas: bool = False):
+  def __init__(self, block_size: int = 1, pallas: bool = False, gathered: bool = False):
     if block_size < 1:
       raise ValueError(f"dropless block_size={block_size} is invalid: must be >= 1")
     self.block_size = block_size
     self.pallas = pallas
+    self.gathered = gathered
+
+  def __call__(self, x, routing, expert_fn):
+    """With `gathered` and experts that read rows by index (an ExpertBank's
+    gathered_rows), dispatch hands them the row -> token map and gate weight
+    of each grouped row and builds no grouped copy; otherwise dispatch ->
+    experts -> combine."""
+    gathered_rows = getattr(expert_fn, "gathered_rows", None) if self.gathered else None
+    if gathered_rows is None:
+      return super().__call__(x, routing, expert_fn)
+    routing = self.require_sparse(routing)
+    num_tokens, k = routing.expert_index.shape
+    slot, group_sizes, num_rows = grouped_slots(routing, self.block_size)
+    assignment = inverse_slots(slot, num_rows)
+    row_token = jnp.where(assignment < slot.shape[0], assignment // k, num_tokens)
+    row_weight = jnp.take(routing.weight.reshape(-1), assignment, mode="fill", fill_value=0)
+    return gathered_rows(x, row_token, row_weight, group_sizes).astype(x.dtype)
 
   def dispatch(self, x, routing):
     routing = self.require_sparse(routing)

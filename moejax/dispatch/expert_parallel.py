@@ -31,6 +31,7 @@ all_to_all, whose transpose is itself.
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -168,10 +169,24 @@ def _exchange_rows_padded(rows: jax.Array, counts: jax.Array, params, expert_fn:
   return gather_rows(back, send_dest, send_src[:, None])
 
 
+class _BoundExperts:
+  """expert_fn (ExpertBank.pure_fn()) with its params, called as dispatch
+  strategies call experts; keeps its by-index form (gathered_rows) when it
+  has one."""
+
+  def __init__(self, expert_fn, params):
+    self.expert_fn, self.params = expert_fn, params
+    gathered = getattr(expert_fn, "gathered", None)
+    self.gathered_rows = None if gathered is None else functools.partial(gathered, params)
+
+  def __call__(self, batch):
+    return self.expert_fn(self.params, batch)
+
+
 def _local_moe(x, routing: Routing, params, expert_fn, dispatch: str, layout: RowLayout,
                num_shards: int, num_token_shards: int, exchange: str) -> jax.Array:
   """One device's part: x [T_loc, d], routing over the same T_loc tokens."""
-  apply = lambda batch: expert_fn(params, batch)
+  apply = _BoundExperts(expert_fn, params)
   if dispatch == "gather":
     # This device holds whole routing groups: its slots are a contiguous
     # 1/num_token_shards of every expert's buffer.

@@ -222,3 +222,16 @@ def test_literature_designs_on_a_mesh_equal_one_device(router, dispatch, determi
     return {**variables, "router_state": state}
   _compare(layer, MeshConfig(data=2, expert=4), deterministic=deterministic,
            set_state=thresholds)
+
+
+@pytest.mark.parametrize("mesh_config", [MeshConfig(data=2, expert=4), MeshConfig(data=8)])
+def test_gathered_experts_on_a_mesh_equal_one_device(mesh_config):
+  """gmm_backend='gathered': one device reads token rows by index inside the
+  expert loop; an expert axis of 4 exchanges grouped rows instead, a data
+  axis of 8 runs the by-index loop inside shard_map. Values and gradients
+  agree."""
+  router = RouterConfig(num_experts=8, top_k=2, capacity_factor=None)
+  layer = MoELayer(MoEConfig(router=router, d_model=16, d_ff=24, activation="swiglu",
+                             use_bias=True, dispatch="dropless", gmm_backend="gathered",
+                             gmm_block_size=8))
+  _compare(layer, mesh_config)
