@@ -230,3 +230,22 @@ def test_set_overrides_parse_like_config_flags():
   assert config.model.moe.router.capacity_factor is None
   with pytest.raises(ValueError, match="unknown config field 'train.bogus'"):
     apply_override(config, "train.bogus=1")
+
+
+def test_a_diverged_sweep_candidate_is_never_chosen_and_a_diverged_seed_stops(tmp_path,
+                                                                               monkeypatch):
+  from moejax.train import TrainingError
+
+  def diverges_at_6e3(name, config, workdir, verbose=True):
+    if config.train.learning_rate == 6e-3:
+      raise TrainingError(f"loss is NaN at step 3 ({workdir})")
+    return _fake_train_row(name, config, workdir, verbose)
+
+  monkeypatch.setattr(study_jobs, "train_row", diverges_at_6e3)
+  results = run_study("moe_vs_dense", 1, str(tmp_path / "a"), verbose=False)
+  sweep = results["rows"]["dense"]["sweeps"]["train.learning_rate"]
+  assert sweep["held_out_loss"][2] is None and sweep["chosen"] == 3e-3
+  assert "0.006: diverged" in (tmp_path / "a" / "results.md").read_text()
+  with pytest.raises(TrainingError, match="NaN"):
+    run_study("moe_vs_dense", 1, str(tmp_path / "b"), verbose=False, tune=(),
+              overrides=["train.learning_rate=0.006"])

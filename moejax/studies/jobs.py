@@ -45,6 +45,9 @@ class Job:
   own: Tuple[str, ...]     # the row's overrides, {sources} resolved
   extra: Tuple[str, ...]   # --set, tuned values, tuning split, seed
   out: str
+  # A sweep candidate: a run that diverges is a result (never chosen), not
+  # an error that stops the study.
+  may_diverge: bool = False
 
   @property
   def assignments(self) -> List[str]:
@@ -88,14 +91,16 @@ def finished_row(job: Job) -> Optional[Dict]:
 
 
 def _train(base: Callable, job: Job, verbose: bool) -> Dict:
-  """Trains the job (resuming) and records its row. A run that stops on a
-  non-finite loss (a too-large learning rate in a sweep) gives a row with
-  eval_loss None and its error."""
+  """Trains the job (resuming) and records its row. A sweep candidate that
+  stops on a non-finite loss (a too-large learning rate) gives a row with
+  eval_loss None and its error; any other run's TrainingError propagates."""
   from moejax.train import TrainingError
   from moejax.train.guarantees import atomic_write_text
   try:
     row = train_row(job.row, job_config(base, job), job.out, verbose=verbose)
   except TrainingError as err:
+    if not job.may_diverge:
+      raise
     row = {"eval_loss": None, "error": str(err)}
   os.makedirs(job.out, exist_ok=True)
   atomic_write_text(os.path.join(job.out, ROW_FILE),

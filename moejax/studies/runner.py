@@ -183,7 +183,7 @@ class _Runner:
              f"data.train_split={split}[:{keep}%]", f"data.eval_split={split}[{keep}%:]",
              "seed=0")
     out = os.path.join(self.workdir, row, "tune", _setting_name(settings))
-    return Job(row, self.own(row, 0), extra, out)
+    return Job(row, self.own(row, 0), extra, out, may_diverge=True)
 
   def run(self, seeds: int) -> Tuple[Dict[str, List[Dict]], Dict[str, Dict]]:
     runs, tuning = {}, {}
