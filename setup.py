@@ -21,6 +21,7 @@ setup(
         "ml-collections>=0.1",
         "absl-py>=1.0",
         "numpy>=1.26",
+        "scipy>=1.10",          # Student-t quantiles of the studies' paired verdicts
         "safetensors>=0.4.3",   # validated reading/writing of HF and moejax model folders
         "tokenizers>=0.15",     # a checkpoint's tokenizer.json (moejax/data/tokenizer.py)
         "jinja2>=3.1.6",        # its chat template, rendered in jinja2's sandbox
