@@ -1,6 +1,6 @@
 """The default experiment: a 4-block byte-level MoE LM (8 experts, top-2,
-capacity factor 1.25) on the embedded stdlib_bytes corpus. About 4 minutes on
-a 2-core CPU. The values live in moejax/train/presets.py (notebooks use them).
+dropless) on the embedded stdlib_bytes corpus. About 4 minutes on a 2-core
+CPU. The values live in moejax/train/presets.py (notebooks use them).
 
   python experiments/train.py --config=configs/lm_tiny.py --workdir=/tmp/lm_tiny
 
