@@ -39,11 +39,16 @@ def test_benchmark_writes_rows(tmp_path):
   # Quantized experts are for inference: forward only.
   int8 = rows.pop()
   assert int8["fwd_ms"] > 0 and int8["fwd_bwd_ms"] is None and int8["ratio_vs_dense"] is None
+  assert int8["fwd_temp_bytes"] > 0 and int8["fwd_bwd_temp_bytes"] is None
   assert [r["backend"] for r in rows[2:]] == ["batched_einsum", "blocked"]  # 'auto' on CPU
   for r in rows:
     assert FIELDS <= set(r), FIELDS - set(r)
     assert r["fwd_ms"] > 0 and r["fwd_bwd_ms"] > 0
     assert abs(r["ratio_vs_dense"] - r["fwd_bwd_ms"] / rows[0]["fwd_bwd_ms"]) < 1e-9
+    # XLA's temporary bytes of each compiled pass, and their ratio to dense.
+    assert r["fwd_temp_bytes"] > 0 and r["fwd_bwd_temp_bytes"] > 0
+    assert abs(r["temp_ratio_vs_dense"]
+               - r["fwd_bwd_temp_bytes"] / rows[0]["fwd_bwd_temp_bytes"]) < 1e-9
   assert rows[2]["capacity_factor"] == 1.25 and rows[3]["capacity_factor"] is None
   # The shape floor runs tokens * top_k rows through a d_ff-wide FFN.
   assert rows[1]["d_ff_dense"] == rows[1]["d_ff"] and rows[0]["d_ff_dense"] == 2 * rows[0]["d_ff"]
@@ -107,7 +112,8 @@ def test_benchmark_rejects_unknown_variant():
   assert out.returncode != 0
   assert out.stderr.strip().splitlines() == [
       "error: --variants='warp_drive' is invalid: valid values are einsum, gather, "
-      "dropless_blocked, dropless_ragged_dot, dropless_tokamax, dropless_einsum, dropless_pallas, "
+      "dropless_blocked, dropless_gathered, dropless_ragged_dot, dropless_tokamax, dropless_einsum, "
+      "dropless_pallas, "
       "dropless_int8, dropless_int4, dropless_moe_plus_plus"]
 
 
