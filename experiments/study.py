@@ -34,7 +34,8 @@ _TUNE = flags.DEFINE_string(
     f"{', '.join(TUNABLE)}; 'study' = the study's own (every study tunes lr; those whose rows "
     "differ in expert count also balance); 'none' = train every row at its default values.")
 _SCALE = flags.DEFINE_enum("scale", "base", list(SCALES), "'large': the study's second scale "
-                           "(4x the training steps) in <workdir>/large.")
+                           "(4x the training steps) in <workdir>/large, each row at the values "
+                           "tuned at the base scale (<workdir>/results.json) where it has them.")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Runs trained at once, each in its own process "
                                 "(2 on a 2-core CPU finishes ~1.5x sooner).", lower_bound=1)
 _REJUDGE = flags.DEFINE_bool("rejudge", False, "Judge the claims of <workdir>'s results.json "

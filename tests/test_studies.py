@@ -163,13 +163,19 @@ def test_study_tunes_each_row_then_aggregates_seeds(tmp_path, monkeypatch):
   assert run_study("moe_vs_dense", 2, str(work), verbose=False) == results
   assert len(calls) == 15
   assert all(todo == 0 for _, _, todo, _ in plan_study("moe_vs_dense", 2, str(work)))
-  # The large scale trains 4x the steps in workdir/large; scales.md compares.
-  run_study("moe_vs_dense", 2, str(work), verbose=False, tune=(), scale="large")
-  assert len(calls) == 21 and (work / "large" / "dense" / "seed_0").is_dir()
+  # The large scale trains 4x the steps in workdir/large at the values tuned
+  # at the base scale (no sweep again); scales.md compares.
+  large = run_study("moe_vs_dense", 2, str(work), verbose=False, scale="large")
+  assert len(calls) == 21 and (work / "large" / "dense" / "lr0.006" / "seed_0").is_dir()
+  assert large["rows"]["dense"]["settings"] == {"train.learning_rate": 6e-3}
+  assert large["rows"]["dense"]["tuned_at"] == "base" and large["overrides"] == [
+      "train.num_steps=2000"]
+  assert "Tuning, done at the base scale and reused here" in (
+      work / "large" / "results.md").read_text()
   assert "| moe_8x_top2 < dense (eval_loss) | Δ +0.6000" in write_scales(str(work))
   summary = summary_markdown(str(tmp_path))
   assert "| `moe_vs_dense` | moe_8x_top2 < dense | base, 2 seeds | lr | Δ +0.6000" in summary
-  assert "| `moe_vs_dense` | moe_8x_top2 < dense | large, 2 seeds | no | Δ +0.6000" in summary
+  assert "| `moe_vs_dense` | moe_8x_top2 < dense | large, 2 seeds | lr | Δ +0.6000" in summary
   # Judged again from the stored values, without training: the same claims.
   assert rejudge("moe_vs_dense", str(work))["claims"] == results["claims"]
   assert len(calls) == 21

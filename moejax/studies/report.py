@@ -49,7 +49,9 @@ def markdown(results: Dict) -> str:
   sweeps = [(row, key, sweep) for row, s in results["rows"].items()
             for key, sweep in (s.get("sweeps") or {}).items()]
   if sweeps:
-    lines += ["", f"Tuning (seed 0, trained on the first "
+    inherited = any(s.get("tuned_at") == "base" for s in results["rows"].values())
+    lines += ["", ("Tuning, done at the base scale and reused here " if inherited else "Tuning ")
+              + f"(seed 0, trained on the first "
               f"{100 - results.get('tune_holdout_percent', 10)}% of the train split, held-out loss on "
               "the rest):", "", "| row | swept | candidates: held-out loss | chosen |",
               "|---" * 4 + "|"]

@@ -17,7 +17,8 @@ the eval split the claims are judged on). The chosen values train every seed.
 
 A second scale (Study.large; study.py --scale=large) reruns the study with
 4x the training steps (4x the compute, 4M bytes of text that never repeat) in
-<workdir>/large; with both scales' results, <workdir>/scales.md tables each
+<workdir>/large, each row at the values tuned at the base scale (swept anew
+only where the base scale has none); with both scales' results, <workdir>/scales.md tables each
 claim's gap at both and says whether it shrank, grew or flipped.
 
 A row may start from an earlier row's weights: in its overrides, `{row}`
@@ -105,10 +106,13 @@ class _Runner:
   values, level by level (rows that start from other rows come after them)."""
 
   def __init__(self, name: str, workdir: str, overrides: Sequence[str], tune: Sequence[str],
-               workers: int, verbose: bool, planning: bool):
+               workers: int, verbose: bool, planning: bool,
+               inherited: Optional[Dict[str, Dict]] = None):
     self.name, self.study, self.workdir = name, STUDIES[name], workdir
     self.overrides, self.tune, self.workers = list(overrides), list(tune), workers
     self.verbose, self.planning = verbose, planning
+    # row -> {'settings', 'sweeps'} chosen at another scale: used, not swept again
+    self.inherited = inherited or {}
     self.row_dir: Dict[str, str] = {}     # row -> folder of its seed_<s> runs
     self.plan: List[Tuple[str, int, int, float]] = []   # (phase, runs, to train, seconds)
     self.planned = set()                  # folders of the runs planned so far
@@ -142,6 +146,9 @@ class _Runner:
     {'settings': {field: chosen}, 'sweeps': {field: {...}}}."""
     tuned = {}
     for row in level:
+      if row in self.inherited:
+        tuned[row] = {**self.inherited[row], "tuned_at": "base"}
+        continue
       config = self.probe(row)
       sweeps = _sweeps(config, self.tune)
       tuned[row] = {"settings": {TUNABLE[s][0]: _field(config, TUNABLE[s][0]) for s in sweeps},
@@ -151,7 +158,7 @@ class _Runner:
       jobs, owners = [], []
       for row in level:
         settings = tuned[row]["settings"]
-        if key not in settings:
+        if key not in settings or row in self.inherited:
           continue
         candidates = candidates_of(_field(self.probe(row), key))
         tuned[row]["sweeps"][key] = {"candidates": candidates}
@@ -161,7 +168,7 @@ class _Runner:
           owners.append((row, value))
       rows = self.jobs_rows(f"tune {sweep}", jobs)
       for row in level:
-        if key not in tuned[row]["settings"]:
+        if key not in tuned[row]["settings"] or row in self.inherited:
           continue
         sweep_info = tuned[row]["sweeps"][key]
         losses = [r["eval_loss"] if r is not None else None
@@ -195,7 +202,10 @@ class _Runner:
         tuning[row] = tuned.get(row, {})
         self.row_dir[row] = os.path.join(self.workdir, row, *(
             [_setting_name(settings)] if settings else []))
-        for seed in range(seeds):
+      # Seed by seed, so that the runs finished first complete whole pairs.
+      for seed in range(seeds):
+        for row in level:
+          settings = tuning[row].get("settings", {})
           extra = (*self.overrides, *(f"{k}={v!r}" for k, v in settings.items()), f"seed={seed}")
           jobs.append(Job(row, self.own(row, seed), extra,
                           os.path.join(self.row_dir[row], f"seed_{seed}")))
@@ -205,13 +215,30 @@ class _Runner:
     return runs, tuning
 
 
+def _inherited(workdir: str, scale: str, tune: Sequence[str]) -> Dict[str, Dict]:
+  """At the large scale, each row's values tuned at the base scale (from
+  <workdir>/results.json, when it has them for the same sweeps): the second
+  scale measures the claims with the tuned settings instead of sweeping
+  again at 4x the cost."""
+  path = os.path.join(workdir, "results.json")
+  if scale == "base" or not tune or not os.path.exists(path):
+    return {}
+  with open(path) as f:
+    base = json.load(f)
+  if sorted(base.get("tuned") or []) != sorted(tune):
+    return {}
+  return {row: {"settings": s["settings"], "sweeps": s.get("sweeps", {})}
+          for row, s in base["rows"].items() if s.get("settings")}
+
+
 def plan_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = (),
                tune: Optional[Sequence[str]] = None, scale: str = "base") -> List[Tuple]:
   """What run_study would train: (phase, runs, runs left to train, estimated
   seconds of those on a 2-core CPU, one at a time). Before a sweep has run,
   the seeds are planned at the row's own values."""
+  tune = _tune(name, tune)
   runner = _Runner(name, study_workdir(workdir, scale), _scaled(name, scale, overrides),
-                   _tune(name, tune), 1, False, planning=True)
+                   tune, 1, False, planning=True, inherited=_inherited(workdir, scale, tune))
   runner.run(seeds)
   return runner.plan
 
@@ -244,8 +271,9 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
   to run (None: the study's own; () none)."""
   study = STUDIES[name]
   out_dir = study_workdir(workdir, scale)
-  runner = _Runner(name, out_dir, _scaled(name, scale, overrides), _tune(name, tune),
-                   workers, verbose, planning=False)
+  tune = _tune(name, tune)
+  runner = _Runner(name, out_dir, _scaled(name, scale, overrides), tune, workers, verbose,
+                   planning=False, inherited=_inherited(workdir, scale, tune))
   runs, tuning = runner.run(seeds)
   results = {"study": name, "description": study.description, "seeds": seeds,
              "scale": scale, "overrides": runner.overrides, "tuned": list(runner.tune),
