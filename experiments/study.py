@@ -38,6 +38,8 @@ _SCALE = flags.DEFINE_enum("scale", "base", list(SCALES), "'large': the study's 
                            "tuned at the base scale (<workdir>/results.json) where it has them.")
 _WORKERS = flags.DEFINE_integer("workers", 1, "Runs trained at once, each in its own process "
                                 "(2 on a 2-core CPU finishes ~1.5x sooner).", lower_bound=1)
+_ROWS = flags.DEFINE_list("rows", None, "Train only these rows (and the rows they start "
+                          "from); only the claims between them are judged. Default: every row.")
 _REJUDGE = flags.DEFINE_bool("rejudge", False, "Judge the claims of <workdir>'s results.json "
                              "(of --scale) again from its per-seed values, without training.")
 _PLAN = flags.DEFINE_bool("plan", False, "Print the runs the study would train (finished ones "
@@ -65,14 +67,15 @@ def main(argv):
   try:
     if _PLAN.value:
       plan = plan_study(_STUDY.value, _SEEDS.value, _WORKDIR.value, _SET.value, _tune_value(),
-                        _SCALE.value)
+                        _SCALE.value, _ROWS.value)
       _print_plan(plan)
       return
     if _REJUDGE.value:
       results = rejudge(_STUDY.value, _WORKDIR.value, _SCALE.value)
     else:
       results = run_study(_STUDY.value, _SEEDS.value, _WORKDIR.value, _SET.value,
-                          tune=_tune_value(), scale=_SCALE.value, workers=_WORKERS.value)
+                          tune=_tune_value(), scale=_SCALE.value, workers=_WORKERS.value,
+                          rows=_ROWS.value)
   except (DataError, CheckpointError, TrainingError, WorkdirError) as err:
     fail(1, str(err))
   except ValueError as err:  # a bad --set / --tune / --scale or an invalid row config

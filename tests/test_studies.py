@@ -255,3 +255,16 @@ def test_a_diverged_sweep_candidate_is_never_chosen_and_a_diverged_seed_stops(tm
   with pytest.raises(TrainingError, match="NaN"):
     run_study("moe_vs_dense", 1, str(tmp_path / "b"), verbose=False, tune=(),
               overrides=["train.learning_rate=0.006"])
+
+
+def test_a_subset_of_rows_trains_and_judges_only_its_claims(tmp_path, monkeypatch):
+  monkeypatch.setattr(study_jobs, "train_row", _fake_train_row)
+  results = run_study("moe_vs_dense", 2, str(tmp_path), verbose=False, tune=(),
+                      rows=["dense", "moe_8x_top2"])
+  assert list(results["rows"]) == ["dense", "moe_8x_top2"]
+  assert [(c["better"], c["worse"]) for c in results["claims"]] == [("moe_8x_top2", "dense")]
+  assert not (tmp_path / "moe_8x_top2_capacity_1.25").exists()
+  with pytest.raises(ValueError, match="--rows=upcycled is invalid: its rows start from"):
+    run_study("upcycling", 1, str(tmp_path), rows=["upcycled"])
+  with pytest.raises(ValueError, match=r"\['bogus'\] are not rows of the study"):
+    run_study("moe_vs_dense", 1, str(tmp_path), rows=["bogus"])

@@ -94,6 +94,22 @@ def _levels(study: Study) -> List[List[str]]:
   return levels
 
 
+def _selected_rows(study: Study, rows: Optional[Sequence[str]]) -> List[str]:
+  """The rows to train (all when None), with every row they start from."""
+  if not rows:
+    return list(study.rows)
+  unknown = [row for row in rows if row not in study.rows]
+  if unknown:
+    raise ValueError(f"--rows={','.join(rows)} is invalid: {unknown} are not rows of the study "
+                     f"(its rows: {', '.join(study.rows)})")
+  needed = {m.group(2) for row in rows for a in study.rows[row] for m in _SOURCE.finditer(a)}
+  missing = sorted(needed - set(rows))
+  if missing:
+    raise ValueError(f"--rows={','.join(rows)} is invalid: its rows start from {missing}; "
+                     "add them")
+  return [row for row in study.rows if row in rows]
+
+
 def study_workdir(workdir: str, scale: str) -> str:
   """Where a scale's runs and results live: workdir itself for 'base',
   workdir/large for 'large'."""
@@ -107,8 +123,10 @@ class _Runner:
 
   def __init__(self, name: str, workdir: str, overrides: Sequence[str], tune: Sequence[str],
                workers: int, verbose: bool, planning: bool,
-               inherited: Optional[Dict[str, Dict]] = None):
+               inherited: Optional[Dict[str, Dict]] = None,
+               rows: Optional[Sequence[str]] = None):
     self.name, self.study, self.workdir = name, STUDIES[name], workdir
+    self.rows = _selected_rows(self.study, rows)
     self.overrides, self.tune, self.workers = list(overrides), list(tune), workers
     self.verbose, self.planning = verbose, planning
     # row -> {'settings', 'sweeps'} chosen at another scale: used, not swept again
@@ -195,6 +213,9 @@ class _Runner:
   def run(self, seeds: int) -> Tuple[Dict[str, List[Dict]], Dict[str, Dict]]:
     runs, tuning = {}, {}
     for level in _levels(self.study):
+      level = [row for row in level if row in self.rows]
+      if not level:
+        continue
       tuned = self.tune_level(level) if self.tune else {}
       jobs = []
       for row in level:
@@ -232,13 +253,15 @@ def _inherited(workdir: str, scale: str, tune: Sequence[str]) -> Dict[str, Dict]
 
 
 def plan_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = (),
-               tune: Optional[Sequence[str]] = None, scale: str = "base") -> List[Tuple]:
+               tune: Optional[Sequence[str]] = None, scale: str = "base",
+               rows: Optional[Sequence[str]] = None) -> List[Tuple]:
   """What run_study would train: (phase, runs, runs left to train, estimated
   seconds of those on a 2-core CPU, one at a time). Before a sweep has run,
   the seeds are planned at the row's own values."""
   tune = _tune(name, tune)
   runner = _Runner(name, study_workdir(workdir, scale), _scaled(name, scale, overrides),
-                   tune, 1, False, planning=True, inherited=_inherited(workdir, scale, tune))
+                   tune, 1, False, planning=True, inherited=_inherited(workdir, scale, tune),
+                   rows=rows)
   runner.run(seeds)
   return runner.plan
 
@@ -264,21 +287,25 @@ def _scaled(name: str, scale: str, overrides: Sequence[str]) -> List[str]:
 
 def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = (),
               verbose: bool = True, tune: Optional[Sequence[str]] = None,
-              scale: str = "base", workers: int = 1) -> Dict:
+              scale: str = "base", workers: int = 1,
+              rows: Optional[Sequence[str]] = None) -> Dict:
   """Trains every row of STUDIES[name] for seeds 0..seeds-1 (after tuning
   each row, see _Runner) and writes results.json, results.md and results.png
   to the scale's folder (study_workdir); returns the results. tune: sweeps
-  to run (None: the study's own; () none)."""
+  to run (None: the study's own; () none); rows: train only these (and the
+  rows they start from), judging only the claims between them."""
   study = STUDIES[name]
   out_dir = study_workdir(workdir, scale)
   tune = _tune(name, tune)
   runner = _Runner(name, out_dir, _scaled(name, scale, overrides), tune, workers, verbose,
-                   planning=False, inherited=_inherited(workdir, scale, tune))
+                   planning=False, inherited=_inherited(workdir, scale, tune), rows=rows)
   runs, tuning = runner.run(seeds)
   results = {"study": name, "description": study.description, "seeds": seeds,
              "scale": scale, "overrides": runner.overrides, "tuned": list(runner.tune),
              "tune_holdout_percent": study.tune_holdout, "rows": {}, "claims": []}
-  for row in study.rows:   # the study's order, whatever order they trained in
+  if len(runner.rows) < len(study.rows):
+    results["rows_trained"] = runner.rows   # a subset: claims on other rows are left out
+  for row in runner.rows:   # the study's order, whatever order they trained in
     rows = runs[row]
     summary = {"params": rows[0]["params"], "active_params": rows[0]["active_params"],
                "steps": rows[0]["steps"], **tuning[row]}
@@ -307,6 +334,8 @@ def judge(claims: Sequence[Claim], rows: Dict[str, Dict]) -> List[Dict]:
   and its verdict (rows: results['rows'], with per-seed 'values')."""
   out = []
   for claim in claims:
+    if claim.better not in rows or claim.worse not in rows:
+      continue   # a run of some rows only (--rows)
     better, worse = rows[claim.better][claim.metric], rows[claim.worse][claim.metric]
     paired = paired_difference(better["values"], worse["values"])
     out.append({**dataclasses.asdict(claim), "better_mean": better["mean"],
