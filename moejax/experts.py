@@ -15,6 +15,7 @@ from typing import Optional
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+
 from moejax.expert_batch import ExpertBatch
 from moejax.grouped_matmul import (DEFAULT_BLOCK_SIZE, RowLayout, gmm, group_ids,
                                    resolve_backend, row_layout)

@@ -124,6 +124,27 @@ def _fwd(act, block_size, x, w_in, w_gate, w_out, b_in, b_gate, b_out, group_siz
   return y, (x, w_in, w_gate, w_out, b_in, b_gate, b_out, group_sizes, pres)
 
 
+def input_projection_grads(xb, d_pre, d_gate, w_in, w_gate, grads, acc):
+  """The backward of a block's input projections pre = xb W_in (+ b_in),
+  gate = xb W_gate (+ b_gate): (d_xb, and grads = (d_w_in, d_w_gate, d_b_in,
+  d_b_gate) with this block added; None entries stay None)."""
+  d_wi, d_wg, d_bi, d_bg = grads
+  tdot = lambda a, c: jax.lax.dot_general(a, c, (((0,), (0,)), ((), ())),
+                                          preferred_element_type=acc)
+  ndot = lambda a, w: jax.lax.dot_general(a, w.astype(a.dtype), (((1,), (1,)), ((), ())),
+                                          preferred_element_type=acc).astype(a.dtype)
+  d_wi = d_wi + tdot(xb, d_pre)
+  dxb = ndot(d_pre, w_in)
+  if w_gate is not None:
+    d_wg = d_wg + tdot(xb, d_gate)
+    dxb = dxb + ndot(d_gate, w_gate)
+  if d_bi is not None:
+    d_bi = d_bi + jnp.sum(d_pre, 0, dtype=acc)
+  if d_bg is not None:
+    d_bg = d_bg + jnp.sum(d_gate, 0, dtype=acc)
+  return dxb, d_wi, d_wg, d_bi, d_bg
+
+
 def _bwd(act, block_size, residual, dy):
   x, w_in, w_gate, w_out, b_in, b_gate, b_out, group_sizes, (pre_all, gate_all) = residual
   weights = (w_in, w_gate, w_out, b_in, b_gate, b_out)
@@ -150,15 +171,8 @@ def _bwd(act, block_size, residual, dy):
       hb, act_vjp = jax.vjp(act, pre, gate)
       d_wo = d_wo + tdot(hb, dyb)
       d_pre, d_gate = act_vjp(ndot(dyb, wo))
-      d_wi = d_wi + tdot(xb, d_pre)
-      dxb = ndot(d_pre, wi)
-      if wg is not None:
-        d_wg = d_wg + tdot(xb, d_gate)
-        dxb = dxb + ndot(d_gate, wg)
-      if d_bi is not None:
-        d_bi = d_bi + jnp.sum(d_pre, 0, dtype=acc)
-      if d_bg is not None:
-        d_bg = d_bg + jnp.sum(d_gate, 0, dtype=acc)
+      dxb, d_wi, d_wg, d_bi, d_bg = input_projection_grads(
+          xb, d_pre, d_gate, wi, wg, (d_wi, d_wg, d_bi, d_bg), acc)
       if d_bo is not None:
         d_bo = d_bo + jnp.sum(dyb, 0, dtype=acc)
       current = jax.lax.dynamic_slice_in_dim(dx, row0, b)

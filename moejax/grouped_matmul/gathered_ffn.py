@@ -30,6 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.grouped_matmul.blocked import acc_dtype, block_schedule, for_group_blocks
+from moejax.grouped_matmul.blocked_ffn import input_projection_grads
 
 
 def _rows(a: jax.Array, idx: jax.Array) -> jax.Array:
@@ -166,15 +167,8 @@ def _bwd(act, block_size, residual, d_out):
       if d_bo is not None:
         d_bo = d_bo + jnp.sum(dyb, 0, dtype=acc)
       d_pre, d_gate = act_vjp(u * wb)
-      d_wi = d_wi + tdot(xb, d_pre)
-      dxb = ndot(d_pre, wi)
-      if wg is not None:
-        d_wg = d_wg + tdot(xb, d_gate)
-        dxb = dxb + ndot(d_gate, wg)
-      if d_bi is not None:
-        d_bi = d_bi + jnp.sum(d_pre, 0, dtype=acc)
-      if d_bg is not None:
-        d_bg = d_bg + jnp.sum(d_gate, 0, dtype=acc)
+      dxb, d_wi, d_wg, d_bi, d_bg = input_projection_grads(
+          xb, d_pre, d_gate, wi, wg, (d_wi, d_wg, d_bi, d_bg), acc)
       return _add_rows(dx, tok, dxb), d_weight, (d_wi, d_wg, d_wo, d_bi, d_bg, d_bo)
 
     group_grads = tuple(zeros(w) for w in matrices)
