@@ -41,7 +41,7 @@ def _hidden(act, xb, w_in, w_gate, b_in, b_gate, acc):
   return (pre, gate), act(pre, gate)
 
 
-def _take(w, g):
+def take_group(w, g):
   """Group g's slice of w; a QuantizedWeight is dequantized for that group
   alone (the float bank never exists whole)."""
   if w is None:
@@ -92,8 +92,8 @@ def _forward(act, block_size, x, w_in, w_gate, w_out, b_in, b_gate, b_out, group
       buf, jnp.where(keep, block, jax.lax.dynamic_slice_in_dim(buf, row0, b)), row0, 0)
 
   def group(g, carry):
-    wi, wg, wo = _take(w_in, g), _take(w_gate, g), _take(w_out, g)
-    bi, bg, bo = _take(b_in, g), _take(b_gate, g), _take(b_out, g)
+    wi, wg, wo = take_group(w_in, g), take_group(w_gate, g), take_group(w_out, g)
+    bi, bg, bo = take_group(b_in, g), take_group(b_gate, g), take_group(b_out, g)
 
     def block(row0, keep, carry):
       out, pres = carry
@@ -124,20 +124,27 @@ def _fwd(act, block_size, x, w_in, w_gate, w_out, b_in, b_gate, b_out, group_siz
   return y, (x, w_in, w_gate, w_out, b_in, b_gate, b_out, group_sizes, pres)
 
 
+def tdot(a, c, acc):
+  """aᵀ c: [b, m]ᵀ [b, n] -> [m, n], accumulated in acc."""
+  return jax.lax.dot_general(a, c, (((0,), (0,)), ((), ())), preferred_element_type=acc)
+
+
+def ndot(a, w, acc):
+  """a wᵀ: [b, n] [m, n]ᵀ -> [b, m] in a's dtype, accumulated in acc."""
+  return jax.lax.dot_general(a, w.astype(a.dtype), (((1,), (1,)), ((), ())),
+                             preferred_element_type=acc).astype(a.dtype)
+
+
 def input_projection_grads(xb, d_pre, d_gate, w_in, w_gate, grads, acc):
   """The backward of a block's input projections pre = xb W_in (+ b_in),
   gate = xb W_gate (+ b_gate): (d_xb, and grads = (d_w_in, d_w_gate, d_b_in,
   d_b_gate) with this block added; None entries stay None)."""
   d_wi, d_wg, d_bi, d_bg = grads
-  tdot = lambda a, c: jax.lax.dot_general(a, c, (((0,), (0,)), ((), ())),
-                                          preferred_element_type=acc)
-  ndot = lambda a, w: jax.lax.dot_general(a, w.astype(a.dtype), (((1,), (1,)), ((), ())),
-                                          preferred_element_type=acc).astype(a.dtype)
-  d_wi = d_wi + tdot(xb, d_pre)
-  dxb = ndot(d_pre, w_in)
+  d_wi = d_wi + tdot(xb, d_pre, acc)
+  dxb = ndot(d_pre, w_in, acc)
   if w_gate is not None:
-    d_wg = d_wg + tdot(xb, d_gate)
-    dxb = dxb + ndot(d_gate, w_gate)
+    d_wg = d_wg + tdot(xb, d_gate, acc)
+    dxb = dxb + ndot(d_gate, w_gate, acc)
   if d_bi is not None:
     d_bi = d_bi + jnp.sum(d_pre, 0, dtype=acc)
   if d_bg is not None:
@@ -151,15 +158,11 @@ def _bwd(act, block_size, residual, dy):
   b, padded, tiles = block_schedule(group_sizes, x.shape[0], block_size)
   xp, dyp = pad_rows(x, padded), pad_rows(dy, padded)
   acc = acc_dtype(x.dtype)
-  tdot = lambda a, c: jax.lax.dot_general(a, c, (((0,), (0,)), ((), ())),
-                                          preferred_element_type=acc)
-  ndot = lambda a, w: jax.lax.dot_general(a, w.astype(a.dtype), (((1,), (1,)), ((), ())),
-                                          preferred_element_type=acc).astype(a.dtype)
   zeros = lambda w: None if w is None else jnp.zeros(w.shape[1:], acc)
 
   def group(g, carry):
     dx, grads = carry
-    wi, wg, wo = _take(w_in, g), _take(w_gate, g), _take(w_out, g)
+    wi, wg, wo = take_group(w_in, g), take_group(w_gate, g), take_group(w_out, g)
 
     def block(row0, keep, inner):
       dx, (d_wi, d_wg, d_wo, d_bi, d_bg, d_bo) = inner
@@ -169,8 +172,8 @@ def _bwd(act, block_size, residual, dy):
       pre = jax.lax.dynamic_slice_in_dim(pre_all, row0, b)
       gate = None if gate_all is None else jax.lax.dynamic_slice_in_dim(gate_all, row0, b)
       hb, act_vjp = jax.vjp(act, pre, gate)
-      d_wo = d_wo + tdot(hb, dyb)
-      d_pre, d_gate = act_vjp(ndot(dyb, wo))
+      d_wo = d_wo + tdot(hb, dyb, acc)
+      d_pre, d_gate = act_vjp(ndot(dyb, wo, acc))
       dxb, d_wi, d_wg, d_bi, d_bg = input_projection_grads(
           xb, d_pre, d_gate, wi, wg, (d_wi, d_wg, d_bi, d_bg), acc)
       if d_bo is not None:

@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 
 from moejax.grouped_matmul.blocked import acc_dtype, block_schedule, for_group_blocks
-from moejax.grouped_matmul.blocked_ffn import input_projection_grads
+from moejax.grouped_matmul.blocked_ffn import input_projection_grads, ndot, take_group, tdot
 
 
 def _rows(a: jax.Array, idx: jax.Array) -> jax.Array:
@@ -41,10 +41,6 @@ def _rows(a: jax.Array, idx: jax.Array) -> jax.Array:
 def _add_rows(buf: jax.Array, idx: jax.Array, rows: jax.Array) -> jax.Array:
   """buf[idx] += rows; out-of-range indices are dropped."""
   return buf.at[idx].add(rows.astype(buf.dtype), mode="drop")
-
-
-def _take(w, g):
-  return None if w is None else jax.lax.dynamic_index_in_dim(w, g, keepdims=False)
 
 
 def _dot(a, w, acc, out_dtype):
@@ -85,8 +81,8 @@ def _forward(act, block_size, x, row_token, row_weight, w_in, w_gate, w_out, b_i
   f = w_in.shape[2]
 
   def group(g, carry):
-    wi, wg, wo = _take(w_in, g), _take(w_gate, g), _take(w_out, g)
-    bi, bg, bo = _take(b_in, g), _take(b_gate, g), _take(b_out, g)
+    wi, wg, wo = take_group(w_in, g), take_group(w_gate, g), take_group(w_out, g)
+    bi, bg, bo = take_group(b_in, g), take_group(b_gate, g), take_group(b_out, g)
 
     def block(row0, keep, carry):
       out, pres = carry
@@ -136,15 +132,12 @@ def _bwd(act, block_size, residual, d_out):
   tokens = jnp.pad(row_token, (0, padded - num_rows), constant_values=x.shape[0])
   weights = jnp.pad(row_weight.astype(x.dtype), (0, padded - num_rows))
   acc = acc_dtype(x.dtype)
-  tdot = lambda a, c: jax.lax.dot_general(a, c, (((0,), (0,)), ((), ())),
-                                          preferred_element_type=acc)
-  ndot = lambda a, w: jax.lax.dot_general(a, w.astype(a.dtype), (((1,), (1,)), ((), ())),
-                                          preferred_element_type=acc).astype(a.dtype)
   zeros = lambda w: None if w is None else jnp.zeros(w.shape[1:], acc)
 
   def group(g, carry):
     dx, d_weight, grads = carry
-    wi, wg, wo, bo = _take(w_in, g), _take(w_gate, g), _take(w_out, g), _take(b_out, g)
+    wi, wg, wo = take_group(w_in, g), take_group(w_gate, g), take_group(w_out, g)
+    bo = take_group(b_out, g)
 
     def block(row0, keep, inner):
       dx, d_weight, (d_wi, d_wg, d_wo, d_bi, d_bg, d_bo) = inner
@@ -154,7 +147,7 @@ def _bwd(act, block_size, residual, d_out):
       pre = jax.lax.dynamic_slice_in_dim(pre_all, row0, b)
       gate = None if gate_all is None else jax.lax.dynamic_slice_in_dim(gate_all, row0, b)
       hb, act_vjp = jax.vjp(act, pre, gate)
-      u = ndot(dob, wo)                                     # d_out W_outᵀ: [b, f]
+      u = ndot(dob, wo, acc)                                     # d_out W_outᵀ: [b, f]
       # d row_weight = <h W_out + b_out, d_out[t]>, from the product above.
       dw = jnp.sum(hb.astype(acc) * u.astype(acc), axis=1)
       if bo is not None:
@@ -163,7 +156,7 @@ def _bwd(act, block_size, residual, d_out):
           d_weight, jnp.where(keep[:, 0], dw, jax.lax.dynamic_slice_in_dim(d_weight, row0, b)),
           row0, 0)
       dyb = dob * wb
-      d_wo = d_wo + tdot(hb, dyb)
+      d_wo = d_wo + tdot(hb, dyb, acc)
       if d_bo is not None:
         d_bo = d_bo + jnp.sum(dyb, 0, dtype=acc)
       d_pre, d_gate = act_vjp(u * wb)
