@@ -25,6 +25,6 @@ def get_config() -> ml_collections.ConfigDict:
       dtype="float32",
       router=dict(name="top_k", num_experts=8, top_k=2, score_fn="softmax",
                   normalize_top_k=True, capacity_factor=config_dict.placeholder(float), drop_policy="position",
-                  jitter_noise=0.0, use_expert_bias=False, num_slots=1),
+                  jitter_noise=0.0, use_expert_bias=False),
   ))
   return c

@@ -17,8 +17,9 @@ import lm_tiny  # noqa: E402
 
 def get_config():
   c = lm_tiny.get_config()
-  c.model.moe.router.update(name="product_key", num_experts=48 ** 2, top_k=16, peer_heads=8,
-                            peer_key_dim=32, capacity_factor=None)
+  c.model.moe.router.update(name="product_key", num_experts=48 ** 2, top_k=16,
+                            capacity_factor=None)
+  c.model.moe.router.product_key.update(heads=8, key_dim=32)
   c.model.moe.update(d_ff=1, dispatch="retrieval", activation="gelu")
   c.train.load_balance_weight = 0.0  # PEER uses no balance loss (none applies: no [T, N] probs)
   return c

@@ -31,7 +31,7 @@ from absl import flags
 
 from moejax import MoEConfig, MoELayer, RouterConfig
 from moejax.cli import fail, run, write_rows
-from moejax.routing.product_keys import product_key_top_k
+from moejax.routing.product_keys import ProductKeyOptions, product_key_top_k
 from timing import round_robin_ms
 
 _EXPERTS = flags.DEFINE_list("experts", ["16384", "65536", "262144", "1048576"],
@@ -70,7 +70,8 @@ def _row(num_experts: int) -> dict:
   queries = jax.random.normal(keys[0], (_TOKENS.value, heads, key_dim))
   sub_keys = jax.random.normal(keys[1], (heads, 2, n, key_dim // 2))
   config = MoEConfig(router=RouterConfig(name="product_key", num_experts=num_experts, top_k=k,
-                                         peer_heads=heads, peer_key_dim=key_dim),
+                                         options=ProductKeyOptions(heads=heads,
+                                                                   key_dim=key_dim)),
                      d_model=d, d_ff=1, activation="gelu", dispatch="retrieval")
   layer = MoELayer(config)
   x = jax.random.normal(keys[2], (_TOKENS.value, d))

@@ -5,7 +5,7 @@ Flax linen shells over the pure routing / dispatch / expert functions.
 Variables:
   params/router/kernel        [d_model, router outputs]
   params/router/noise_kernel  [d_model, router outputs]  (noisy_top_k)
-  params/router/scale         []  (soft_moe_normalize)
+  params/router/scale         []  (router.soft_moe.normalize)
   params/router/bias          [router outputs]  (logit_bias)
   params/router/sub_keys      [heads, 2, sqrt(E), key_dim / 2]  (product_key;
       the kernel is then the query projection [d_model, heads * key_dim])
@@ -13,6 +13,7 @@ Variables:
       gradients: on a training call (deterministic=False) with 'router_state'
       mutable, the layer applies moejax.routing.update_expert_bias with the
       batch's load and router.expert_bias_update_rate)
+  (each family's variables are made by its `prepare`, moejax/routing/<family>.py)
   router_state/router/expert_threshold [E], threshold_updates []
       (router.name='expert_threshold'; likewise updated on training calls by
       moejax.routing.expert_threshold.update_expert_threshold)
@@ -30,7 +31,6 @@ deterministic=False.
 from __future__ import annotations
 
 import dataclasses
-import math
 import warnings
 from typing import Dict, Optional, Tuple
 
@@ -45,10 +45,8 @@ from moejax.dispatch.expert_parallel import (EXPERT_AXIS, expert_parallel,
                                              token_shards)
 from moejax.experts import ExpertBank, FeedForward, ZeroComputationExperts
 from moejax.parallel.mesh import axis_size, current_mesh
-from moejax.routing import (RouterOutput, aux_losses, route_in_groups, routing_metrics,
-                            update_expert_bias, zero_losses)
+from moejax.routing import RouterOutput, aux_losses, route_in_groups, routing_metrics, zero_losses
 from moejax.routing.dense_training import dense_training_routing
-from moejax.routing.expert_threshold import batch_cutoff, update_expert_threshold
 from moejax.routing.types import Routing, at_least_f32
 
 
@@ -68,7 +66,8 @@ class MoEAux:
 
 
 class Router(nn.Module):
-  """Router projection + the pure router selected by `config.name`."""
+  """Router projection + the pure router of `config.name`'s family, whose
+  `prepare` makes the parameters and state that family needs."""
 
   config: RouterConfig
 
@@ -81,6 +80,10 @@ class Router(nn.Module):
     prev_logits: [T, outputs] the previous MoE layer's logits (gating
     residual)."""
     cfg = self.config
+    family = cfg.family
+    if family.needs_token_ids and token_ids is None:
+      raise ValueError(f"router.name={cfg.name!r} needs token_ids=[tokens] ints; none were "
+                       "given")
     x = at_least_f32(x)
     stochastic = cfg.jitter_noise > 0 or cfg.noisy_top_k or cfg.second_expert_sampling
     rng = self.make_rng("router") if stochastic and not deterministic else None
@@ -89,52 +92,31 @@ class Router(nn.Module):
       if cfg.jitter_noise > 0:
         x = x * jax.random.uniform(jitter_rng, x.shape, minval=1.0 - cfg.jitter_noise,
                                    maxval=1.0 + cfg.jitter_noise)
-    logits = noise_std = expert_bias = sub_keys = None
-    if cfg.name == "product_key":
-      n = math.isqrt(cfg.num_experts)
-      half = cfg.peer_key_dim // 2
-      sub_keys = self.param("sub_keys", nn.initializers.normal(half ** -0.5),
-                            (cfg.peer_heads, 2, n, half))
-    if cfg.name != "hash":
+
+    def project(inputs: jax.Array, normalize: bool = False) -> jax.Array:
+      """The router kernel's logits [T, outputs]; normalize: vmoe's normalised
+      Soft MoE (L2-normalised tokens and kernel columns, a learned scale)."""
       init = nn.initializers.variance_scaling(0.1, "fan_in", "truncated_normal")
-      kernel = self.param("kernel", init, (x.shape[-1], cfg.num_router_outputs))
-      if cfg.soft_moe_normalize:
+      kernel = self.param("kernel", init, (inputs.shape[-1], cfg.num_router_outputs))
+      if normalize:
         scale = self.param("scale", nn.initializers.ones, ())
-        logits = scale * (_l2_normalize(x, axis=-1) @ _l2_normalize(kernel, axis=0))
+        logits = scale * (_l2_normalize(inputs, axis=-1) @ _l2_normalize(kernel, axis=0))
       else:
-        logits = x @ kernel
+        logits = inputs @ kernel
       if cfg.logit_bias:
         logits = logits + self.param("bias", nn.initializers.zeros, (cfg.num_router_outputs,))
       if cfg.gating_residual and prev_logits is not None:
         residual = self.param("gating_residual", nn.initializers.zeros,
                               (cfg.num_router_outputs, cfg.num_router_outputs))
         logits = logits + at_least_f32(prev_logits) @ residual
-    if cfg.noisy_top_k:
-      noise_kernel = self.param("noise_kernel", nn.initializers.zeros,
-                                (x.shape[-1], cfg.num_router_outputs))
-      noise_std = jax.nn.softplus(x @ noise_kernel)
-    bias_var = None
-    if cfg.use_expert_bias:
-      bias_var = self.variable("router_state", "expert_bias", jnp.zeros,
-                               (cfg.num_experts,), jnp.float32)
-      expert_bias = bias_var.value
-    threshold_var = None
-    if cfg.name == "expert_threshold":
-      threshold_var = self.variable("router_state", "expert_threshold", jnp.zeros,
-                                    (cfg.num_experts,), jnp.float32)
-      updates_var = self.variable("router_state", "threshold_updates", jnp.zeros, (), jnp.int32)
-    out = route_in_groups(cfg, logits, token_ids=token_ids, expert_bias=expert_bias,
-                          expert_threshold=None if threshold_var is None else threshold_var.value,
-                          sub_keys=sub_keys, noise_std=noise_std, rng=rng, groups=groups)
+      return logits
+
+    prepared = family.prepare(self, cfg, x, project, rng, token_ids)
+    out = route_in_groups(cfg, prepared.logits, groups=groups, **prepared.inputs)
     updating = (not deterministic and self.is_mutable_collection("router_state")
                 and not self.is_initializing())
-    if bias_var is not None and updating and cfg.expert_bias_update_rate > 0:
-      load = jax.lax.stop_gradient(out.routing.tokens_per_expert())
-      bias_var.value = update_expert_bias(bias_var.value, load, cfg.expert_bias_update_rate)
-    if threshold_var is not None and updating and cfg.expert_threshold_rate > 0:
-      threshold_var.value, updates_var.value = update_expert_threshold(
-          threshold_var.value, updates_var.value, batch_cutoff(out.probs, cfg.top_k),
-          cfg.expert_threshold_rate)
+    if updating and prepared.update is not None:
+      prepared.update(out)
     return out
 
 
@@ -200,11 +182,8 @@ class MoELayer(nn.Module):
     return y.reshape(x.shape).astype(x.dtype), aux
 
   def _routing_groups(self, x: jax.Array) -> int:
-    """Soft MoE per example: one group per row of the leading axis."""
-    r = self.config.router
-    if r.name == "soft_moe" and r.soft_moe_grouping == "example" and x.ndim > 2:
-      return x.shape[0]
-    return r.routing_groups
+    """The family's groups for this input (Soft MoE: one per example)."""
+    return self.config.router.family.routing_groups(self.config.router, x.shape)
 
   def _expert_parallel_ok(self, mesh, routing, strategy) -> bool:
     """Whether this call can run expert-parallel on `mesh` (warns where the

@@ -10,6 +10,7 @@ from moejax.dispatch import get_strategy
 from moejax.experts import expert_ffn
 from moejax.grouped_matmul import RowLayout
 from moejax.routing import route
+from moejax.routing.threshold import ThresholdOptions
 
 # One config per router family (plus the interesting token-choice variants).
 ROUTER_CASES = {
@@ -20,7 +21,8 @@ ROUTER_CASES = {
     "deepseek": RouterConfig(num_experts=8, top_k=3, score_fn="sigmoid", normalize_top_k=True,
                              num_expert_groups=4, top_k_groups=2, routed_scaling_factor=2.0),
     "null_experts": RouterConfig(num_experts=4, top_k=2, num_null_experts=2),
-    "threshold": RouterConfig(name="threshold", num_experts=4, top_k=3, threshold=0.5),
+    "threshold": RouterConfig(name="threshold", num_experts=4, top_k=3,
+                              options=ThresholdOptions(probability=0.5)),
     "expert_choice": RouterConfig(name="expert_choice", num_experts=4, capacity_factor=1.5),
     "sinkhorn": RouterConfig(name="sinkhorn", num_experts=4, top_k=1, capacity_factor=1.5),
     "hash": RouterConfig(name="hash", num_experts=4, top_k=1),

@@ -5,6 +5,8 @@ import re
 import pytest
 
 from moejax import MoEConfig, RouterConfig
+from moejax.routing.config import router_config_from_mapping
+from moejax.routing.threshold import ThresholdOptions
 
 BAD_ROUTERS = [
     (dict(top_k=9, num_experts=8), "router.top_k", "9"),
@@ -13,8 +15,24 @@ BAD_ROUTERS = [
     (dict(capacity_factor=-1.0), "router.capacity_factor", "-1.0"),
     (dict(name="switcheroo"), "router.name", "'switcheroo'"),
     (dict(num_experts=8, num_expert_groups=3), "router.num_expert_groups", "3"),
-    (dict(name="threshold", threshold=1.5), "router.threshold", "1.5"),
-    (dict(name="threshold", threshold=0.0), "router.threshold", "0.0"),
+    (dict(name="threshold", threshold=dict(probability=1.5)), "router.threshold.probability",
+     "1.5"),
+    (dict(name="threshold", threshold=dict(probability=0.0)), "router.threshold.probability",
+     "0.0"),
+    # Token-choice fields a family does not read are refused, not ignored:
+    # threshold routing once dropped these silently.
+    (dict(name="threshold", use_expert_bias=True), "router.use_expert_bias", "True"),
+    (dict(name="threshold", noisy_top_k=True), "router.noisy_top_k", "True"),
+    (dict(name="threshold", num_expert_groups=4), "router.num_expert_groups", "4"),
+    (dict(name="threshold", score_fn="sigmoid"), "router.score_fn", "'sigmoid'"),
+    (dict(name="expert_choice", capacity_factor=1.0, routed_scaling_factor=2.0),
+     "router.routed_scaling_factor", "2.0"),
+    (dict(name="soft_moe", top_k=1, gating_residual=True), "router.gating_residual", "True"),
+    # A section of another family, and flat names of the earlier layout.
+    (dict(sinkhorn=dict(iterations=4)), "router.sinkhorn.iterations", "4"),
+    (dict(name="soft_moe", top_k=1, num_slots=4), "router.num_slots", "4"),
+    (dict(name="threshold", threshold=0.7), "router.threshold", "0.7"),
+    (dict(name="soft_moe", top_k=1, soft_moe=dict(slots=4)), "router.soft_moe.slots", "4"),
     (dict(score_fn="relu"), "router.score_fn", "'relu'"),
     (dict(drop_policy="random", capacity_factor=1.0), "router.drop_policy", "'random'"),
     (dict(num_expert_groups=4, top_k_groups=5), "router.top_k_groups", "5"),
@@ -32,12 +50,13 @@ BAD_ROUTERS = [
 @pytest.mark.parametrize("kwargs,field,value", BAD_ROUTERS)
 def test_bad_router_config_names_field_value_and_valid(kwargs, field, value):
   with pytest.raises(ValueError) as err:
-    RouterConfig(**kwargs)
+    router_config_from_mapping(kwargs)
   message = str(err.value)
   assert message.startswith(f"{field}={value} is invalid: "), message
   assert "\n" not in message
   # The message says what would be valid (a range, a list or a rule).
-  assert re.search(r"must|valid values|needs|routes|only used|leave it", message), message
+  assert re.search(r"must|valid values|needs|routes|only used|leave it|moved to|unknown field",
+                   message), message
 
 
 @pytest.mark.parametrize("kwargs,field", [
@@ -58,7 +77,8 @@ def test_good_configs_construct():
   RouterConfig(name="top_k", num_experts=8, top_k=8)
   RouterConfig(num_experts=8, top_k=4, num_expert_groups=4, top_k_groups=2, score_fn="sigmoid",
                use_expert_bias=True, normalize_top_k=True, routed_scaling_factor=2.5)
-  RouterConfig(name="threshold", threshold=1.0, top_k=3, num_null_experts=2)
+  RouterConfig(name="threshold", options=ThresholdOptions(probability=1.0), top_k=3,
+               num_null_experts=2)
   MoEConfig(router=RouterConfig(capacity_factor=1.25), dispatch="gather")
 
 

@@ -88,7 +88,7 @@ def test_mutual_information_loss_extremes_and_gradient():
 
 @pytest.mark.parametrize("make, message", [
     (lambda: _config(name="expert_choice", capacity_factor=2.0),
-     "router.dense_training=True is invalid: only used by router.name='top_k' or 'threshold'"),
+     "router.dense_training=True is invalid: only used by router.name in \\['top_k', 'threshold'\\]"),
     (lambda: _config("gather", capacity_factor=1.0),
      "dispatch='gather' is invalid: router.dense_training sends every token to every expert"),
 ])

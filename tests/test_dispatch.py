@@ -14,6 +14,7 @@ from moejax.dispatch.dropless import grouped_slots
 from moejax.dispatch.permute import combine_rows, gather_rows, inverse_slots
 from moejax.grouped_matmul import gmm, group_ids, resolve_backend
 from moejax.routing import route
+from moejax.routing.soft_moe import SoftMoEOptions
 from tests.helpers import ROUTER_CASES, make_params, moe_forward
 
 # (dispatch, gmm backend, dropless alignment). Blocked runs with 4-row blocks:
@@ -114,7 +115,7 @@ def test_dropped_tokens_get_zero_output():
 
 
 def test_soft_moe_dense_dispatch_through_einsum():
-  cfg = RouterConfig(name="soft_moe", num_experts=3, top_k=1, num_slots=2)
+  cfg = RouterConfig(name="soft_moe", num_experts=3, top_k=1, options=SoftMoEOptions(num_slots=2))
   params, x, ids = _setup(cfg, tokens=5)
   out = route(cfg, x @ params["router"])
   y = get_strategy("einsum")(x, out.routing,

@@ -14,6 +14,7 @@ from moejax.models import ModelConfig, TransformerLM
 from moejax.models.config import LMConfig
 from moejax.moe import MoELayer
 from moejax.routing.expert_threshold import batch_cutoff, update_expert_threshold
+from moejax.routing.expert_threshold import ExpertThresholdOptions
 from lm_checks import assert_causal, assert_generates_like_recomputation
 
 E, D, F = 6, 8, 12
@@ -110,8 +111,8 @@ def test_lm_is_causal_in_training_and_inference_and_generates():
      "router.capacity_factor=1.0 is invalid: router.name='expert_threshold' never drops"),
     (lambda: _config("gather"), "dispatch='gather' is invalid: router.name='expert_threshold' "
                                 "never drops; use 'dropless' or 'einsum'"),
-    (lambda: _config(expert_threshold_rate=2.0),
-     "router.expert_threshold_rate=2.0 is invalid: must be in \\[0, 1\\]"),
+    (lambda: _config(options=ExpertThresholdOptions(rate=2.0)),
+     "router.expert_threshold.rate=2.0 is invalid: must be in \\[0, 1\\]"),
 ])
 def test_impossible_combinations_are_refused_in_one_line(make, message):
   with pytest.raises(ValueError, match=message):

@@ -16,6 +16,7 @@ from moejax.generate import cache_bytes_per_token, generate, init_cache, left_pa
 from moejax.models import ModelConfig, TransformerLM
 from moejax.models.config import LMConfig, MLAConfig
 from moejax.routing.sparsemixer import sparsemixer_route
+from moejax.routing.sparsemixer import SparseMixerOptions
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 VOCAB = 50
@@ -178,7 +179,7 @@ def test_upcycling_noise_breaks_symmetry_and_bad_requests_fail():
 
 def test_sparsemixer_weights_follow_the_near_tie_rule():
   """Top-2 SparseMixer against a numpy transcription of the rule."""
-  config = RouterConfig(name="sparsemixer", num_experts=5, top_k=2, sparsemixer_eps=0.05)
+  config = RouterConfig(name="sparsemixer", num_experts=5, top_k=2, options=SparseMixerOptions(eps=0.05))
   logits = np.array([[2.0, 1.95, 0.1, -1.0, 1.0],      # near tie for the first pick
                      [3.0, -2.0, 0.5, 0.45, 0.0]], np.float32)
   out = sparsemixer_route(jnp.asarray(logits), config)
@@ -187,7 +188,7 @@ def test_sparsemixer_weights_follow_the_near_tie_rule():
     picks, weights, remaining = [], [], row.copy()
     for _ in range(2):
       best, pick = remaining.max(), int(remaining.argmax())
-      keep = (best - row) / np.maximum(np.abs(row), best) <= 2 * config.sparsemixer_eps
+      keep = (best - row) / np.maximum(np.abs(row), best) <= 2 * config.options.eps
       z = np.where(keep & np.isfinite(remaining), remaining, -np.inf)
       weights.append(np.exp(z[pick] - z.max()) / np.exp(z - z.max()).sum())
       picks.append(pick)

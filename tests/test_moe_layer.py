@@ -10,10 +10,13 @@ import pytest
 
 from moejax import DenseFFNLayer, MoEConfig, MoELayer, RouterConfig
 from moejax.routing import update_expert_bias
+from moejax.routing.product_keys import ProductKeyOptions
+from moejax.routing.soft_moe import SoftMoEOptions
 from tests.helpers import ROUTER_CASES
 
 FD_CASES = dict(ROUTER_CASES)
-FD_CASES["soft_moe"] = RouterConfig(name="soft_moe", num_experts=3, top_k=1, num_slots=2)
+FD_CASES["soft_moe"] = RouterConfig(name="soft_moe", num_experts=3, top_k=1,
+                                    options=SoftMoEOptions(num_slots=2))
 
 
 def _layer(router, **kw):
@@ -90,7 +93,8 @@ def test_dense_baseline_has_same_interface():
     v = jax.jit(layer.init)(jax.random.key(0), x)
     y, aux = layer.apply(v, x, token_ids=None, deterministic=False)
     assert y.shape == x.shape
-    assert set(aux.losses) == {"load_balance", "z_loss", "importance", "mutual_information"}
+    assert set(aux.losses) == {"load_balance", "z_loss", "importance", "mutual_information",
+                               "family"}
 
 
 def test_bfloat16_experts_close_to_float32():
@@ -146,6 +150,7 @@ def test_metrics_report_drops_and_entropy():
   np.testing.assert_allclose(m["fraction_dropped"], 1 - kept / 40, rtol=1e-6)
   assert 0 < float(m["router_entropy"]) <= np.log(4) + 1e-6
   assert float(m["balance"]) >= 1.0
+  np.testing.assert_allclose(m["experts_per_token"], kept / 40, rtol=1e-6)  # top-1 after drops
 
 
 def test_wrong_input_width_is_a_clear_error():
@@ -154,9 +159,9 @@ def test_wrong_input_width_is_a_clear_error():
     layer.init(jax.random.key(0), jnp.ones((3, 5)))
 
 
-def _soft_moe_layer(**router):
-  cfg = MoEConfig(router=RouterConfig(name="soft_moe", num_experts=3, top_k=1, num_slots=2,
-                                      **router),
+def _soft_moe_layer(**options):
+  cfg = MoEConfig(router=RouterConfig(name="soft_moe", num_experts=3, top_k=1,
+                                      options=SoftMoEOptions(num_slots=2, **options)),
                   d_model=8, d_ff=16, activation="relu", dispatch="einsum")
   return MoELayer(cfg)
 
@@ -171,7 +176,7 @@ def test_soft_moe_routes_each_example_alone():
   for i in range(4):
     alone, _ = layer.apply(variables, x[i:i + 1])
     np.testing.assert_allclose(y[i], alone[0], atol=1e-6)
-  call = _soft_moe_layer(soft_moe_grouping="call")
+  call = _soft_moe_layer(grouping="call")
   mixed, _ = call.apply(variables, x)
   assert np.abs(mixed[0] - y[0]).max() > 1e-3   # 'call' shares slots across the batch
 
@@ -203,7 +208,7 @@ def _soft_moe_numpy(x, params, scale=None):
 
 @pytest.mark.parametrize("normalize", [False, True])
 def test_soft_moe_matches_the_paper_equations(normalize):
-  layer = _soft_moe_layer(soft_moe_normalize=normalize)
+  layer = _soft_moe_layer(normalize=normalize)
   x = jax.random.normal(jax.random.key(2), (2, 5, 8)) * 3.0
   variables = jax.jit(layer.init)(jax.random.key(3), x)
   params = variables["params"]
@@ -216,7 +221,7 @@ def test_soft_moe_matches_the_paper_equations(normalize):
 
 
 @pytest.mark.parametrize("router, dispatch, training", [
-    (dict(name="product_key", num_experts=16, top_k=2, peer_heads=2, peer_key_dim=4),
+    (dict(name="product_key", num_experts=16, top_k=2, options=ProductKeyOptions(heads=2, key_dim=4)),
      "retrieval", False),
     (dict(name="expert_threshold"), "dropless", False),
     (dict(num_null_experts=1, num_copy_experts=1, num_constant_experts=1), "dropless", False),

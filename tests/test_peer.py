@@ -13,6 +13,8 @@ from moejax.models import ModelConfig, TransformerLM
 from moejax.models.config import LMConfig
 from moejax.moe import MoELayer
 from moejax.routing.product_keys import product_key_top_k
+from moejax.routing.config import router_config_from_mapping
+from moejax.routing.product_keys import ProductKeyOptions
 from lm_checks import assert_causal, assert_generates_like_recomputation
 
 D = 16
@@ -21,7 +23,7 @@ D = 16
 def _config(num_experts=64, top_k=4, heads=3, key_dim=8, dispatch="retrieval", d_ff=1,
             activation="gelu", **moe):
   router = RouterConfig(name="product_key", num_experts=num_experts, top_k=top_k,
-                        peer_heads=heads, peer_key_dim=key_dim)
+                        options=ProductKeyOptions(heads=heads, key_dim=key_dim))
   return MoEConfig(router=router, d_model=D, d_ff=d_ff, activation=activation,
                    dispatch=dispatch, gmm_block_size=4, **moe)
 
@@ -145,13 +147,15 @@ def test_lm_with_peer_is_causal_and_generates():
     (lambda: _config(num_experts=50), "router.num_experts=50 is invalid: router.name="
                                       "'product_key' needs a perfect square"),
     (lambda: _config(top_k=9), "router.top_k=9 is invalid: .* must be <= 8"),
-    (lambda: _config(key_dim=7), "router.peer_key_dim=7 is invalid: must be even"),
+    (lambda: _config(key_dim=7), "router.product_key.key_dim=7 is invalid: must be even"),
     (lambda: _config(dispatch="gather"), "dispatch='gather' is invalid: router.name="
-                                         "'product_key' is dropless"),
+                                         "'product_key' never drops"),
     (lambda: RouterConfig(name="product_key", num_experts=16, capacity_factor=1.0),
-     "router.capacity_factor=1.0 is invalid: router.name='product_key' is dropless"),
-    (lambda: RouterConfig(peer_heads=2), "router.peer_heads=2 is invalid: only used by "
-                                         "router.name='product_key'"),
+     "router.capacity_factor=1.0 is invalid: router.name='product_key' never drops"),
+    (lambda: router_config_from_mapping({"product_key": {"heads": 2}}),
+     "router.product_key.heads=2 is invalid: only used by router.name='product_key'"),
+    (lambda: router_config_from_mapping({"peer_heads": 2}),
+     "router.peer_heads=2 is invalid: moved to router.product_key.heads"),
 ])
 def test_impossible_combinations_are_refused_in_one_line(make, message):
   with pytest.raises(ValueError, match=message):

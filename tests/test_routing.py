@@ -9,6 +9,9 @@ from moejax import RouterConfig
 from moejax.routing import assign_positions, route
 from moejax.routing.balanced import sinkhorn_log_plan
 from moejax.routing.hashing import hash_expert
+from moejax.routing.balanced import SinkhornOptions
+from moejax.routing.soft_moe import SoftMoEOptions
+from moejax.routing.threshold import ThresholdOptions
 
 
 def _logits(t=32, e=8, seed=0, scale=1.0):
@@ -121,7 +124,8 @@ def test_null_experts_take_no_slot_and_zero_weight():
 def test_threshold_takes_experts_until_mass_reached():
   probs = np.array([[0.7, 0.2, 0.05, 0.05], [0.3, 0.25, 0.25, 0.2], [0.4, 0.35, 0.15, 0.1]])
   logits = jnp.log(jnp.asarray(probs, jnp.float32))
-  out = route(RouterConfig(name="threshold", num_experts=4, top_k=3, threshold=0.6), logits)
+  out = route(RouterConfig(name="threshold", num_experts=4, top_k=3,
+                                options=ThresholdOptions(probability=0.6)), logits)
   # Row 1: 0.3 + 0.25 = 0.55 < 0.6, so a third expert is taken; row 2 stops at 0.75.
   np.testing.assert_array_equal(out.routing.valid.sum(-1), [1, 3, 2])
   np.testing.assert_allclose(out.routing.weight.sum(-1), [0.7, 0.8, 0.75], rtol=1e-5)
@@ -144,7 +148,7 @@ def test_expert_choice_gives_every_expert_exactly_capacity_tokens():
 
 
 def test_soft_moe_weights_normalised():
-  cfg = RouterConfig(name="soft_moe", num_experts=4, top_k=1, num_slots=3)
+  cfg = RouterConfig(name="soft_moe", num_experts=4, top_k=1, options=SoftMoEOptions(num_slots=3))
   out = route(cfg, _logits(t=10, e=12))
   np.testing.assert_allclose(out.routing.dispatch.sum(0), 1.0, rtol=1e-5)  # over tokens
   np.testing.assert_allclose(out.routing.combine.sum((1, 2)), 1.0, rtol=1e-5)  # over slots
@@ -157,7 +161,7 @@ def test_sinkhorn_plan_marginals_and_better_balance():
   np.testing.assert_allclose(plan.sum(0), 16.0, rtol=1e-2)
   greedy = np.bincount(np.argmax(logits, -1), minlength=4)
   balanced = route(RouterConfig(name="sinkhorn", num_experts=4, top_k=1,
-                                sinkhorn_iterations=50), logits).routing.tokens_per_expert()
+                                options=SinkhornOptions(iterations=50)), logits).routing.tokens_per_expert()
   assert greedy.max() > 40 and float(balanced.max()) < 26  # 64 tokens / 4 experts = 16
 
 

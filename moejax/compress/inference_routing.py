@@ -28,6 +28,7 @@ from moejax.compress.measure import evaluate
 from moejax.models import build_model
 from moejax.models.config import ModelConfig
 from moejax.models.params import active_params
+from moejax.routing.threshold import ThresholdOptions
 
 TOKEN_CHOICE = ("top_k", "threshold")
 
@@ -52,13 +53,14 @@ def routing_variants(config: ModelConfig, top_ks: Sequence[int] = (),
       raise ValueError(f"threshold={p} is invalid: must be in (0, 1]")
 
   def variant(**fields):
-    r = dataclasses.replace(router, capacity_factor=None, **fields)
+    r = dataclasses.replace(router, **{"capacity_factor": None, "options": None, **fields})
     return dataclasses.replace(config, moe=dataclasses.replace(moe, router=r))
   # 'dense' = every routed expert; with zero-computation experts top-E is not that.
   zero = router.num_zero_computation_experts
   rows = [("dense", variant(name="top_k", top_k=experts))] if not zero else []
   rows += [(f"top-{k}", variant(name="top_k", top_k=k)) for k in top_ks]
-  rows += [(f"threshold {p:g}", variant(name="threshold", top_k=experts + zero, threshold=p))
+  rows += [(f"threshold {p:g}", variant(name="threshold", top_k=experts + zero,
+                                                      options=ThresholdOptions(probability=p)))
            for p in thresholds]
   return rows
 

@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Dict, Optional, Tuple
 
-from moejax.config import MoEConfig, RouterConfig
+from moejax.config import MoEConfig
+from moejax.routing.config import router_config_from_mapping
 from moejax.experts import CLAMPED_SWIGLU_ALPHA, CLAMPED_SWIGLU_LIMIT
 from moejax.models.config import LMConfig, MLAConfig, ModelConfig
 
@@ -159,8 +160,8 @@ def _backbone(hf: dict, unembed_bias: bool = False, lm_fields: Optional[Dict[str
 
 def _moe(hf: dict, fields: dict, *, num_experts: int, d_ff: int, router: Dict[str, Any],
          **moe_fields) -> ModelConfig:
-  router = RouterConfig(name=router.pop("name", "top_k"), num_experts=num_experts,
-                        top_k=_get(hf, "num_experts_per_tok"), **router)
+  router = router_config_from_mapping({"num_experts": num_experts,
+                                       "top_k": _get(hf, "num_experts_per_tok"), **router})
   moe = MoEConfig(router=router, d_model=fields["d_model"], d_ff=d_ff,
                   **{"activation": "swiglu", "dispatch": "dropless", **moe_fields})
   return ModelConfig(**{**fields, "moe": moe, "moe_every": fields.get("moe_every") or 1})
@@ -182,7 +183,7 @@ def _phimoe(hf: dict) -> ModelConfig:
   return _moe(hf, fields, num_experts=_get_first(hf, _EXPERTS),
               d_ff=_get(hf, "intermediate_size"),
               router=dict(name="sparsemixer",
-                          sparsemixer_eps=float(hf.get("router_jitter_noise", 0.01))))
+                          sparsemixer=dict(eps=float(hf.get("router_jitter_noise", 0.01)))))
 
 
 def _granitemoe(hf: dict) -> ModelConfig:

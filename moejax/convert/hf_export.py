@@ -61,7 +61,7 @@ def _moe_fields(cfg: ModelConfig, model_type: str) -> dict:
                  residual_multiplier=cfg.residual_multiplier,
                  attention_multiplier=cfg.attention_multiplier or cfg.head_size ** -0.5)
     if model_type == "phimoe":
-      out.update(router_jitter_noise=r.sparsemixer_eps, lm_head_bias=cfg.lm.unembed_bias,
+      out.update(router_jitter_noise=r.options.eps, lm_head_bias=cfg.lm.unembed_bias,
                  attention_bias=cfg.attention_bias)
     return out
   if model_type == "ernie4_5_moe":

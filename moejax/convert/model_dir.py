@@ -24,6 +24,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 from moejax.convert.safetensors_io import read_safetensors, staged_dir, write_safetensors
 from moejax.data.tokenizer import copy_tokenizer_files
 from moejax.models.config import ModelConfig, model_config_from_mapping
+from moejax.routing.config import migrate_flat_router_fields, router_config_to_mapping
 
 CONFIG_FILE = "model_config.json"
 VARIABLES_FILE = "variables.safetensors"
@@ -34,6 +35,8 @@ def model_config_to_mapping(config: ModelConfig) -> dict:
   """A JSON-able nested dict that model_config_from_mapping reads back."""
   values = dataclasses.asdict(config)
   values["dense_layers"] = list(config.dense_layers)
+  if config.moe is not None:
+    values["moe"]["router"] = router_config_to_mapping(config.moe.router)
   return values
 
 
@@ -60,7 +63,10 @@ def read_model_config(directory: str) -> ModelConfig:
   if not is_model_dir(directory):
     raise FileNotFoundError(f"{directory} is not a moejax model folder (no {CONFIG_FILE})")
   with open(os.path.join(directory, CONFIG_FILE)) as f:
-    return model_config_from_mapping(json.load(f))
+    values = json.load(f)
+  if isinstance(values.get("moe"), dict) and isinstance(values["moe"].get("router"), dict):
+    values["moe"]["router"] = migrate_flat_router_fields(values["moe"]["router"])
+  return model_config_from_mapping(values)
 
 
 def load_model_dir(directory: str) -> Tuple[ModelConfig, dict, Optional[dict]]:

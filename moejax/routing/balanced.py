@@ -8,12 +8,29 @@ not differentiated: gradients reach the router through the gate only.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 
-from moejax.config import RouterConfig
 from moejax.routing.capacity import finish_assignments
+from moejax.routing.family import RouterFamily
 from moejax.routing.types import RouterOutput, at_least_f32
+from moejax.validation import check_int, fail
+
+if TYPE_CHECKING:
+  from moejax.routing.config import RouterConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SinkhornOptions:
+  """iterations: Sinkhorn iterations of the balanced assignment."""
+
+  iterations: int = 8
+
+  def __post_init__(self):
+    check_int("router.sinkhorn.iterations", self.iterations, 1)
 
 
 def sinkhorn_log_plan(logits: jax.Array, iterations: int) -> jax.Array:
@@ -30,10 +47,21 @@ def sinkhorn_log_plan(logits: jax.Array, iterations: int) -> jax.Array:
 def sinkhorn_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
   """Args: logits: [T, E]."""
   logits = at_least_f32(logits)
-  plan = jax.lax.stop_gradient(sinkhorn_log_plan(logits, config.sinkhorn_iterations))
+  plan = jax.lax.stop_gradient(sinkhorn_log_plan(logits, config.options.iterations))
   expert_index = jnp.argmax(plan, axis=-1)[:, None]  # [T, 1]
   weight = jax.nn.sigmoid(jnp.take_along_axis(logits, expert_index, axis=-1))
   assigned = jnp.ones_like(expert_index, dtype=jnp.bool_)
   routing, counts = finish_assignments(config, expert_index, weight, assigned, logits.shape[0])
   return RouterOutput(routing=routing, probs=jax.nn.softmax(logits, axis=-1),
                       choice_counts=counts, logits=logits)
+
+
+def _check(config: RouterConfig) -> None:
+  if config.top_k != 1:
+    fail("router.top_k", config.top_k, "router.name='sinkhorn' routes each token to 1 expert")
+
+
+FAMILY = RouterFamily(
+    name="sinkhorn", options=SinkhornOptions, reads=("routed_scaling_factor",), check=_check,
+    causal=False, route=lambda logits, config, inputs: sinkhorn_route(logits, config),
+    summary="BASE layers: a balanced assignment (Sinkhorn plan) picks each token's expert")

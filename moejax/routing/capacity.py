@@ -15,7 +15,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from moejax.config import RouterConfig
+from moejax.routing.config import RouterConfig
 from moejax.routing.types import Routing
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from moejax.config import RouterConfig
+from moejax.routing.config import RouterConfig
 from moejax.routing.token_choice import router_scores
 from moejax.routing.types import Routing, at_least_f32
 

@@ -6,11 +6,17 @@ be taken by any number of experts, including none.
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Optional
+
 import jax
 import jax.numpy as jnp
 
-from moejax.config import RouterConfig
+from moejax.routing.family import RouterFamily
 from moejax.routing.types import Routing, RouterOutput, at_least_f32
+from moejax.validation import fail
+
+if TYPE_CHECKING:
+  from moejax.routing.config import RouterConfig
 
 
 def expert_choice_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
@@ -34,3 +40,23 @@ def expert_choice_route(logits: jax.Array, config: RouterConfig) -> RouterOutput
       capacity=capacity)
   counts = jnp.full((num_experts,), float(capacity))
   return RouterOutput(routing=routing, probs=probs, choice_counts=counts, logits=logits)
+
+
+def _capacity(config: RouterConfig, num_tokens: int) -> Optional[int]:
+  """Tokens per expert: ceil(capacity_factor * tokens / experts), at least
+  min_capacity, at most the tokens."""
+  slots = -(-config.capacity_factor * num_tokens // config.num_experts)  # ceil
+  return min(max(int(slots), config.min_capacity), num_tokens)
+
+
+def _check(config: RouterConfig) -> None:
+  if config.capacity_factor is None:
+    fail("router.capacity_factor", None,
+         "router.name='expert_choice' needs a number > 0 (average experts per token)")
+
+
+FAMILY = RouterFamily(
+    name="expert_choice", causal=False, check=_check, capacity=_capacity,
+    experts_per_token=lambda config: config.capacity_factor,
+    route=lambda logits, config, inputs: expert_choice_route(logits, config),
+    summary="each expert takes its top-C tokens of the call (balanced by construction)")

@@ -23,13 +23,32 @@ first 1 / rate calls, an exponential moving average with that rate after.
 
 from __future__ import annotations
 
-from typing import Optional, Tuple
+import dataclasses
+from typing import TYPE_CHECKING, Optional, Tuple
 
 import jax
 import jax.numpy as jnp
 
-from moejax.config import RouterConfig
+from moejax.routing.family import Prepared, RouterFamily
 from moejax.routing.types import Routing, RouterOutput, at_least_f32
+from moejax.validation import check_float, fail
+
+if TYPE_CHECKING:
+  from moejax.routing.config import RouterConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpertThresholdOptions:
+  """rate: the thresholds are the running mean of the training calls' cutoffs
+  for the first 1 / rate calls, then an exponential moving average with this
+  rate (0 = keep them fixed)."""
+
+  rate: float = 0.01
+
+  def __post_init__(self):
+    check_float("router.expert_threshold.rate", self.rate, 0.0, True)
+    if self.rate > 1:
+      fail("router.expert_threshold.rate", self.rate, "must be in [0, 1]")
 
 
 def expert_threshold_route(logits: jax.Array, config: RouterConfig,
@@ -71,3 +90,28 @@ def update_expert_threshold(threshold: jax.Array, updates: jax.Array, cutoff: ja
   threshold, cutoff: [E]; updates: [] int32 calls averaged so far."""
   step = jnp.maximum(rate, 1.0 / (updates.astype(jnp.float32) + 1.0))
   return threshold + step * (cutoff - threshold), updates + 1
+
+
+def _prepare(module, config: RouterConfig, x, project, rng, token_ids) -> Prepared:
+  """Logits; the thresholds (router_state), moved toward each training call's
+  expert-choice cutoffs."""
+  logits = project(x)
+  threshold = module.variable("router_state", "expert_threshold", jnp.zeros,
+                              (config.num_experts,), jnp.float32)
+  updates = module.variable("router_state", "threshold_updates", jnp.zeros, (), jnp.int32)
+  update = None
+  if config.options.rate > 0:
+    def update(out):
+      threshold.value, updates.value = update_expert_threshold(
+          threshold.value, updates.value, batch_cutoff(out.probs, config.top_k),
+          config.options.rate)
+  return Prepared(logits=logits, inputs={"expert_threshold": threshold.value}, update=update)
+
+
+FAMILY = RouterFamily(
+    name="expert_threshold", options=ExpertThresholdOptions, may_drop=False,
+    reads=("routed_scaling_factor",), inputs=("expert_threshold",), prepare=_prepare,
+    route=lambda logits, config, inputs: expert_threshold_route(
+        logits, config, inputs.get("expert_threshold")),
+    summary="causal expert choice: each expert takes the tokens whose probability reaches its "
+            "running threshold")

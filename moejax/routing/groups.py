@@ -20,31 +20,30 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from moejax.config import RouterConfig
-from moejax.routing.router import route
+from moejax.routing.config import RouterConfig
+from moejax.routing.router import check_inputs, route
 from moejax.routing.types import DenseRouting, Routing, RouterOutput
 
 
 def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
-                    token_ids: Optional[jax.Array] = None,
-                    expert_bias: Optional[jax.Array] = None,
-                    expert_threshold: Optional[jax.Array] = None,
-                    sub_keys: Optional[jax.Array] = None,
-                    noise_std: Optional[jax.Array] = None,
-                    rng: Optional[jax.Array] = None,
-                    groups: Optional[int] = None) -> RouterOutput:
+                    groups: Optional[int] = None, **inputs) -> RouterOutput:
   """`route` applied to `groups` (default config.routing_groups) groups of
-  consecutive tokens (other arguments as for route).
+  consecutive tokens (logits and inputs as for route; the family's
+  per_token_inputs are split with the tokens, the others shared).
 
   Group g uses rng fold_in(rng, g). With one group this is exactly `route`.
   """
   groups = config.routing_groups if groups is None else groups
+  inputs = {k: v for k, v in inputs.items() if v is not None}
   if groups == 1:
-    return route(config, logits, token_ids=token_ids, expert_bias=expert_bias,
-                 expert_threshold=expert_threshold, sub_keys=sub_keys, noise_std=noise_std,
-                 rng=rng)
-  per_token = {"logits": logits, "token_ids": token_ids, "noise_std": noise_std}
-  per_token = {k: v for k, v in per_token.items() if v is not None}
+    return route(config, logits, **inputs)
+  check_inputs(config, logits, inputs)
+  if "token_ids" not in config.family.inputs:
+    inputs.pop("token_ids", None)
+  per_token = {k: inputs.pop(k) for k in config.family.per_token_inputs if k in inputs}
+  if logits is not None:
+    per_token["logits"] = logits
+  rng = inputs.pop("rng", None)
   num_tokens = next(iter(per_token.values())).shape[0]
   if num_tokens % groups:
     raise ValueError(f"router.routing_groups={groups} is invalid: it must divide the "
@@ -54,9 +53,8 @@ def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
       jnp.arange(groups))
 
   def one_group(args, key):
-    return route(config, args.get("logits"), token_ids=args.get("token_ids"),
-                 expert_bias=expert_bias, expert_threshold=expert_threshold,
-                 sub_keys=sub_keys, noise_std=args.get("noise_std"), rng=key)
+    args = dict(args)
+    return route(config, args.pop("logits", None), rng=key, **args, **inputs)
 
   out = jax.vmap(one_group)(split, keys)
   r = out.routing
@@ -72,9 +70,10 @@ def route_in_groups(config: RouterConfig, logits: Optional[jax.Array], *,
                     num_experts=r.num_experts,
                     capacity=None if r.capacity is None else groups * r.capacity)
   maybe_flat = lambda a: None if a is None else flat(a)
-  return RouterOutput(routing=routing, probs=flat(out.probs),
+  return RouterOutput(routing=routing, probs=maybe_flat(out.probs),
                       choice_counts=out.choice_counts.sum(0), logits=maybe_flat(out.logits),
-                      zero_computation_weight=maybe_flat(out.zero_computation_weight))
+                      zero_computation_weight=maybe_flat(out.zero_computation_weight),
+                      family_loss=None if out.family_loss is None else out.family_loss.mean())
 
 
 def _block_diagonal(r: DenseRouting) -> DenseRouting:

@@ -4,12 +4,29 @@ expert. No learned router; the gate is 1.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 
-from moejax.config import RouterConfig
 from moejax.routing.capacity import finish_assignments
+from moejax.routing.family import Prepared, RouterFamily
 from moejax.routing.types import RouterOutput
+from moejax.validation import check_int, fail
+
+if TYPE_CHECKING:
+  from moejax.routing.config import RouterConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class HashOptions:
+  """seed: seed of the fixed token-id -> expert hash."""
+
+  seed: int = 0
+
+  def __post_init__(self):
+    check_int("router.hash.seed", self.seed, 0)
 
 
 def hash_expert(token_ids: jax.Array, num_experts: int, seed: int = 0) -> jax.Array:
@@ -24,9 +41,24 @@ def hash_expert(token_ids: jax.Array, num_experts: int, seed: int = 0) -> jax.Ar
 
 def hash_route(token_ids: jax.Array, config: RouterConfig) -> RouterOutput:
   """Args: token_ids: [T] integer token ids."""
-  expert_index = hash_expert(token_ids.reshape(-1), config.num_experts, config.hash_seed)[:, None]
+  expert_index = hash_expert(token_ids.reshape(-1), config.num_experts, config.options.seed)[:, None]
   weight = jnp.ones(expert_index.shape, jnp.float32)
   assigned = jnp.ones_like(expert_index, dtype=jnp.bool_)
   routing, counts = finish_assignments(config, expert_index, weight, assigned, expert_index.shape[0])
   probs = jax.nn.one_hot(expert_index[:, 0], config.num_experts)
   return RouterOutput(routing=routing, probs=probs, choice_counts=counts, logits=None)
+
+
+def _check(config: RouterConfig) -> None:
+  if config.top_k != 1:
+    fail("router.top_k", config.top_k, "router.name='hash' routes each token to 1 expert")
+
+
+FAMILY = RouterFamily(
+    name="hash", options=HashOptions, reads=("routed_scaling_factor",), check=_check,
+    uses_logits=False, needs_token_ids=True, inputs=("token_ids",),
+    per_token_inputs=("token_ids",),
+    prepare=lambda module, config, x, project, rng, token_ids: Prepared(
+        inputs={"token_ids": token_ids}),
+    route=lambda logits, config, inputs: hash_route(inputs["token_ids"], config),
+    summary="a fixed hash of the token id picks the expert (no learned router)")

@@ -69,7 +69,9 @@ def update_expert_bias(bias: jax.Array, tokens_per_expert: jax.Array, rate: floa
   return bias + rate * jnp.sign(load.mean() - load)
 
 
-LOSS_NAMES = ("load_balance", "z_loss", "importance", "mutual_information")
+# 'family': the router family's own loss (RouterOutput.family_loss), weighted
+# by the family itself.
+LOSS_NAMES = ("load_balance", "z_loss", "importance", "mutual_information", "family")
 
 
 def zero_losses() -> dict:
@@ -82,14 +84,16 @@ def aux_losses(out: RouterOutput) -> dict:
   does not apply: no logits for hash, no balance loss for dense routing,
   only the z-loss (if logits) without probabilities: product keys)."""
   zero = jnp.zeros((), jnp.float32)
+  family = zero if out.family_loss is None else at_least_f32(out.family_loss)
   sparse = isinstance(out.routing, Routing)
   z_loss = router_z_loss(out.logits) if out.logits is not None else zero
   if out.probs is None:  # product-key retrieval: no distribution over all experts
     return {"load_balance": zero, "z_loss": z_loss, "importance": zero,
-            "mutual_information": zero}
+            "mutual_information": zero, "family": family}
   return {
       "load_balance": load_balance_loss(out.probs, out.choice_counts) if sparse else zero,
       "z_loss": z_loss,
       "importance": importance_loss(out.probs),
       "mutual_information": mutual_information_loss(out.probs),
+      "family": family,
   }

@@ -22,14 +22,19 @@ def routing_metrics(out: RouterOutput) -> Dict[str, jax.Array]:
     router_entropy: mean per-token entropy of the router distribution (nats;
       for product keys, of the normalised weights of the chosen experts).
     balance: max load / mean load (1 = perfectly balanced).
+    experts_per_token: routed experts a token is processed by, on average
+      (after drops; variable for threshold, expert-threshold and ReMoE
+      routing; every expert for dense routing).
   """
   load = out.routing.tokens_per_expert()
   num_experts = load.shape[0]
   chosen_real = out.choice_counts[:num_experts].sum()
   if isinstance(out.routing, Routing):
     dropped = 1.0 - load.sum() / jnp.maximum(chosen_real, 1.0)
+    per_token = out.routing.valid.sum(-1).astype(jnp.float32).mean()
   else:
     dropped = jnp.zeros(())
+    per_token = jnp.asarray(float(num_experts))
   null = out.choice_counts[num_experts:].sum() / jnp.maximum(out.choice_counts.sum(), 1.0)
   probs = out.probs
   if probs is None:  # product keys: the entropy of the chosen experts' weights
@@ -43,4 +48,5 @@ def routing_metrics(out: RouterOutput) -> Dict[str, jax.Array]:
       "fraction_null": null,
       "router_entropy": entropy.mean(),
       "balance": load.max() / jnp.maximum(load.mean(), 1e-9),
+      "experts_per_token": per_token,
   }

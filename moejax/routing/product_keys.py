@@ -21,15 +21,40 @@ projection of the token).
 
 from __future__ import annotations
 
-from typing import Tuple
+import dataclasses
+import math
+from typing import TYPE_CHECKING, Tuple
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from moejax.config import RouterConfig
 from moejax.routing.capacity import assign_positions
+from moejax.routing.family import Prepared, RouterFamily
 from moejax.routing.types import Routing, RouterOutput, at_least_f32
+from moejax.validation import check_int, fail
+
+if TYPE_CHECKING:
+  from moejax.routing.config import RouterConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class ProductKeyOptions:
+  """heads: retrieval heads H, each with its own query and sub-keys, sharing
+    the experts (a token visits H * top_k experts).
+  key_dim: query / key width per head (even; each sub-key table holds
+    sqrt(num_experts) keys of key_dim / 2).
+  """
+
+  heads: int = 1
+  key_dim: int = 32
+
+  def __post_init__(self):
+    check_int("router.product_key.heads", self.heads, 1)
+    check_int("router.product_key.key_dim", self.key_dim, 2)
+    if self.key_dim % 2:
+      fail("router.product_key.key_dim", self.key_dim, "must be even (two sub-key halves)")
 
 
 def product_key_top_k(queries: jax.Array, sub_keys: jax.Array,
@@ -72,7 +97,7 @@ def product_key_route(queries: jax.Array, sub_keys: jax.Array,
   capacity None, and no [T, N] probabilities (probs and logits None)."""
   queries = at_least_f32(queries)
   num_tokens = queries.shape[0]
-  heads, experts = config.peer_heads, config.num_experts
+  heads, experts = config.options.heads, config.num_experts
   scores, index = product_key_top_k(queries.reshape(num_tokens, heads, -1),
                                     sub_keys.astype(queries.dtype), config.top_k)
   weight = jax.nn.softmax(scores, axis=-1) * config.routed_scaling_factor
@@ -84,3 +109,33 @@ def product_key_route(queries: jax.Array, sub_keys: jax.Array,
   counts = jnp.zeros((experts,), jnp.float32).at[expert_index].add(1.0)
   return RouterOutput(routing=routing, probs=None, choice_counts=counts, logits=None)
 
+
+def _check(config: RouterConfig) -> None:
+  n = math.isqrt(config.num_experts)
+  if n * n != config.num_experts:
+    fail("router.num_experts", config.num_experts, "router.name='product_key' needs a perfect "
+         f"square (n^2 experts, n sub-keys per half), e.g. {n * n} or {(n + 1) ** 2}")
+  if config.top_k > n:
+    fail("router.top_k", config.top_k, "router.name='product_key' picks top_k of each half's "
+         f"sqrt(num_experts)={n} sub-keys: must be <= {n}")
+  if config.routing_groups != 1:
+    fail("router.routing_groups", config.routing_groups,
+         "router.name='product_key' routes each token alone; leave it 1")
+
+
+def _prepare(module, config: RouterConfig, x, project, rng, token_ids) -> Prepared:
+  """The sub-key tables, then the query projection (that order fixes the
+  initial values)."""
+  heads, half = config.options.heads, config.options.key_dim // 2
+  sub_keys = module.param("sub_keys", nn.initializers.normal(half ** -0.5),
+                          (heads, 2, math.isqrt(config.num_experts), half))
+  return Prepared(logits=project(x), inputs={"sub_keys": sub_keys})
+
+
+FAMILY = RouterFamily(
+    name="product_key", options=ProductKeyOptions, reads=("routed_scaling_factor",),
+    check=_check, may_drop=False, inputs=("sub_keys",), prepare=_prepare,
+    experts_per_token=lambda config: config.top_k * config.options.heads,
+    num_outputs=lambda config: config.options.heads * config.options.key_dim,
+    route=lambda logits, config, inputs: product_key_route(logits, inputs["sub_keys"], config),
+    summary="PEER: top_k of n^2 tiny experts per head by product-key retrieval")

@@ -6,7 +6,7 @@ of it: an expert e stays in that softmax when
 
     (best - logit_e) / max(|logit_e|, best) <= 2 * eps
 
-(eps = router.sparsemixer_eps), so a confident pick gets weight close to 1 and
+(eps = router.sparsemixer.eps), so a confident pick gets weight close to 1 and
 near-ties share it. Earlier picks are out of later softmaxes.
 
 This is the deterministic (inference) rule. Training uses the same selection,
@@ -16,12 +16,30 @@ its Heun-method gradient estimator are not implemented.
 
 from __future__ import annotations
 
+import dataclasses
+from typing import TYPE_CHECKING
+
 import jax
 import jax.numpy as jnp
 
-from moejax.config import RouterConfig
 from moejax.routing.capacity import finish_assignments
+from moejax.routing.family import RouterFamily
 from moejax.routing.types import RouterOutput, at_least_f32
+from moejax.validation import check_float
+
+if TYPE_CHECKING:
+  from moejax.routing.config import RouterConfig
+
+
+@dataclasses.dataclass(frozen=True)
+class SparseMixerOptions:
+  """eps: relative logit gap (x2) inside which experts share a pick's weight
+  (Phi-3.5-MoE's router_jitter_noise, 0.01)."""
+
+  eps: float = 0.01
+
+  def __post_init__(self):
+    check_float("router.sparsemixer.eps", self.eps, 0.0, True)
 
 
 def sparsemixer_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
@@ -35,7 +53,7 @@ def sparsemixer_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
     pick = jnp.argmax(remaining, axis=-1)                              # [T]
     # The gap test is on the logits themselves; the clamp keeps it relative.
     factor = jnp.maximum(jnp.abs(logits), best)
-    outside = (jax.lax.stop_gradient(best) - logits) / factor > 2 * config.sparsemixer_eps
+    outside = (jax.lax.stop_gradient(best) - logits) / factor > 2 * config.options.eps
     gates = jax.nn.softmax(jnp.where(outside, -jnp.inf, remaining), axis=-1)
     weights.append(jnp.take_along_axis(gates, pick[:, None], axis=-1)[:, 0])
     indices.append(pick)
@@ -47,3 +65,10 @@ def sparsemixer_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
   routing, counts = finish_assignments(config, expert_index, weight, assigned, num_tokens)
   return RouterOutput(routing=routing, probs=jax.nn.softmax(logits, axis=-1),
                       choice_counts=counts, logits=logits)
+
+
+FAMILY = RouterFamily(
+    name="sparsemixer", options=SparseMixerOptions, reads=("routed_scaling_factor",),
+    route=lambda logits, config, inputs: sparsemixer_route(logits, config),
+    summary="Phi-3.5-MoE: experts picked one by one, each weighted by a softmax over the "
+            "near-tied logits")

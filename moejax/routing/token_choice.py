@@ -4,20 +4,26 @@ Covers Switch/GShard (softmax, then top-k), Mixtral (top-k, then softmax),
 DeepSeek-V3 (sigmoid scores, renormalised, routed scaling, group-limited
 top-k, selection-only expert bias), noisy top-k, GShard's sampled second
 expert, null / copy / constant experts (AdaMoE / MoE++; zero_computation.py),
-and XMoE's threshold (dynamic-k) routing.
+and, through the shared helpers, XMoE's threshold routing (threshold.py).
 """
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import TYPE_CHECKING, Mapping, Optional
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from moejax.config import RouterConfig
 from moejax.routing.capacity import finish_assignments
+from moejax.routing.config import TOKEN_CHOICE_FIELDS
+from moejax.routing.family import Prepared, RouterFamily
+from moejax.routing.losses import update_expert_bias
 from moejax.routing.types import RouterOutput, at_least_f32
 from moejax.routing.zero_computation import zero_computation_weights
+
+if TYPE_CHECKING:
+  from moejax.routing.config import RouterConfig
 
 
 def router_scores(logits: jax.Array, config: RouterConfig) -> jax.Array:
@@ -98,22 +104,35 @@ def top_k_route(logits: jax.Array, config: RouterConfig, *,
                           config, expert_index, weight, assigned))
 
 
-def threshold_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
-  """XMoE dynamic-k: a token takes its best experts in order until their
-  cumulative probability reaches `threshold`, at least 1 and at most `top_k`.
+def _prepare(module, config: RouterConfig, x, project, rng, token_ids) -> Prepared:
+  """Logits, then the noise kernel (noisy_top_k) and the selection bias
+  (use_expert_bias, updated from each training call's load)."""
+  logits = project(x)
+  inputs, update = {}, None
+  if rng is not None:
+    inputs["rng"] = rng
+  if config.noisy_top_k:
+    noise_kernel = module.param("noise_kernel", nn.initializers.zeros,
+                                (x.shape[-1], config.num_router_outputs))
+    inputs["noise_std"] = jax.nn.softplus(x @ noise_kernel)
+  if config.use_expert_bias:
+    bias = module.variable("router_state", "expert_bias", jnp.zeros, (config.num_experts,),
+                           jnp.float32)
+    inputs["expert_bias"] = bias.value
+    if config.expert_bias_update_rate > 0:
+      def update(out):
+        load = jax.lax.stop_gradient(out.routing.tokens_per_expert())
+        bias.value = update_expert_bias(bias.value, load, config.expert_bias_update_rate)
+  return Prepared(logits=logits, inputs=inputs, update=update)
 
-  Args:
-    logits: [T, E + null experts] router logits.
-  """
-  logits = at_least_f32(logits)
-  probs = jax.nn.softmax(logits, axis=-1)
-  top_probs, expert_index = jax.lax.top_k(probs, config.top_k)  # [T, K] descending
-  mass_before = jnp.cumsum(top_probs, axis=-1) - top_probs
-  assigned = mass_before < config.threshold  # the first is always taken
-  weight = jnp.where(assigned, top_probs, 0.0)
-  if config.normalize_top_k:
-    weight = weight / jnp.maximum(weight.sum(-1, keepdims=True), 1e-9)
-  routing, counts = finish_assignments(config, expert_index, weight, assigned, logits.shape[0])
-  return RouterOutput(routing=routing, probs=probs, choice_counts=counts, logits=logits,
-                      zero_computation_weight=zero_computation_weights(
-                          config, expert_index, weight, assigned))
+
+def _route(logits, config: RouterConfig, inputs: Mapping[str, jax.Array]) -> RouterOutput:
+  return top_k_route(logits, config, expert_bias=inputs.get("expert_bias"),
+                     noise_std=inputs.get("noise_std"), rng=inputs.get("rng"))
+
+
+FAMILY = RouterFamily(
+    name="top_k", route=_route, prepare=_prepare, reads=TOKEN_CHOICE_FIELDS,
+    inputs=("rng", "noise_std", "expert_bias"), per_token_inputs=("noise_std",),
+    summary="token choice: Switch, GShard, Mixtral, DeepSeek-V3 (softmax or sigmoid scores, "
+            "groups, selection bias, noise, zero-computation experts)")

@@ -117,6 +117,10 @@ class RouterOutput:
     zero_computation_weight: [tokens, copy + constant experts] gate weight
       of each token's MoE++ copy and constant experts (which the Routing
       leaves out), or None (moejax.routing.zero_computation).
+    family_loss: [] a loss the router family adds to training, already
+      weighted by the family's own coefficient (ReMoE's adaptive L1
+      penalty), or None. The trainer adds it with weight 1 as aux loss
+      'family'.
   """
 
   routing: AnyRouting
@@ -124,6 +128,7 @@ class RouterOutput:
   choice_counts: jax.Array
   logits: Optional[jax.Array]
   zero_computation_weight: Optional[jax.Array] = None
+  family_loss: Optional[jax.Array] = None
 
 
 def at_least_f32(x: jax.Array) -> jax.Array:

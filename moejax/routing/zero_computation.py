@@ -17,7 +17,7 @@ from typing import Optional
 import jax
 import jax.numpy as jnp
 
-from moejax.config import RouterConfig
+from moejax.routing.config import RouterConfig
 
 
 def zero_computation_weights(config: RouterConfig, expert_index: jax.Array, weight: jax.Array,

@@ -25,7 +25,7 @@ from typing import Any, Callable, Dict, Optional, Tuple
 import jax
 import orbax.checkpoint as ocp
 
-from moejax.train.compatibility import incompatible_fields
+from moejax.train.compatibility import incompatible_fields, migrate_saved_config
 from moejax.train.guarantees import first_mismatch, tree_checksums
 
 
@@ -99,8 +99,10 @@ class Checkpointer:
     return self._manager.latest_step()
 
   def saved_config(self, step: int) -> Dict[str, Any]:
+    """The experiment config `step` was saved with, in today's layout."""
     restored = self._manager.restore(step, args=ocp.args.Composite(config=ocp.args.JsonRestore()))
-    return restored["config"]
+    saved = restored["config"]
+    return migrate_saved_config(saved) if isinstance(saved, dict) else saved
 
   def check_compatible(self, step: int, config: Dict[str, Any],
                        saved: Optional[Dict[str, Any]] = None) -> None:

@@ -6,7 +6,20 @@ from __future__ import annotations
 
 from typing import Any, Dict
 
+from moejax.routing.config import migrate_flat_router_fields
 from moejax.train.defaults import experiment_config
+
+
+def migrate_saved_config(saved: Dict[str, Any]) -> Dict[str, Any]:
+  """A saved experiment config (a checkpoint's, a workdir's config.json) in
+  today's layout: router fields of earlier layouts moved to their family
+  sections (moejax.routing.config.MOVED_FIELDS)."""
+  router = saved.get("model", {}).get("moe", {}).get("router") if isinstance(
+      saved.get("model"), dict) and isinstance(saved["model"].get("moe"), dict) else None
+  if not isinstance(router, dict):
+    return saved
+  moe = {**saved["model"]["moe"], "router": migrate_flat_router_fields(router)}
+  return {**saved, "model": {**saved["model"], "moe": moe}}
 
 
 def flatten(values: Dict[str, Any], prefix: str = "") -> Dict[str, Any]:
@@ -33,7 +46,7 @@ def incompatible_fields(saved: Dict[str, Any], current: Dict[str, Any]) -> Dict[
   A field the saved config lacks (a checkpoint from before the field existed)
   is compatible when the current value is the field's default: the older code
   behaved as that default does."""
-  a, b = flatten(saved), flatten(current)
+  a, b = flatten(migrate_saved_config(saved)), flatten(current)
   defaults = flatten(experiment_config().to_dict())
   a.update({k: defaults[k] for k in b if k not in a and k in defaults and b[k] == defaults[k]})
   keys = sorted(k for k in set(a) | set(b)

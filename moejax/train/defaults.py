@@ -4,7 +4,9 @@ with --config.x=y) and there is one source of defaults.
 
   seed
   model: ModelConfig fields; model.moe: MoEConfig fields but d_model;
-         model.moe.router: RouterConfig fields; model.lm, model.vit,
+         model.moe.router: RouterConfig fields, and one section per router
+         family with options (model.moe.router.soft_moe.num_slots, ...);
+         model.lm, model.vit,
          model.mla: LMConfig, ViTConfig, MLAConfig fields
   data:  DataConfig fields
   train: TrainConfig fields
@@ -23,6 +25,7 @@ import ml_collections
 from ml_collections import config_dict
 
 from moejax.config import MoEConfig, RouterConfig
+from moejax.routing.config import option_sections
 from moejax.data.config import DataConfig
 from moejax.models.config import SUB_CONFIGS, ModelConfig
 from moejax.parallel.mesh import MeshConfig
@@ -52,7 +55,9 @@ def experiment_config() -> ml_collections.ConfigDict:
   for name, cls in SUB_CONFIGS.items():
     config.model[name] = _section(cls)
   config.model.moe = _section(MoEConfig, skip=("router", "d_model"))
-  config.model.moe.router = _section(RouterConfig)
+  config.model.moe.router = _section(RouterConfig, skip=("options",))
+  for family, options in option_sections().items():
+    config.model.moe.router[family] = _section(options)
   config.data = _section(DataConfig)
   config.train = _section(TrainConfig)
   config.mesh = _section(MeshConfig)

@@ -35,6 +35,7 @@ from flax.traverse_util import flatten_dict, unflatten_dict
 
 from moejax.models import abstract_variables
 from moejax.models.config import ModelConfig, model_config_from_mapping
+from moejax.train.compatibility import migrate_saved_config
 from moejax.train.optim import is_adapter
 from moejax.validation import fail
 
@@ -115,7 +116,7 @@ def _model_of_earlier_run(workdir: Optional[str], source: str) -> Optional[Model
   if not path or not os.path.isfile(path):
     return None
   with open(path) as f:
-    saved = json.load(f)
+    saved = migrate_saved_config(json.load(f))
   if saved.get("train", {}).get("init_from") != source:
     return None
   return model_config_from_mapping(saved["model"])

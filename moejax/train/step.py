@@ -19,7 +19,8 @@ from moejax.train.config import TrainConfig
 
 # Per-MoE-block routing metrics logged by the trainer (each [num_moe_blocks]),
 # plus 'expert_load' [num_moe_blocks, E]: each expert's share of assignments.
-LAYER_METRICS = ("balance", "fraction_dropped", "fraction_null", "router_entropy")
+LAYER_METRICS = ("balance", "fraction_dropped", "fraction_null", "router_entropy",
+                 "experts_per_token")
 # Per-expert loads go into every metrics line up to this many experts (PEER's
 # pools of 10^5-10^6 would make each line megabytes).
 MAX_LOGGED_EXPERTS = 4096
@@ -68,7 +69,8 @@ def make_train_step(model: nn.Module, optimizer: optax.GradientTransformation,
   """(state, batch) -> (state, metrics). Router noise uses fold_in(seed, step)."""
   weights = {"load_balance": config.load_balance_weight, "z_loss": config.z_loss_weight,
              "importance": config.importance_weight,
-             "mutual_information": config.mutual_information_weight}
+             "mutual_information": config.mutual_information_weight,
+             "family": 1.0}  # a router family's own loss carries its own coefficient
 
   def loss_fn(params, state, batch):
     rng = jax.random.fold_in(jax.random.key(seed), state["step"])

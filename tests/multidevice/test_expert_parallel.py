@@ -16,6 +16,7 @@ from moejax.dispatch import expert_parallel as expert_parallel_module
 from moejax.dispatch.expert_parallel import resolve_exchange
 from moejax.moe import MoELayer
 from moejax.parallel import MeshConfig, make_mesh, tree_shardings
+from moejax.routing.product_keys import ProductKeyOptions
 
 # f32: the EP path sums the same products in a different order.
 ATOL = 2e-5
@@ -202,7 +203,7 @@ def test_mh_moe_runs_expert_parallel_like_one_device():
     (dict(num_null_experts=1, num_copy_experts=1, num_constant_experts=2), "dropless", True),
     (dict(dense_training=True), "dropless", False),
     (dict(name="expert_threshold"), "dropless", True),
-    (dict(name="product_key", num_experts=64, top_k=4, peer_heads=2, peer_key_dim=8),
+    (dict(name="product_key", num_experts=64, top_k=4, options=ProductKeyOptions(heads=2, key_dim=8)),
      "retrieval", True),
 ], ids=["moe_plus_plus", "ds_moe_training", "expert_threshold", "peer_partitioner"])
 def test_literature_designs_on_a_mesh_equal_one_device(router, dispatch, deterministic):
