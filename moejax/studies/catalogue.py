@@ -256,4 +256,12 @@ STUDIES: Dict[str, Study] = {
                "(Csordás et al. 2023)", "eval_loss", "switchhead_2_heads", "dense_2_heads"),
          Claim("... and matches the dense model with twice the heads: switchhead < dense 4 "
                "heads", "eval_loss", "switchhead_2_heads", "dense_4_heads"))),
+    "remoe": Study(
+        "top-2 token choice vs ReMoE's ReLU routing over the same 8 experts x 256 (2 experts "
+        "per token on average, held there by its adaptive L1 penalty; no load-balance loss, "
+        "as in the paper), dropless, 2 blocks", lm_study,
+        {"top2": _DROPLESS,
+         "remoe": _DROPLESS + ("model.moe.router.name=remoe", "train.load_balance_weight=0.0")},
+        (Claim("ReLU routing beats top-k routing at the same average active experts (ReMoE, "
+               "Wang et al. 2025): remoe < top2", "eval_loss", "remoe", "top2"),)),
 }
