@@ -268,3 +268,23 @@ def test_a_subset_of_rows_trains_and_judges_only_its_claims(tmp_path, monkeypatc
     run_study("upcycling", 1, str(tmp_path), rows=["upcycled"])
   with pytest.raises(ValueError, match=r"\['bogus'\] are not rows of the study"):
     run_study("moe_vs_dense", 1, str(tmp_path), rows=["bogus"])
+
+
+def test_a_finished_row_is_found_again_after_the_workdir_moves(tmp_path):
+  """study_row.json records a source folder relative to the job, so the
+  committed rows of a study that starts from another row's run are reused
+  in a clone at another path."""
+  def job(root):
+    return study_jobs.Job(row="upcycled", own=(f"train.init_from={root}/dense/seed_0",),
+                          extra=("seed=0",), out=str(root / "upcycled" / "seed_0"))
+  first = job(tmp_path / "a")
+  (tmp_path / "a" / "upcycled" / "seed_0").mkdir(parents=True)
+  with open(tmp_path / "a" / "upcycled" / "seed_0" / study_jobs.ROW_FILE, "w") as f:
+    json.dump({"assignments": study_jobs.recorded_assignments(first),
+               "row": {"eval_loss": 1.0}}, f)
+  assert study_jobs.recorded_assignments(first)[0] == "train.init_from=../../dense/seed_0"
+  (tmp_path / "a").rename(tmp_path / "b")
+  assert study_jobs.finished_row(job(tmp_path / "b")) == {"eval_loss": 1.0}
+  other = study_jobs.Job(row="upcycled", own=(f"train.init_from={tmp_path}/b/other/seed_0",),
+                         extra=("seed=0",), out=str(tmp_path / "b" / "upcycled" / "seed_0"))
+  assert study_jobs.finished_row(other) is None

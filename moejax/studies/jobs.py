@@ -6,7 +6,9 @@ folders), then the extra assignments (--set, tuned values, the split of a
 tuning run, the seed). It trains in its own folder; when it finishes, its
 table row is written beside it (study_row.json, with the assignments it was
 made from), so that running the study again reuses it instead of reloading
-and re-evaluating the model. A row is reused only for the same assignments.
+and re-evaluating the model. A row is reused only for the same assignments;
+folders in them (another row's run as train.init_from) are recorded relative
+to the job's folder, so a committed study resumes from a clone anywhere.
 
 With workers > 1, independent jobs train in that many processes (spawned;
 each writes its progress to <job folder>/train.log). Two processes on a
@@ -80,6 +82,17 @@ def _from_source(config, own: Sequence[str]):
   return resolve_model(config, model)[0]
 
 
+def recorded_assignments(job: Job) -> List[str]:
+  """The job's assignments as study_row.json records them: absolute folders
+  relative to the job's folder."""
+  out = os.path.abspath(job.out)
+
+  def portable(assignment: str) -> str:
+    key, _, value = assignment.partition("=")
+    return f"{key}={os.path.relpath(value, out)}" if os.path.isabs(value) else assignment
+  return [portable(a) for a in job.assignments]
+
+
 def finished_row(job: Job) -> Optional[Dict]:
   """The job's table row if it finished with these very assignments."""
   path = os.path.join(job.out, ROW_FILE)
@@ -87,7 +100,7 @@ def finished_row(job: Job) -> Optional[Dict]:
     return None
   with open(path) as f:
     saved = json.load(f)
-  return saved["row"] if saved.get("assignments") == job.assignments else None
+  return saved["row"] if saved.get("assignments") == recorded_assignments(job) else None
 
 
 def _train(base: Callable, job: Job, verbose: bool) -> Dict:
@@ -104,7 +117,8 @@ def _train(base: Callable, job: Job, verbose: bool) -> Dict:
     row = {"eval_loss": None, "error": str(err)}
   os.makedirs(job.out, exist_ok=True)
   atomic_write_text(os.path.join(job.out, ROW_FILE),
-                    json.dumps({"assignments": job.assignments, "row": row}, indent=1))
+                    json.dumps({"assignments": recorded_assignments(job), "row": row},
+                               indent=1))
   return row
 
 
