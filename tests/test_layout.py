@@ -79,3 +79,19 @@ def test_no_import_circle_between_packages():
 def test_the_cycle_finder_finds_a_circle():
   assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
   assert _cycle({"a": {"b"}, "b": set(), "c": {"a", "b"}}) is None
+
+
+def test_hf_families_are_specs_and_nothing_else_branches_on_model_type():
+  """An HF family lives in its own spec module (named after its model_type);
+  the importer, exporter and layout read specs instead of testing names."""
+  import re
+  from moejax.convert.families import family_specs
+  families = ROOT / "convert" / "families"
+  for model_type in family_specs():
+    assert (families / f"{model_type}.py").is_file(), model_type
+  branch = re.compile(r"model_type\s*(==|!=|in\s*\(|not in)|\.startswith\(\"deepseek")
+  for path in (ROOT / "convert").rglob("*.py"):
+    if families in path.parents:
+      continue
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+      assert not branch.search(line), f"{path.name}:{number} branches on a family: {line}"

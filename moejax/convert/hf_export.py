@@ -17,27 +17,14 @@ from typing import Dict, Optional, Tuple
 import numpy as np
 from flax.traverse_util import flatten_dict
 
-from moejax.config import MoEConfig, RouterConfig
-from moejax.convert.families import (FAMILIES, UnsupportedModelError, model_config_from_hf,
-                                     rope_parameters)
+from moejax.convert.families import (FAMILIES, UnsupportedModelError, family_spec,
+                                     model_config_from_hf, rope_parameters)
 from moejax.convert.layout import Experts, Linear, tensor_plan
 from moejax.convert.lora import merge_lora
 from moejax.convert.safetensors_io import write_checkpoint_dir
-from moejax.experts import CLAMPED_SWIGLU_ALPHA, CLAMPED_SWIGLU_LIMIT
-from moejax.models.attention import rope_attention_factor
 from moejax.models.config import ModelConfig
 
 LAYOUTS = ("per_expert", "fused")
-ARCHITECTURES = {
-    "mixtral": "MixtralForCausalLM", "qwen2_moe": "Qwen2MoeForCausalLM",
-    "qwen3_moe": "Qwen3MoeForCausalLM", "olmoe": "OlmoeForCausalLM",
-    "deepseek_v2": "DeepseekV2ForCausalLM", "deepseek_v3": "DeepseekV3ForCausalLM",
-    "phimoe": "PhimoeForCausalLM", "granitemoe": "GraniteMoeForCausalLM",
-    "ernie4_5_moe": "Ernie4_5_MoeForCausalLM", "gpt_oss": "GptOssForCausalLM",
-    "dbrx": "DbrxForCausalLM",
-    "llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM",
-    "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM",
-}
 # Settings that change how a model trains, not what its weights compute.
 _ROUTER_TRAINING = dict(capacity_factor=None, min_capacity=1, drop_policy="position",
                         jitter_noise=0.0, noisy_top_k=False, second_expert_sampling=False,
@@ -47,82 +34,23 @@ _MOE_TRAINING = dict(dispatch="dropless", gmm_backend="auto", gmm_block_size=128
                      dtype="float32")
 
 
-def _moe_fields(cfg: ModelConfig, model_type: str) -> dict:
-  moe: MoEConfig = cfg.moe
-  r: RouterConfig = moe.router
-  shared = moe.num_shared_experts * (moe.shared_d_ff or moe.d_ff)
-  if model_type in ("mixtral", "phimoe", "granitemoe", "gpt_oss"):
-    out = dict(num_local_experts=r.num_experts, intermediate_size=moe.d_ff)
-    if model_type == "gpt_oss":
-      out.update(swiglu_limit=CLAMPED_SWIGLU_LIMIT, swiglu_alpha=CLAMPED_SWIGLU_ALPHA)
-    if model_type == "granitemoe":
-      out.update(embedding_multiplier=cfg.lm.embedding_multiplier,
-                 logits_scaling=cfg.lm.logits_scaling,
-                 residual_multiplier=cfg.residual_multiplier,
-                 attention_multiplier=cfg.attention_multiplier or cfg.head_size ** -0.5)
-    if model_type == "phimoe":
-      out.update(router_jitter_noise=r.options.eps, lm_head_bias=cfg.lm.unembed_bias,
-                 attention_bias=cfg.attention_bias)
-    return out
-  if model_type == "ernie4_5_moe":
-    moe_layers = cfg.moe_layers
-    return dict(moe_num_experts=r.num_experts, moe_intermediate_size=moe.d_ff,
-                moe_k=r.top_k, moe_layer_start_index=moe_layers[0],
-                moe_layer_end_index=moe_layers[-1], moe_layer_interval=1,
-                moe_num_shared_experts=moe.num_shared_experts, use_bias=False)
-  if model_type == "olmoe":
-    return dict(num_experts=r.num_experts, intermediate_size=moe.d_ff,
-                norm_topk_prob=r.normalize_top_k, clip_qkv=cfg.clip_qkv)
-  if model_type.startswith("deepseek"):
-    out = dict(n_routed_experts=r.num_experts, moe_intermediate_size=moe.d_ff,
-               first_k_dense_replace=cfg.first_dense_layers, n_group=r.num_expert_groups,
-               topk_group=r.top_k_groups, norm_topk_prob=r.normalize_top_k,
-               routed_scaling_factor=r.routed_scaling_factor, topk_method="noaux_tc",
-               n_shared_experts=moe.num_shared_experts)
-    if model_type == "deepseek_v2":
-      out["topk_method"] = "group_limited_greedy" if r.num_expert_groups > 1 else "greedy"
-    return out
-  out = dict(num_experts=r.num_experts, num_local_experts=r.num_experts,
-             moe_intermediate_size=moe.d_ff, decoder_sparse_step=cfg.moe_every,
-             mlp_only_layers=list(cfg.dense_layers), norm_topk_prob=r.normalize_top_k)
-  if model_type == "qwen2_moe":
-    out.update(shared_expert_intermediate_size=shared, qkv_bias=cfg.attention_bias)
-  return out
-
-
-def _dbrx_config(cfg: ModelConfig, hf: dict) -> dict:
-  """DBRX's config.json: its own names, attention and FFN fields nested."""
-  r = cfg.moe.router
-  hf.update(
-      model_type="dbrx", architectures=[ARCHITECTURES["dbrx"]], vocab_size=cfg.lm.vocab_size,
-      d_model=cfg.d_model, n_heads=cfg.num_heads, n_layers=cfg.num_layers,
-      max_seq_len=hf.get("max_seq_len", 2048), rope_parameters=rope_parameters(cfg.lm),
-      attn_config=dict(kv_n_heads=cfg.kv_heads, clip_qkv=cfg.clip_qkv,
-                       rope_theta=cfg.lm.rope_theta),
-      ffn_config=dict(ffn_hidden_size=cfg.moe.d_ff, moe_num_experts=r.num_experts,
-                      moe_top_k=r.top_k, ffn_act_fn={"name": "silu"},
-                      moe_normalize_expert_weights=1.0 if r.normalize_top_k else None),
-      tie_word_embeddings=False, dtype="float32")
-  return hf
-
-
 def hf_config_from_model(cfg: ModelConfig, model_type: str,
                          base: Optional[dict] = None) -> dict:
   """config.json for `cfg` as `model_type`, on top of `base` (e.g. the
-  config.json it was imported from: token ids and other fields are kept)."""
-  if model_type not in FAMILIES:
+  config.json it was imported from: token ids and other fields are kept):
+  the Llama-style fields, then the family's own (its spec's `export`)."""
+  try:
+    spec = family_spec(model_type)
+  except UnsupportedModelError:
     raise UnsupportedModelError(f"model_type={model_type!r} is not supported; supported: "
-                                f"{', '.join(FAMILIES)}")
+                                f"{', '.join(FAMILIES)}") from None
   hf = dict(base or {})
   hf.pop("quantization_config", None)  # the export is float
-  if model_type == "dbrx":
-    if cfg.moe is None:
-      raise UnsupportedModelError("cannot export as dbrx: DBRX models are MoE in every block; "
-                                  "this model has none (model.moe_every=0)")
-    return _dbrx_config(cfg, hf)
+  if spec.export_config is not None:
+    return spec.export_config(cfg, hf)
   hf.pop("rope_scaling", None)
   hf.update(
-      model_type=model_type, architectures=[ARCHITECTURES[model_type]],
+      model_type=model_type, architectures=[spec.architecture],
       vocab_size=cfg.lm.vocab_size, hidden_size=cfg.d_model, num_hidden_layers=cfg.num_layers,
       num_attention_heads=cfg.num_heads, num_key_value_heads=cfg.kv_heads,
       head_dim=cfg.head_size, intermediate_size=cfg.dense_d_ff, hidden_act="silu",
@@ -138,15 +66,13 @@ def hf_config_from_model(cfg: ModelConfig, model_type: str,
               qk_head_dim=cfg.mla.nope_dim + cfg.mla.rope_dim, v_head_dim=cfg.mla.v_dim,
               rope_interleave=hf.get("rope_interleave", True))
   if cfg.moe is not None:
-    hf.update(num_experts_per_tok=cfg.moe.router.top_k, **_moe_fields(cfg, model_type))
-  if cfg.lm.rope_scaling == "longrope" and model_type == "phimoe":
-    factor = rope_attention_factor(cfg.lm)
-    hf["rope_parameters"].update(short_mscale=factor, long_mscale=factor)
+    hf["num_experts_per_tok"] = cfg.moe.router.top_k
   if cfg.lm.rope_scaling == "dynamic":  # its unscaled context is config.json's
     hf["max_position_embeddings"] = cfg.lm.rope_max_positions
-  if hf.get("layer_types") or cfg.full_attention_layers or model_type == "gpt_oss":
+  if hf.get("layer_types") or cfg.full_attention_layers:
     hf["layer_types"] = ["sliding_attention" if cfg.window_of(i) else "full_attention"
                          for i in range(cfg.num_layers)]
+  spec.export(cfg, hf)
   return hf
 
 
@@ -193,7 +119,7 @@ def export_tensors(cfg: ModelConfig, variables: dict, model_type: str, hf: dict,
   tensors: Dict[str, np.ndarray] = {}
   fused_parts: Dict[str, Tuple[Experts, dict]] = {}
   fused_rows: Dict[str, Dict[int, np.ndarray]] = {}   # DBRX's Wqkv: {start row: rows}
-  for entry in tensor_plan(cfg, model_type, hf):
+  for entry in tensor_plan(cfg, family_spec(model_type), hf):
     value = flat[entry.path]
     if not isinstance(entry, Experts) and entry.perm is not None:
       value = value[..., list(np.argsort(entry.perm))]

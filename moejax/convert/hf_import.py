@@ -30,9 +30,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax.traverse_util import flatten_dict, unflatten_dict
 
-from moejax.convert.families import model_config_from_hf
-from moejax.convert.layout import (BackboneNames, Experts, Linear, Vector, backbone_names,
-                                   hf_linear_shape, tensor_plan)
+from moejax.convert.families import family_spec, model_config_from_hf
+from moejax.convert.layout import (BackboneNames, Experts, Linear, Vector, hf_linear_shape,
+                                   tensor_plan)
 from moejax.convert.mxfp4 import dequantize_checkpoint
 from moejax.convert.safetensors_io import read_checkpoint_dir
 from moejax.models import abstract_variables
@@ -66,7 +66,8 @@ def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray], model_ty
   """CheckpointMismatchError when config.json's layer count, vocabulary,
   width or expert count disagrees with the tensors (cheap: names and shapes,
   and the layout plan only once the layer count is known to be real)."""
-  names = backbone_names(model_type)
+  spec = family_spec(model_type)
+  names = spec.names
   embed = tensors.get(names.embed)
   if embed is None:
     raise CheckpointMismatchError(f"checkpoint has no tensor {names.embed!r}")
@@ -84,7 +85,7 @@ def check_sizes(config: ModelConfig, tensors: Mapping[str, np.ndarray], model_ty
         f"of layer {missing} (it has {len(layers)} layers)")
   if config.moe is None or not config.moe_layers:
     return
-  fused_down = [e for e in tensor_plan(config, model_type, hf)
+  fused_down = [e for e in tensor_plan(config, spec, hf)
                 if isinstance(e, Experts) and e.part == "down"]
   first = names.block.format(i=config.moe_layers[0]) + "."
   layer_tensors = [n for n in tensors if n.startswith(first)]
@@ -156,8 +157,9 @@ def import_tensors(config: ModelConfig, model_type: str, hf: dict,
   """(variables, ignored tensor names) for `config` from HF-named tensors.
   CheckpointMismatchError for a tensor that is missing, mis-shaped or unused."""
   check_sizes(config, tensors, model_type, hf)
-  plan = tensor_plan(config, model_type, hf)
-  names = backbone_names(model_type)
+  spec = family_spec(model_type)
+  plan = tensor_plan(config, spec, hf)
+  names = spec.names
   shapes = variable_shapes(config)
   if hf.get("tie_word_embeddings"):
     plan = [dataclasses.replace(e, names=e.names + (names.embed,))

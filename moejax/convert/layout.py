@@ -1,4 +1,6 @@
-"""Which HuggingFace tensor holds which moejax variable, per model family.
+"""Which HuggingFace tensor holds which moejax variable: the entry types, the
+Llama-style backbone's plan and the MoE blocks' common plans. What differs
+per family comes from its spec (moejax/convert/families/<model_type>.py).
 
 A plan is a list of entries, each tying HF tensor names to one moejax
 variable path (('params', 'block_0', 'attention', 'query', 'kernel'), ...):
@@ -24,11 +26,14 @@ differently); export writes the first.
 from __future__ import annotations
 
 import dataclasses
-from typing import List, Optional, Tuple
+from typing import TYPE_CHECKING, List, Optional, Tuple
 
 import numpy as np
 
 from moejax.models.config import ModelConfig
+
+if TYPE_CHECKING:
+  from moejax.convert.families.spec import FamilySpec
 
 Path = Tuple[str, ...]
 
@@ -112,10 +117,6 @@ class Experts:
     return t.reshape(-1, t.shape[-1]) if self.stacked_rows else t
 
 
-# Multi-head-attention families whose RoPE rotates adjacent channel pairs.
-INTERLEAVED_ROPE_MHA = ("ernie4_5_moe",)
-
-
 def rope_deinterleave(nope: int, rope: int) -> Tuple[int, ...]:
   """Channel order that turns DeepSeek's interleaved RoPE pairs (0,1), (2,3)
   into moejax's split halves: nope channels, then even, then odd rope ones."""
@@ -123,7 +124,7 @@ def rope_deinterleave(nope: int, rope: int) -> Tuple[int, ...]:
       nope + i for i in range(1, rope, 2))
 
 
-def _attention(cfg: ModelConfig, model_type: str, hf: dict, at: str, ours: Path) -> List:
+def _attention(cfg: ModelConfig, interleaved_rope: bool, hf: dict, at: str, ours: Path) -> List:
   p = lambda *names: ours + names
   if cfg.attention == "mla":
     interleave = hf.get("rope_interleave", True)
@@ -148,8 +149,7 @@ def _attention(cfg: ModelConfig, model_type: str, hf: dict, at: str, ours: Path)
   else:
     # Families that rotate adjacent channel pairs (0, 1), (2, 3) get their query
     # and key channels reordered into moejax's halves, per head.
-    perm = (rope_deinterleave(0, cfg.head_size) if model_type in INTERLEAVED_ROPE_MHA
-            else None)
+    perm = rope_deinterleave(0, cfg.head_size) if interleaved_rope else None
     perms = {"query": perm, "key": perm, "value": None}
     entries = [Linear((f"{at}.{hf_name}_proj.weight",), p(name, "kernel"), perm=perms[name])
                for hf_name, name in (("q", "query"), ("k", "key"), ("v", "value"))]
@@ -167,14 +167,14 @@ def _attention(cfg: ModelConfig, model_type: str, hf: dict, at: str, ours: Path)
   return entries
 
 
-def _norm(cfg: ModelConfig, hf_name: str, ours: Path) -> List:
+def norm_plan(cfg: ModelConfig, hf_name: str, ours: Path) -> List:
   entries = [Vector((f"{hf_name}.weight",), ours + ("scale",))]
   if cfg.norm == "layer":
     entries.append(Vector((f"{hf_name}.bias",), ours + ("bias",)))
   return entries
 
 
-def _glu(at: str, ours: Path, names=("gate_proj", "up_proj", "down_proj")) -> List:
+def glu_plan(at: str, ours: Path, names=("gate_proj", "up_proj", "down_proj")) -> List:
   """A dense SwiGLU FFN (gate, up, down) -> FeedForward's w_gate, w_in, w_out."""
   gate, up, down = names
   return [Linear((f"{at}.{gate}.weight",), ours + ("w_gate", "kernel")),
@@ -182,40 +182,13 @@ def _glu(at: str, ours: Path, names=("gate_proj", "up_proj", "down_proj")) -> Li
           Linear((f"{at}.{down}.weight",), ours + ("w_out", "kernel"))]
 
 
-def _granite_moe(at: str, ours: Path) -> List:
-  """GraniteMoE: a router Linear and fused experts only (input_linear [E, 2f,
-  d], gate half first; output_linear [E, d, f])."""
-  moe = f"{at}.block_sparse_moe"
-  names = {"gate": "input_linear", "up": "input_linear", "down": "output_linear"}
-  return [Linear((f"{moe}.router.layer.weight",), ours + ("router", "kernel"))] + [
-      Experts(per_expert=(), fused=(f"{moe}.{names[part]}.weight",), part=part,
-              path=ours + ("experts", ours_name))
-      for part, ours_name in (("gate", "w_gate"), ("up", "w_in"), ("down", "w_out"))]
-
-
-def _gpt_oss_moe(at: str, ours: Path) -> List:
-  """gpt-oss: a router Linear with a bias; fused [E, in, out] experts with
-  gate and up interleaved, and their biases."""
-  mlp = f"{at}.mlp"
-  entries = [Linear((f"{mlp}.router.weight",), ours + ("router", "kernel")),
-             Vector((f"{mlp}.router.bias",), ours + ("router", "bias"))]
-  for part, name, ours_name in (("gate", "gate_up_proj", "gate"), ("up", "gate_up_proj", "in"),
-                                ("down", "down_proj", "out")):
-    entries += [Experts(per_expert=(), fused=(f"{mlp}.experts.{name}{suffix}",), part=part,
-                        path=ours + ("experts", f"{kind}_{ours_name}"), in_out=True,
-                        gate_up="interleaved")
-                for suffix, kind in (("", "w"), ("_bias", "b"))]   # weight, then bias
-  return entries
-
-
-def _moe(cfg: ModelConfig, model_type: str, at: str, ours: Path) -> List:
-  if model_type == "granitemoe":
-    return _granite_moe(at, ours)
-  if model_type == "gpt_oss":
-    return _gpt_oss_moe(at, ours)
-  mixtral_style = model_type in ("mixtral", "phimoe")
-  # Per-expert checkpoints of Mixtral / PhiMoE live under block_sparse_moe;
-  # transformers 5 keeps them under mlp in memory.
+def moe_plan(cfg: ModelConfig, at: str, ours: Path, *, mixtral_style: bool = False,
+             shared: str = "shared_expert") -> List:
+  """The MoE feed-forward of most families: a router Linear, SwiGLU experts
+  stored per expert or fused (transformers 5), and shared experts under
+  `shared` (with Qwen's shared_expert_gate). mixtral_style: Mixtral / PhiMoE
+  names (w1 / w3 / w2 under block_sparse_moe in checkpoints; transformers 5
+  keeps them under mlp in memory)."""
   prefixes = (f"{at}.block_sparse_moe", f"{at}.mlp") if mixtral_style else (f"{at}.mlp",)
   gate_names = tuple(f"{pre}.{g}.weight" for pre in prefixes for g in ("gate", "router"))
   entries = [Linear(gate_names, ours + ("router", "kernel"))]
@@ -228,47 +201,18 @@ def _moe(cfg: ModelConfig, model_type: str, at: str, ours: Path) -> List:
         per_expert=tuple(f"{pre}.experts.{{e}}.{expert_names[part]}.weight" for pre in prefixes),
         fused=tuple(f"{pre}.experts.{fused}" for pre in reversed(prefixes)), part=part,
         path=ours + ("experts", ours_names[part])))
-  moe = cfg.moe
-  if model_type == "deepseek_v3":
-    entries.append(Vector((f"{at}.mlp.gate.e_score_correction_bias",),
-                          ("router_state",) + ours[1:] + ("router", "expert_bias")))
-  if model_type == "ernie4_5_moe":
-    entries.append(Vector((f"{at}.mlp.moe_statics.e_score_correction_bias",),
-                          ("router_state",) + ours[1:] + ("router", "expert_bias"),
-                          hf_shape=(1, moe.router.num_experts)))
-  if moe.num_shared_experts:
-    shared = ("shared_experts" if model_type.startswith("deepseek") or model_type == "ernie4_5_moe"
-              else "shared_expert")
-    entries += _glu(f"{at}.mlp.{shared}", ours + ("shared",))
-    if moe.shared_expert_gate:
+  if cfg.moe.num_shared_experts:
+    entries += glu_plan(f"{at}.mlp.{shared}", ours + ("shared",))
+    if cfg.moe.shared_expert_gate:
       entries.append(Linear((f"{at}.mlp.shared_expert_gate.weight",),
                             ours + ("shared_gate", "kernel")))
   return entries
 
 
-def _dbrx_block(cfg: ModelConfig, at: str, ours: Path) -> List:
-  """DBRX: one Wqkv whose rows are [query; key; value], LayerNorms without biases,
-  separate gate (w1), up (v1) and down (w2) expert tensors of [E * f, d]
-  rows; w2's rows are inputs."""
-  n = f"{at}.norm_attn_norm"
-  q, kv = cfg.num_heads * cfg.head_size, cfg.kv_heads * cfg.head_size
-  bounds = {"query": (0, q), "key": (q, q + kv), "value": (q + kv, q + 2 * kv)}
-  attention = ours + ("attention",)
-  entries = _norm(cfg, f"{n}.norm_1", ours + ("attention_norm",))
-  entries += [Linear((f"{n}.attn.Wqkv.weight",), attention + (name, "kernel"),
-                     rows=(start, stop, q + 2 * kv))
-              for name, (start, stop) in bounds.items()]
-  entries.append(Linear((f"{n}.attn.out_proj.weight",), attention + ("out", "kernel"),
-                        in_axes=2))
-  entries += _norm(cfg, f"{n}.norm_2", ours + ("ffn_norm",))
-  moe = ours + ("moe",)
-  entries.append(Linear((f"{at}.ffn.router.layer.weight",), moe + ("router", "kernel")))
-  for part, name, ours_name in (("gate", "w1", "w_gate"), ("up", "v1", "w_in"),
-                                ("down", "w2", "w_out")):
-    entries.append(Experts(per_expert=(), fused=(f"{at}.ffn.experts.mlp.{name}",), part=part,
-                           path=moe + ("experts", ours_name), in_out=part == "down",
-                           gate_up="separate", stacked_rows=True))
-  return entries
+def expert_bias_entry(name: str, ours: Path, hf_shape: Optional[Tuple[int, ...]] = None) -> Vector:
+  """The selection bias (router_state, not params) of MoE block `ours`."""
+  return Vector((name,), ("router_state",) + ours[1:] + ("router", "expert_bias"),
+                hf_shape=hf_shape)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -279,31 +223,24 @@ class BackboneNames:
   final_norm: str = "model.norm"
 
 
-BACKBONE_NAMES = {"dbrx": BackboneNames("transformer.wte.weight", "transformer.blocks.{i}",
-                                        "transformer.norm_f")}
-
-
-def backbone_names(model_type: str) -> BackboneNames:
-  return BACKBONE_NAMES.get(model_type, BackboneNames())
-
-
-def tensor_plan(cfg: ModelConfig, model_type: str, hf: dict) -> List:
-  """Every entry of a model of this family (see module docstring)."""
-  names = backbone_names(model_type)
+def tensor_plan(cfg: ModelConfig, spec: "FamilySpec", hf: dict) -> List:
+  """Every entry of a model of family `spec` (see module docstring)."""
+  names = spec.names
   entries: List = [Vector((names.embed,), ("params", "embed", "embedding"), flat=False)]
   for i in range(cfg.num_layers):
     at, ours = names.block.format(i=i), ("params", f"block_{i}")
-    if model_type == "dbrx":
-      entries += _dbrx_block(cfg, at, ours)
+    if spec.block_plan is not None:
+      entries += spec.block_plan(cfg, at, ours)
       continue
-    entries += _norm(cfg, f"{at}.input_layernorm", ours + ("attention_norm",))
-    entries += _attention(cfg, model_type, hf, f"{at}.self_attn", ours + ("attention",))
-    entries += _norm(cfg, f"{at}.post_attention_layernorm", ours + ("ffn_norm",))
+    entries += norm_plan(cfg, f"{at}.input_layernorm", ours + ("attention_norm",))
+    entries += _attention(cfg, spec.interleaved_rope, hf, f"{at}.self_attn",
+                          ours + ("attention",))
+    entries += norm_plan(cfg, f"{at}.post_attention_layernorm", ours + ("ffn_norm",))
     if cfg.is_moe_layer(i):
-      entries += _moe(cfg, model_type, at, ours + ("moe",))
+      entries += spec.moe_plan(cfg, at, ours + ("moe",))
     else:
-      entries += _glu(f"{at}.mlp", ours + ("ffn", "ffn"))
-  entries += _norm(cfg, names.final_norm, ("params", "final_norm"))
+      entries += glu_plan(f"{at}.mlp", ours + ("ffn", "ffn"))
+  entries += norm_plan(cfg, names.final_norm, ("params", "final_norm"))
   entries.append(Linear(("lm_head.weight",), ("params", "unembed", "kernel")))
   if cfg.lm.unembed_bias:
     entries.append(Vector(("lm_head.bias",), ("params", "unembed", "bias")))

@@ -41,10 +41,11 @@ def hash_expert(token_ids: jax.Array, num_experts: int, seed: int = 0) -> jax.Ar
 
 def hash_route(token_ids: jax.Array, config: RouterConfig) -> RouterOutput:
   """Args: token_ids: [T] integer token ids."""
-  expert_index = hash_expert(token_ids.reshape(-1), config.num_experts, config.options.seed)[:, None]
+  ids = token_ids.reshape(-1)
+  expert_index = hash_expert(ids, config.num_experts, config.options.seed)[:, None]  # [T, 1]
   weight = jnp.ones(expert_index.shape, jnp.float32)
   assigned = jnp.ones_like(expert_index, dtype=jnp.bool_)
-  routing, counts = finish_assignments(config, expert_index, weight, assigned, expert_index.shape[0])
+  routing, counts = finish_assignments(config, expert_index, weight, assigned, ids.shape[0])
   probs = jax.nn.one_hot(expert_index[:, 0], config.num_experts)
   return RouterOutput(routing=routing, probs=probs, choice_counts=counts, logits=None)
 
