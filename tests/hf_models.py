@@ -52,9 +52,10 @@ MOE_FAMILIES = [f for f in FAMILY_KWARGS if f != "llama"]
 
 
 def tiny_hf_model(family: str, seed: int = 0, **overrides):
-  """A transformers model of `family` with random weights (eager attention)."""
+  """A transformers model of `family` with random weights (eager attention):
+  COMMON sizes, then FAMILY_KWARGS[family] (if listed), then `overrides`."""
   torch.manual_seed(seed)
-  config = AutoConfig.for_model(family, **{**COMMON, **FAMILY_KWARGS[family], **overrides})
+  config = AutoConfig.for_model(family, **{**COMMON, **FAMILY_KWARGS.get(family, {}), **overrides})
   model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
   with torch.no_grad():
     for param in model.parameters():
