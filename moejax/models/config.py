@@ -316,8 +316,9 @@ class ModelConfig:
       if len(self.lm.rope_long_factor) != pairs:
         fail("model.lm.rope_long_factor", self.lm.rope_long_factor,
              f"needs {pairs} factors, one per RoPE channel pair")
-    if self.kind == "vit" and self.moe is not None and self.moe.router.name == "hash":
-      fail("model.moe.router.name", "hash", "hash routing needs token ids; use it with kind='lm'")
+    if self.kind == "vit" and self.moe is not None and self.moe.router.family.needs_token_ids:
+      fail("model.moe.router.name", self.moe.router.name, "routes by token id, which images "
+           "do not have; use it with kind='lm'")
 
   def _check_attention(self):
     check_int("model.num_heads", self.num_heads, 1)
