@@ -103,9 +103,14 @@ def test_fused_expert_layout_imports_the_same(saved, family, tmp_path):
 def test_export_round_trip_through_transformers(saved, family, layout, tmp_path):
   """Export (sharded, both layouts) loads in transformers with the original
   logits, and re-imports to identical variables."""
-  torch_model, folder = saved[family]
+  assert_export_round_trip(*saved[family], family, layout, str(tmp_path / "exported"))
+
+
+def assert_export_round_trip(torch_model, folder, family, layout, out):
+  """Imports `folder`, exports it as `family` (sharded, `layout`) to `out`:
+  transformers loads it with torch_model's logits and it re-imports to
+  identical variables."""
   model = load_hf(folder)
-  out = str(tmp_path / "exported")
   save_hf(out, model.config, model.variables, family, base=model.hf_config, layout=layout,
           max_shard_bytes=16_000)
   assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))

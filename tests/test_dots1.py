@@ -3,17 +3,12 @@ matches transformers' logits and router choices; the family's settings reach
 the config; export writes a checkpoint transformers loads with the same
 logits, in both expert layouts, that imports back to identical variables."""
 
-import os
-
-import jax
 import numpy as np
 import pytest
-from transformers import AutoModelForCausalLM
 
 from hf_models import hf_logits, hf_router_choices, tiny_hf_model
 from moejax.convert import load_hf
-from moejax.convert.hf_export import save_hf
-from test_convert import IDS, _our_logits, _our_router_choices
+from test_convert import IDS, _our_logits, _our_router_choices, assert_export_round_trip
 
 # DeepSeek-V3's MoE at tiny size: 8 experts in 4 groups (2 kept), a shared
 # expert, the first block dense, renormalised and scaled weights.
@@ -53,15 +48,4 @@ def test_family_settings_reach_the_config(saved):
 
 @pytest.mark.parametrize("layout", ["per_expert", "fused"])
 def test_export_round_trip_through_transformers(saved, layout, tmp_path):
-  torch_model, folder = saved
-  model = load_hf(folder)
-  out = str(tmp_path / "exported")
-  save_hf(out, model.config, model.variables, "dots1", base=model.hf_config, layout=layout,
-          max_shard_bytes=16_000)
-  assert os.path.exists(os.path.join(out, "model.safetensors.index.json"))
-  reloaded = AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-  np.testing.assert_allclose(hf_logits(reloaded, IDS), hf_logits(torch_model, IDS),
-                             atol=1e-5, rtol=0)
-  again = load_hf(out)
-  for a, b in zip(jax.tree.leaves(again.variables), jax.tree.leaves(model.variables)):
-    np.testing.assert_array_equal(a, b)
+  assert_export_round_trip(*saved, "dots1", layout, str(tmp_path / "exported"))

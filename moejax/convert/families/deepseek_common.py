@@ -1,10 +1,11 @@
-"""What DeepSeek-V2 and V3 share: MLA, first-k dense layers, shared experts,
-group-limited routing, and their config.json fields."""
+"""What DeepSeek-V2 and V3 (and dots1, whose MoE is V3's) share: MLA,
+first-k dense layers, shared experts, group-limited routing, their MoE
+config.json fields and tensors."""
 
-from typing import Any, Dict
+from typing import Any, Dict, Optional
 
 from moejax.convert.families.common import EXPERT_COUNT_KEYS, backbone, get, get_first, moe_model
-from moejax.convert.layout import moe_plan
+from moejax.convert.layout import expert_bias_entry, moe_plan
 from moejax.models.config import MLAConfig
 
 
@@ -26,16 +27,23 @@ def deepseek_model(hf: dict, router: Dict[str, Any]):
                    num_shared_experts=shared)
 
 
-def deepseek_export(cfg, hf: dict, topk_method: str) -> None:
+def deepseek_export(cfg, hf: dict, topk_method: Optional[str]) -> None:
+  """The MoE fields of config.json (topk_method only where the family has it)."""
   if cfg.moe is None:
     return
   moe, r = cfg.moe, cfg.moe.router
   hf.update(n_routed_experts=r.num_experts, moe_intermediate_size=moe.d_ff,
             first_k_dense_replace=cfg.first_dense_layers, n_group=r.num_expert_groups,
             topk_group=r.top_k_groups, norm_topk_prob=r.normalize_top_k,
-            routed_scaling_factor=r.routed_scaling_factor, topk_method=topk_method,
+            routed_scaling_factor=r.routed_scaling_factor,
             n_shared_experts=moe.num_shared_experts)
+  if topk_method is not None:
+    hf["topk_method"] = topk_method
 
 
-def deepseek_moe_plan(cfg, at: str, ours: tuple):
-  return moe_plan(cfg, at, ours, shared="shared_experts")
+def deepseek_moe_plan(cfg, at: str, ours: tuple, correction_bias: bool = False):
+  """Experts, shared experts and (V3's form) the selection bias of the gate."""
+  entries = moe_plan(cfg, at, ours, shared="shared_experts")
+  if correction_bias:
+    entries.append(expert_bias_entry(f"{at}.mlp.gate.e_score_correction_bias", ours))
+  return entries

@@ -6,7 +6,6 @@ from moejax.convert.families.common import refuse
 from moejax.convert.families.deepseek_common import (deepseek_export, deepseek_model,
                                                      deepseek_moe_plan)
 from moejax.convert.families.spec import FamilySpec
-from moejax.convert.layout import expert_bias_entry
 
 
 def to_model(hf: dict):
@@ -16,11 +15,7 @@ def to_model(hf: dict):
                                  normalize_top_k=bool(hf.get("norm_topk_prob", True))))
 
 
-def plan(cfg, at: str, ours: tuple):
-  return deepseek_moe_plan(cfg, at, ours) + [
-      expert_bias_entry(f"{at}.mlp.gate.e_score_correction_bias", ours)]
-
-
 SPEC = FamilySpec(model_type="deepseek_v3", architecture="DeepseekV3ForCausalLM",
-                  to_model=to_model, moe_plan=plan,
+                  to_model=to_model,
+                  moe_plan=lambda cfg, at, ours: deepseek_moe_plan(cfg, at, ours, True),
                   export=lambda cfg, hf: deepseek_export(cfg, hf, "noaux_tc"))

@@ -6,8 +6,8 @@ experts; the first first_k_dense_replace blocks dense)."""
 
 from moejax.convert.families.common import (EXPERT_COUNT_KEYS, backbone, get, get_first,
                                             moe_model)
+from moejax.convert.families.deepseek_common import deepseek_export, deepseek_moe_plan
 from moejax.convert.families.spec import FamilySpec
-from moejax.convert.layout import expert_bias_entry, moe_plan
 
 
 def to_model(hf: dict):
@@ -24,21 +24,6 @@ def to_model(hf: dict):
                    num_shared_experts=int(hf.get("n_shared_experts") or 0))
 
 
-def export(cfg, hf: dict) -> None:
-  if cfg.moe is None:
-    return
-  moe, r = cfg.moe, cfg.moe.router
-  hf.update(n_routed_experts=r.num_experts, moe_intermediate_size=moe.d_ff,
-            first_k_dense_replace=cfg.first_dense_layers, n_group=r.num_expert_groups,
-            topk_group=r.top_k_groups, norm_topk_prob=r.normalize_top_k,
-            routed_scaling_factor=r.routed_scaling_factor,
-            n_shared_experts=moe.num_shared_experts or None)
-
-
-def plan(cfg, at: str, ours: tuple):
-  return moe_plan(cfg, at, ours, shared="shared_experts") + [
-      expert_bias_entry(f"{at}.mlp.gate.e_score_correction_bias", ours)]
-
-
 SPEC = FamilySpec(model_type="dots1", architecture="Dots1ForCausalLM", to_model=to_model,
-                  export=export, moe_plan=plan)
+                  export=lambda cfg, hf: deepseek_export(cfg, hf, topk_method=None),
+                  moe_plan=lambda cfg, at, ours: deepseek_moe_plan(cfg, at, ours, True))
