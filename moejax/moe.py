@@ -13,10 +13,13 @@ Variables:
       gradients: on a training call (deterministic=False) with 'router_state'
       mutable, the layer applies moejax.routing.update_expert_bias with the
       batch's load and router.expert_bias_update_rate)
-  (each family's variables are made by its `prepare`, moejax/routing/<family>.py)
   router_state/router/expert_threshold [E], threshold_updates []
       (router.name='expert_threshold'; likewise updated on training calls by
       moejax.routing.expert_threshold.update_expert_threshold)
+  router_state/router/l1_weight []  (router.name='remoe': the adaptive
+      coefficient of its L1 penalty, updated on training calls)
+  The router's variables beyond the kernel are made by its family's
+  `prepare` (moejax/routing/<family>.py).
   params/experts/{w_in, w_gate, w_out, b_in, b_gate, b_out}  stacked over experts
   params/router/gating_residual [outputs, outputs]  (gating_residual, in MoE
       layers after the first)
