@@ -83,10 +83,6 @@ class Router(nn.Module):
     prev_logits: [T, outputs] the previous MoE layer's logits (gating
     residual)."""
     cfg = self.config
-    family = cfg.family
-    if family.needs_token_ids and token_ids is None:
-      raise ValueError(f"router.name={cfg.name!r} needs token_ids=[tokens] ints; none were "
-                       "given")
     x = at_least_f32(x)
     stochastic = cfg.jitter_noise > 0 or cfg.noisy_top_k or cfg.second_expert_sampling
     rng = self.make_rng("router") if stochastic and not deterministic else None
@@ -114,7 +110,7 @@ class Router(nn.Module):
         logits = logits + at_least_f32(prev_logits) @ residual
       return logits
 
-    prepared = family.prepare(self, cfg, x, project, rng, token_ids)
+    prepared = cfg.family.prepare(self, cfg, x, project, rng, token_ids)
     out = route_in_groups(cfg, prepared.logits, groups=groups, **prepared.inputs)
     updating = (not deterministic and self.is_mutable_collection("router_state")
                 and not self.is_initializing())
