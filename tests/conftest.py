@@ -7,9 +7,11 @@ xdist workers and every subprocess they start, through environment variables
 set before any of them starts: JAX's persistent compilation cache, and a TFDS
 data dir where the embedded datasets are built once. Both are removed when
 the run ends, so no run reuses another's cache. XLA:CPU also compiles with
-LLVM's optimisations off (--xla_backend_optimization_level=0): the tests'
-shapes are tiny, so compiling faster matters more than running fast, and it
-halves the compile time (numerics stay IEEE: XLA:CPU uses no fast-math here).
+LLVM's optimisations off (--xla_backend_optimization_level=0) and with its
+older elemental fusion emitters instead of the MLIR ones
+(--xla_cpu_use_fusion_emitters=false): the tests' shapes are tiny, so
+compiling fast matters more than running fast. Each flag halves the compile
+time (numerics stay IEEE: XLA:CPU uses no fast-math here).
 """
 
 import contextlib
@@ -33,6 +35,8 @@ if os.environ.get("MOEJAX_MULTIDEVICE") != "1":
   collect_ignore = ["multidevice"]
 
 _SHARED = "MOEJAX_TEST_SHARED_DIR"
+# XLA:CPU flags that trade run time for compile time (see the docstring).
+FAST_COMPILE_FLAGS = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"
 
 
 def pytest_configure(config):
@@ -45,8 +49,7 @@ def pytest_configure(config):
   # Cache every program that takes more than 0.1 s to compile (default: 1 s).
   os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0.1"
   os.environ["JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES"] = "0"
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
-                             + " --xla_backend_optimization_level=0").strip()
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + FAST_COMPILE_FLAGS).strip()
 
 
 # Tests that take a minute or more, started first so that they do not run

@@ -9,10 +9,10 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
-from tensorboardX import SummaryWriter
 
 from moejax.train.guarantees import atomic_write_text
 
@@ -33,7 +33,8 @@ class MetricsWriter:
     if not enabled:
       return
     atomic_write_text(self.path, "".join(json.dumps(r) + "\n" for r in self._rows))
-    self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"), purge_step=resume_step + 1)
+    self._tb = _summary_writer_class()(os.path.join(workdir, "tensorboard"),
+                                       purge_step=resume_step + 1)
 
   def train_history(self) -> List[Dict[str, float]]:
     """[{'step', 'loss'}] of the train rows kept from earlier processes."""
@@ -77,3 +78,20 @@ def read_metrics(path: str, log: Optional[Callable[[str], None]] = None
       if log is not None:
         log(f"{path}: dropped a torn last row (an interrupted write): {line[:60]!r}")
   return rows
+
+
+def _summary_writer_class():
+  """tensorboardX's SummaryWriter, imported without torch.
+
+  tensorboardX imports torch whenever it is installed, only to accept torch
+  tensors; that costs every training process about 1.5 s of CPU, and moejax
+  writes Python floats. torch is hidden while tensorboardX is first imported
+  (unless something already imported it) and visible again right after."""
+  if "tensorboardX" not in sys.modules and "torch" not in sys.modules:
+    sys.modules["torch"] = None   # `import torch` raises ImportError
+    try:
+      import tensorboardX
+    finally:
+      del sys.modules["torch"]
+  import tensorboardX
+  return tensorboardX.SummaryWriter

@@ -14,7 +14,9 @@ RTOL = 2e-4
 
 def _exp(data_dir, dispatch, **overrides):
   capacity = 1.25 if dispatch == "gather" else None
-  config = tiny_config(data_dir=data_dir, model__moe__dispatch=dispatch,
+  # One block and one eval batch: the mesh is what is under test.
+  config = tiny_config(data_dir=data_dir, model__num_layers=1, data__eval_batches=1,
+                       model__moe__dispatch=dispatch,
                        model__moe__gmm_block_size=16,
                        model__moe__router__num_experts=8,
                        model__moe__router__capacity_factor=capacity,
