@@ -33,6 +33,10 @@ _TUNE = flags.DEFINE_string(
     "tune", "study", "Sweeps before the seeds, comma-separated, from: "
     f"{', '.join(TUNABLE)}; 'study' = the study's own (every study tunes lr; those whose rows "
     "differ in expert count also balance); 'none' = train every row at its default values.")
+_EXTEND = flags.DEFINE_integer(
+    "extend_edges", 0, "Where a row's best learning rate is the largest (smallest) of its "
+    "sweep, also try twice (half) it, up to this many times, until the choice lies inside the "
+    "swept range. 0: only the sweep's three values (0.5x, 1x, 2x).", lower_bound=0)
 _SCALE = flags.DEFINE_enum("scale", "base", list(SCALES), "'large': the study's second scale "
                            "(4x the training steps) in <workdir>/large, each row at the values "
                            "tuned at the base scale (<workdir>/results.json) where it has them.")
@@ -67,7 +71,7 @@ def main(argv):
   try:
     if _PLAN.value:
       plan = plan_study(_STUDY.value, _SEEDS.value, _WORKDIR.value, _SET.value, _tune_value(),
-                        _SCALE.value, _ROWS.value)
+                        _SCALE.value, _ROWS.value, _EXTEND.value)
       _print_plan(plan)
       return
     if _REJUDGE.value:
@@ -75,7 +79,7 @@ def main(argv):
     else:
       results = run_study(_STUDY.value, _SEEDS.value, _WORKDIR.value, _SET.value,
                           tune=_tune_value(), scale=_SCALE.value, workers=_WORKERS.value,
-                          rows=_ROWS.value)
+                          rows=_ROWS.value, extend_edges=_EXTEND.value)
   except (DataError, CheckpointError, TrainingError, WorkdirError) as err:
     fail(1, str(err))
   except ValueError as err:  # a bad --set / --tune / --scale or an invalid row config

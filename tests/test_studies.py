@@ -156,7 +156,8 @@ def test_study_tunes_each_row_then_aggregates_seeds(tmp_path, monkeypatch):
   np.testing.assert_allclose([claim["paired"]["low"], claim["paired"]["high"]], [0.6, 0.6])
   text = (work / "results.md").read_text()
   assert text.count("**Verdict: does not hold**") == 2 and "1.5050 ± 0.0071" in text
-  assert "| dense | lr | 0.0015: 1.5203, 0.003: 1.5090, 0.006: 1.5000 | 0.006 |" in text
+  assert ("| dense | lr | 0.0015: 1.5203, 0.003: 1.5090, 0.006: 1.5000 | 0.006 (at the sweep's "
+          "edge) |" in text)
   assert json.loads((work / "results.json").read_text())["seeds"] == 2
   assert (work / "results.png").stat().st_size > 0
   # Everything finished: nothing retrains, nothing is left to plan.
@@ -240,6 +241,46 @@ def test_set_overrides_parse_like_config_flags():
   assert config.model.moe.router.capacity_factor is None
   with pytest.raises(ValueError, match="unknown config field 'train.bogus'"):
     apply_override(config, "train.bogus=1")
+
+
+def test_a_sweep_extends_past_the_edge_its_best_value_lies_on(tmp_path, monkeypatch):
+  """With extend_edges, a learning rate chosen at the top (bottom) of the sweep
+  is followed by twice (half) it until the choice is inside the swept range;
+  without, the choice is marked as lying at the sweep's edge."""
+  def best_at(optimum):
+    def train(name, config, workdir, verbose=True):
+      row = _fake_train_row(name, config, workdir, verbose)
+      lr = config.train.learning_rate
+      return {**row, "eval_loss": 1.0 + 0.01 * config.seed + 1e3 * (lr - optimum) ** 2}
+    return train
+
+  rows = ("dense", "moe_8x_top2")
+  monkeypatch.setattr(study_jobs, "train_row", best_at(1.2e-2))
+  plain = run_study("moe_vs_dense", 1, str(tmp_path / "plain"), verbose=False, rows=rows)
+  assert plain["rows"]["dense"]["settings"] == {"train.learning_rate": 6e-3}
+  assert "| 0.006 (at the sweep's edge) |" in (tmp_path / "plain" / "results.md").read_text()
+
+  up = run_study("moe_vs_dense", 1, str(tmp_path / "up"), verbose=False, rows=rows,
+                 extend_edges=3)
+  sweep = up["rows"]["dense"]["sweeps"]["train.learning_rate"]
+  # 6e-3 at the top -> 1.2e-2, the top again -> 2.4e-2, worse: 1.2e-2 is inside.
+  np.testing.assert_allclose(sweep["candidates"], [1.5e-3, 3e-3, 6e-3, 1.2e-2, 2.4e-2])
+  assert sweep["chosen"] == 1.2e-2 and len(sweep["held_out_loss"]) == 5
+  assert (tmp_path / "up" / "dense" / "lr0.012" / "seed_0" / "study_row.json").exists()
+  text = (tmp_path / "up" / "results.md").read_text()
+  assert "at the sweep's edge" not in text and "0.024: " in text
+  plan = plan_study("moe_vs_dense", 1, str(tmp_path / "up"), rows=rows, extend_edges=3)
+  assert all(todo == 0 for _, _, todo, _ in plan)   # the extensions are reused too
+
+  monkeypatch.setattr(study_jobs, "train_row", best_at(1e-4))
+  down = run_study("moe_vs_dense", 1, str(tmp_path / "down"), verbose=False, rows=rows,
+                   extend_edges=1)
+  sweep = down["rows"]["dense"]["sweeps"]["train.learning_rate"]
+  np.testing.assert_allclose(sweep["candidates"], [7.5e-4, 1.5e-3, 3e-3, 6e-3])
+  assert sweep["chosen"] == 7.5e-4   # still the bottom after the one extension allowed
+  assert "| 0.00075 (at the sweep's edge) |" in (tmp_path / "down" / "results.md").read_text()
+  with pytest.raises(ValueError, match="--extend_edges=-1 is invalid"):
+    run_study("moe_vs_dense", 1, str(tmp_path / "bad"), extend_edges=-1)
 
 
 def test_a_diverged_sweep_candidate_is_never_chosen_and_a_diverged_seed_stops(tmp_path,

@@ -8,7 +8,7 @@ import json
 import os
 from typing import Dict, Optional
 
-from moejax.studies.stats import trend
+from moejax.studies.stats import edge_extension, trend
 
 _SHORT = {"train.learning_rate": "lr", "train.load_balance_weight": "balance weight"}
 
@@ -58,7 +58,9 @@ def markdown(results: Dict) -> str:
     for row, key, sweep in sweeps:
       cells = ", ".join(f"{c:g}: " + ("diverged" if loss is None else f"{loss:.4f}")
                         for c, loss in zip(sweep["candidates"], sweep["held_out_loss"]))
-      lines.append(f"| {row} | {_SHORT.get(key, key)} | {cells} | {sweep['chosen']:g} |")
+      edge = edge_extension(key, sweep["candidates"], sweep["chosen"]) is not None
+      lines.append(f"| {row} | {_SHORT.get(key, key)} | {cells} | {sweep['chosen']:g}"
+                   + (" (at the sweep's edge)" if edge else "") + " |")
   lines.append("")
   for c in results["claims"]:
     lines.append(f"- **Claim**: {c['text']}. **Measured** ({c['metric']}): {c['better']} "

@@ -43,7 +43,7 @@ from moejax.studies.catalogue import STUDIES, Claim, Study
 from moejax.studies.comparison import apply_override
 from moejax.studies.jobs import Job, estimated_seconds, finished_row, run_jobs
 from moejax.studies.report import write_results, write_scales
-from moejax.studies.stats import choose, mean_std, paired_difference
+from moejax.studies.stats import choose, edge_extension, mean_std, paired_difference
 
 
 # What a tuning sweep varies: name -> (config field, candidates given the
@@ -124,8 +124,11 @@ class _Runner:
   def __init__(self, name: str, workdir: str, overrides: Sequence[str], tune: Sequence[str],
                workers: int, verbose: bool, planning: bool,
                inherited: Optional[Dict[str, Dict]] = None,
-               rows: Optional[Sequence[str]] = None):
+               rows: Optional[Sequence[str]] = None, extend_edges: int = 0):
     self.name, self.study, self.workdir = name, STUDIES[name], workdir
+    if not isinstance(extend_edges, int) or extend_edges < 0:
+      raise ValueError(f"--extend_edges={extend_edges!r} is invalid: use an integer >= 0")
+    self.extend_edges = extend_edges
     self.rows = _selected_rows(self.study, rows)
     self.overrides, self.tune, self.workers = list(overrides), list(tune), workers
     self.verbose, self.planning = verbose, planning
@@ -196,7 +199,35 @@ class _Runner:
           continue   # not trained yet: plan with the row's own value
         sweep_info["chosen"] = choose(sweep_info["candidates"], losses)
         tuned[row]["settings"][key] = sweep_info["chosen"]
+      self.extend_at_edges(level, tuned, key, sweep)
     return tuned
+
+  def extend_at_edges(self, level: Sequence[str], tuned: Dict[str, Dict], key: str,
+                      sweep: str):
+    """Up to extend_edges times: every row whose choice is the largest
+    (smallest) candidate also trains the next one beyond it, until the
+    choice lies inside the swept range."""
+    for _ in range(self.extend_edges):
+      jobs, owners = [], []
+      for row in level:
+        info = tuned[row]["sweeps"].get(key)
+        if row in self.inherited or not info or "chosen" not in info:
+          continue
+        value = edge_extension(key, info["candidates"], info["chosen"])
+        if value is not None:
+          jobs.append(self.tuning_job(row, {**tuned[row]["settings"], key: value}))
+          owners.append((row, value))
+      if not jobs:
+        return
+      for (row, value), result in zip(owners, self.jobs_rows(f"tune {sweep} (edge)", jobs)):
+        info = tuned[row]["sweeps"][key]
+        at = 0 if value < info["candidates"][0] else len(info["candidates"])
+        info["candidates"].insert(at, value)
+        info["held_out_loss"].insert(at, result["eval_loss"] if result is not None else None)
+        if result is None and self.planning:
+          continue   # not trained yet: plan the seeds at the choice so far
+        info["chosen"] = choose(info["candidates"], info["held_out_loss"])
+        tuned[row]["settings"][key] = info["chosen"]
 
   def tuning_job(self, row: str, settings: Dict[str, float]) -> Job:
     split = self.probe(row).data.train_split
@@ -254,14 +285,14 @@ def _inherited(workdir: str, scale: str, tune: Sequence[str]) -> Dict[str, Dict]
 
 def plan_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = (),
                tune: Optional[Sequence[str]] = None, scale: str = "base",
-               rows: Optional[Sequence[str]] = None) -> List[Tuple]:
+               rows: Optional[Sequence[str]] = None, extend_edges: int = 0) -> List[Tuple]:
   """What run_study would train: (phase, runs, runs left to train, estimated
   seconds of those on a 2-core CPU, one at a time). Before a sweep has run,
   the seeds are planned at the row's own values."""
   tune = _tune(name, tune)
   runner = _Runner(name, study_workdir(workdir, scale), _scaled(name, scale, overrides),
                    tune, 1, False, planning=True, inherited=_inherited(workdir, scale, tune),
-                   rows=rows)
+                   rows=rows, extend_edges=extend_edges)
   runner.run(seeds)
   return runner.plan
 
@@ -288,17 +319,20 @@ def _scaled(name: str, scale: str, overrides: Sequence[str]) -> List[str]:
 def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = (),
               verbose: bool = True, tune: Optional[Sequence[str]] = None,
               scale: str = "base", workers: int = 1,
-              rows: Optional[Sequence[str]] = None) -> Dict:
+              rows: Optional[Sequence[str]] = None, extend_edges: int = 0) -> Dict:
   """Trains every row of STUDIES[name] for seeds 0..seeds-1 (after tuning
   each row, see _Runner) and writes results.json, results.md and results.png
   to the scale's folder (study_workdir); returns the results. tune: sweeps
   to run (None: the study's own; () none); rows: train only these (and the
-  rows they start from), judging only the claims between them."""
+  rows they start from), judging only the claims between them; extend_edges:
+  how many candidates a learning-rate sweep may add beyond the edge its best
+  value lies on (0: the three of TUNABLE only)."""
   study = STUDIES[name]
   out_dir = study_workdir(workdir, scale)
   tune = _tune(name, tune)
   runner = _Runner(name, out_dir, _scaled(name, scale, overrides), tune, workers, verbose,
-                   planning=False, inherited=_inherited(workdir, scale, tune), rows=rows)
+                   planning=False, inherited=_inherited(workdir, scale, tune), rows=rows,
+                   extend_edges=extend_edges)
   runs, tuning = runner.run(seeds)
   results = {"study": name, "description": study.description, "seeds": seeds,
              "scale": scale, "overrides": runner.overrides, "tuned": list(runner.tune),

@@ -79,3 +79,21 @@ def choose(candidates: Sequence[float], losses: Sequence[Optional[float]]) -> fl
   if not finite:
     raise ValueError(f"every candidate of the sweep {list(candidates)} diverged")
   return candidates[min(finite)[1]]
+
+
+# Sweeps that go on past an edge (extend_edges): the next candidate beyond the
+# largest (smallest) one when that one was chosen.
+EXTENDABLE = {"train.learning_rate": (lambda value: value * 2.0, lambda value: value * 0.5)}
+
+
+def edge_extension(key: str, candidates: Sequence[float], chosen: float) -> Optional[float]:
+  """The candidate to try next when `chosen` is at an edge of an extendable
+  sweep (candidates ascending), else None."""
+  if key not in EXTENDABLE or len(candidates) < 2:
+    return None
+  above, below = EXTENDABLE[key]
+  if chosen == candidates[-1]:
+    return above(chosen)
+  if chosen == candidates[0]:
+    return below(chosen)
+  return None
