@@ -202,12 +202,14 @@ def test_smoke_studies_cover_every_base_config():
 def test_study_runs_at_a_tiny_budget(tmp_path, data_dir, name):
   """CI's smoke run of a study: every row trains (1 seed, 2 steps) and
   results.md has one verdict line per claim."""
-  # moe_vs_dense is also tuned (its sweep at the same tiny budget), on the rows
-  # of its headline claim: a subset of rows judges only the claims between them.
+  # moe_vs_dense is also tuned (its sweep at the same tiny budget). It and
+  # vit_routers train the rows of one claim (a subset of rows judges only the
+  # claims between them); every row of every study validates above.
   tuned = name == "moe_vs_dense"
-  rows = ("dense", "moe_8x_top2") if tuned else tuple(STUDIES[name].rows)
+  subset = {"moe_vs_dense": ("dense", "moe_8x_top2"), "vit_routers": ("top2_bpr", "soft_moe")}
+  rows = subset.get(name, tuple(STUDIES[name].rows))
   results = run_study(name, 1, str(tmp_path), _tiny(name, data_dir), verbose=False,
-                      tune=None if tuned else (), rows=rows if tuned else None)
+                      tune=None if tuned else (), rows=subset.get(name))
   assert set(results["rows"]) == set(rows)
   claims = [c for c in STUDIES[name].claims if {c.better, c.worse} <= set(rows)]
   text = (tmp_path / "results.md").read_text()
