@@ -158,21 +158,3 @@ def test_binary_bad_input_is_one_line_and_writes_nothing(tmp_path, data_dir, arg
   lines = err.strip().splitlines()
   assert proc.returncode == code and len(lines) == 1 and expected in lines[0], err
   assert not workdir.exists()
-
-
-def test_runs_differing_only_in_loop_fields_share_their_compiled_steps(data_dir):
-  """The steps are reused only where nothing they compile differs: a resume
-  (stop_at_step) or other logging/saving fields yes, a learning rate no."""
-  from moejax.train import loop
-  built = []
-  build = lambda: built.append(1) or object()
-  mesh = object()
-  exp = lambda **o: experiment_from_config(tiny_config(data_dir=data_dir, **o))
-  first = loop._compiled_steps(exp(), mesh, build)
-  assert loop._compiled_steps(exp(train__stop_at_step=3, train__log_every=1,
-                                  train__checkpoint_every=1, train__plots=True),
-                              mesh, build) is first
-  assert loop._compiled_steps(exp(train__learning_rate=1e-3), mesh, build) is not first
-  assert loop._compiled_steps(exp(train__num_steps=7), mesh, build) is not first
-  assert loop._compiled_steps(exp(), object(), build) is not first   # another mesh
-  assert len(built) == 4

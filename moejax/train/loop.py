@@ -7,7 +7,6 @@ checked against the config -> state initialised or restored -> steps.
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import math
@@ -34,43 +33,6 @@ from moejax.train.optim import learning_rate_schedule, make_optimizer
 from moejax.train.plots import write_plots
 from moejax.train.step import all_finite, init_state, make_eval_step, make_train_step
 from moejax.train.writers import MetricsWriter
-
-
-@dataclasses.dataclass(frozen=True)
-class _Steps:
-  """A run's jitted functions: state init, train step, eval step, finiteness check."""
-  init: Callable
-  train: Callable
-  eval: Callable
-  finite: Callable
-
-
-# Train fields that only decide when the loop logs, evaluates, saves or stops:
-# runs that differ only in them compile the same steps.
-_LOOP_ONLY_TRAIN_FIELDS = ("log_every", "eval_every", "checkpoint_every", "keep_checkpoints",
-                           "async_checkpointing", "stop_at_step", "plots", "profile_steps")
-_STEPS_KEPT = 4
-_STEPS_CACHE: "collections.OrderedDict[tuple, _Steps]" = collections.OrderedDict()
-
-
-def _compiled_steps(exp: ExperimentConfig, mesh, build: Callable[[], _Steps]) -> _Steps:
-  """The jitted steps of the last runs in this process with the same config
-  (every field but the loop-only ones) and mesh, else build()'s.
-
-  A second run of one config in a process (a resume after stop_at_step, a
-  rerun, a test) then traces, lowers and compiles nothing again: jit caches
-  per function object, and each run would otherwise make new ones."""
-  raw = json.loads(json.dumps(exp.raw, default=str))
-  for field in _LOOP_ONLY_TRAIN_FIELDS:
-    raw.get("train", {}).pop(field, None)
-  key = (json.dumps(raw, sort_keys=True), mesh)
-  if key in _STEPS_CACHE:
-    _STEPS_CACHE.move_to_end(key)
-    return _STEPS_CACHE[key]
-  steps = _STEPS_CACHE[key] = build()
-  while len(_STEPS_CACHE) > _STEPS_KEPT:
-    _STEPS_CACHE.popitem(last=False)
-  return steps
 
 
 class TrainingError(RuntimeError):
@@ -200,15 +162,7 @@ class _Run:
     init_fn = lambda: init_state(model, optimizer, jax.random.key(exp.seed), _example_inputs(exp))
     state_sharding = tree_shardings(jax.eval_shape(init_fn), mesh)
     self.data_sharding, scalars = batch_sharding(mesh), replicated(mesh)
-    steps = _compiled_steps(exp, mesh, lambda: _Steps(
-        init=jax.jit(init_fn, out_shardings=state_sharding),
-        train=jax.jit(make_train_step(model, optimizer, self.cfg, exp.seed),
-                      in_shardings=(state_sharding, self.data_sharding),
-                      out_shardings=(state_sharding, scalars), donate_argnums=0),
-        eval=jax.jit(make_eval_step(model), in_shardings=(state_sharding, self.data_sharding),
-                     out_shardings=scalars),
-        finite=jax.jit(all_finite, out_shardings=scalars)))
-    self.state = steps.init()
+    self.state = jax.jit(init_fn, out_shardings=state_sharding)()
     self.train_iter = datasets.make_train_iterator()
     self.last_saved = self._restore()
     if self.last_saved is None and self.cfg.init_from:
@@ -225,7 +179,13 @@ class _Run:
     self.pending: List = []        # (step, device metrics) not fetched yet
     self.window: List[Dict] = []   # host metrics since the last progress line
 
-    self.train_step, self._eval_step, self._finite = steps.train, steps.eval, steps.finite
+    self.train_step = jax.jit(make_train_step(model, optimizer, self.cfg, exp.seed),
+                              in_shardings=(state_sharding, self.data_sharding),
+                              out_shardings=(state_sharding, scalars), donate_argnums=0)
+    self._eval_step = jax.jit(make_eval_step(model),
+                              in_shardings=(state_sharding, self.data_sharding),
+                              out_shardings=scalars)
+    self._finite = jax.jit(all_finite, out_shardings=scalars)
     self._eval_data = [self.to_global(batch) for batch in datasets.eval_batches()]
 
   def _restore(self) -> Optional[int]:
