@@ -34,7 +34,7 @@ def main(argv):
   require_workdir(argv, _WORKDIR.value)
   from moejax.data import DataError
   from moejax.train import CheckpointError, TrainingError
-  from moejax.studies.comparison import load_config_file, train_row, write_results
+  from moejax.studies.comparison import RunStopped, load_config_file, train_row, write_results
   from moejax.studies.router_zoo import plot_zoo, zoo_configs
   try:
     runs = zoo_configs(load_config_file(_BASE.value), _ROUTERS.value, _SET.value)
@@ -54,6 +54,8 @@ def main(argv):
       rows.append(train_row(name, config, workdir))
     except (DataError, CheckpointError, TrainingError) as err:
       fail(1, f"{name}: {err}")
+    except RunStopped as err:   # its message names the run
+      fail(1, str(err))
   table = write_results(rows, _WORKDIR.value)
   plot_zoo(rows, os.path.join(_WORKDIR.value, "routers.png"))
   print("\n" + table)

@@ -66,6 +66,7 @@ def main(argv):
   from moejax.data import DataError
   from moejax.train import CheckpointError, TrainingError
   from moejax.train.guarantees import WorkdirError
+  from moejax.studies.comparison import RunStopped
   from moejax.studies.runner import plan_study, rejudge, run_study
   from moejax.studies.report import markdown
   try:
@@ -80,7 +81,7 @@ def main(argv):
       results = run_study(_STUDY.value, _SEEDS.value, _WORKDIR.value, _SET.value,
                           tune=_tune_value(), scale=_SCALE.value, workers=_WORKERS.value,
                           rows=_ROWS.value, extend_edges=_EXTEND.value)
-  except (DataError, CheckpointError, TrainingError, WorkdirError) as err:
+  except (DataError, CheckpointError, TrainingError, WorkdirError, RunStopped) as err:
     fail(1, str(err))
   except ValueError as err:  # a bad --set / --tune / --scale or an invalid row config
     fail(2, str(err))

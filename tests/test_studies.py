@@ -335,3 +335,19 @@ def test_a_finished_row_is_found_again_after_the_workdir_moves(tmp_path):
   other = study_jobs.Job(row="upcycled", own=(f"train.init_from={tmp_path}/b/other/seed_0",),
                          extra=("seed=0",), out=str(tmp_path / "b" / "upcycled" / "seed_0"))
   assert study_jobs.finished_row(other) is None
+
+
+def test_a_run_stopped_early_records_no_row_and_resumes(tmp_path, data_dir):
+  """A study run stopped before its last step (SIGTERM at a session's end,
+  train.stop_at_step) must not leave a study_row.json: the next study would
+  take its early losses as the run's result. The rerun resumes it instead."""
+  from moejax.studies.comparison import RunStopped
+  overrides = _tiny("moe_vs_dense", data_dir) + ["train.num_steps=4"]
+  with pytest.raises(RunStopped, match=r"dense: stopped at step 2 of 4 \(train.stop_at_step=2\)"):
+    run_study("moe_vs_dense", 1, str(tmp_path), [*overrides, "train.stop_at_step=2"],
+              verbose=False, tune=(), rows=("dense",))
+  run_dir = tmp_path / "dense" / "seed_0"
+  assert (run_dir / "checkpoints").is_dir() and not (run_dir / "study_row.json").exists()
+  results = run_study("moe_vs_dense", 1, str(tmp_path), overrides, verbose=False, tune=(),
+                      rows=("dense",))
+  assert results["rows"]["dense"]["steps"] == 4 and (run_dir / "study_row.json").exists()

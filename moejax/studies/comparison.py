@@ -75,14 +75,23 @@ def _param_shapes(exp):
   return abstract_variables(exp.model, exp.data.seq_len)["params"]
 
 
+class RunStopped(RuntimeError):
+  """A run stopped before its last step (SIGTERM, train.stop_at_step): it has
+  no table row, and rerunning resumes it. The message is one line."""
+
+
 def train_row(name: str, config, workdir: str, verbose: bool = True) -> Dict:
   """Trains one run in workdir and returns its table row; verbose prints
-  progress and the end-of-run summary. Raises ValueError for a bad config
-  and the trainer's errors for data/checkpoint/NaN."""
+  progress and the end-of-run summary. Raises ValueError for a bad config,
+  RunStopped for a run that stopped early and the trainer's errors for
+  data/checkpoint/NaN."""
   exp = experiment_from_config(config)
   summary = train_and_evaluate(exp, workdir, log=print if verbose else (lambda line: None))
   if verbose:
     print_summary(summary, workdir)
+  if summary.stopped is not None:   # an interrupted run's losses are not a result
+    raise RunStopped(f"{name}: stopped at step {summary.step} of {exp.train.num_steps} "
+                     f"({summary.stopped}); rerun the same command to resume {workdir}")
   shapes = _param_shapes(exp)
   train_rows = [r for r in read_metrics(os.path.join(workdir, "metrics.jsonl"))
                 if r["split"] == "train"]
