@@ -29,7 +29,10 @@ ROUTER_CASES = {
 }
 
 
+@functools.partial(jax.jit, static_argnums=(1, 2, 3, 4, 5, 6))
 def make_params(key, d, f, e, outputs, glu=True, dtype=jnp.float32):
+  """Random expert and router weights, as one compiled program (built eagerly,
+  XLA would compile each random draw and scale on its own)."""
   ks = jax.random.split(key, 6)
   n = lambda k, s, fan: (jax.random.normal(k, s) / jnp.sqrt(fan)).astype(dtype)
   experts = {"w_in": n(ks[0], (e, d, f), d), "w_out": n(ks[1], (e, f, d), f),

@@ -11,6 +11,7 @@ from moejax.generate import generate
 def assert_causal(forward, tokens, position: int) -> None:
   """Changing tokens[:, position] leaves every logit before it unchanged and
   changes some after it. forward: tokens [B, S] -> logits [B, S, V]."""
+  forward = jax.jit(forward)
   logits = forward(tokens)
   changed = forward(tokens.at[:, position].set((tokens[:, position] + 1) % 256))
   np.testing.assert_allclose(logits[:, :position], changed[:, :position], atol=1e-6)

@@ -23,7 +23,7 @@ def _model(use_expert_bias=False, name="top_k", **router):
                        moe=MoEConfig(router=router, d_model=32, d_ff=16, dispatch="dropless",
                                      activation="swiglu"))
   tokens = jax.random.randint(jax.random.key(1), (4, 16), 0, 256)
-  variables = build_model(config).init(jax.random.key(0), tokens)
+  variables = jax.jit(build_model(config).init)(jax.random.key(0), tokens)
   return config, dict(variables), tokens
 
 
@@ -56,8 +56,8 @@ def test_pruning_an_expert_calibration_never_selects_leaves_outputs_unchanged():
   experts = new_variables["params"]["block_1"]["moe"]["experts"]["w_in"]
   np.testing.assert_array_equal(
       experts, variables["params"]["block_1"]["moe"]["experts"]["w_in"][np.array([0, 1, 2, 3, 4])])
-  before, _ = build_model(config).apply(variables, tokens)
-  after, _ = build_model(new_config).apply(new_variables, tokens)
+  before, _ = jax.jit(build_model(config).apply)(variables, tokens)
+  after, _ = jax.jit(build_model(new_config).apply)(new_variables, tokens)
   np.testing.assert_allclose(after, before, atol=1e-5, rtol=1e-5)
 
 
@@ -68,8 +68,8 @@ def test_pruning_a_used_expert_changes_outputs_and_keeps_null_columns():
   kernel = variables["params"]["block_0"]["moe"]["router"]["kernel"]
   np.testing.assert_array_equal(new_variables["params"]["block_0"]["moe"]["router"]["kernel"],
                                 kernel[:, [0, 2, 4, 5, 6, 7]])
-  before, _ = build_model(config).apply(variables, tokens)
-  after, _ = build_model(new_config).apply(new_variables, tokens)
+  before, _ = jax.jit(build_model(config).apply)(variables, tokens)
+  after, _ = jax.jit(build_model(new_config).apply)(new_variables, tokens)
   assert float(jnp.abs(after - before).max()) > 1e-3
 
 
@@ -176,8 +176,8 @@ def test_quantized_experts_round_trip_within_half_a_step(qtype, group):
       step = np.repeat(scale, w.shape[1] // scale.shape[1], axis=1)
       restored = np.asarray(dequantize(jnp.asarray(q), jnp.asarray(scale), qtype, jnp.float32))
       assert np.all(np.abs(restored - w) <= step / 2 + 1e-7)
-  before, _ = build_model(config).apply(variables, tokens)
-  after, _ = build_model(new_config).apply(quantized, tokens)
+  before, _ = jax.jit(build_model(config).apply)(variables, tokens)
+  after, _ = jax.jit(build_model(new_config).apply)(quantized, tokens)
   # Mean over logits: a max can come from one token whose top-2 experts flip.
   gap = float(jnp.abs(after - before).mean() / jnp.abs(before).mean())
   assert 0 < gap < (0.01 if qtype == "int8" else 0.1), gap
@@ -198,13 +198,13 @@ def test_quantized_experts_dequantize_per_expert_inside_the_blocked_loop(qtype, 
   sizes = jnp.array([5, 0, 13, 9], jnp.int32)             # expert 1 empty
   x = jax.random.normal(jax.random.key(0), (int(sizes.sum()) + 3, 16))   # + padding rows
   batch = ExpertBatch(x=x, group_sizes=sizes)
-  variables = bank.init(jax.random.key(1), batch)
+  variables = jax.jit(bank.init)(jax.random.key(1), batch)
   keys = iter(jax.random.split(jax.random.key(2), 16))
   params = {name: (jax.random.randint(next(keys), v.shape, -7, 8).astype(jnp.int8)
                    if name.endswith("_q") else
                    jax.random.uniform(next(keys), v.shape, minval=0.01, maxval=0.05))
             for name, v in variables["params"].items()}
-  per_tile = bank.apply({"params": params}, batch).x
+  per_tile = jax.jit(bank.apply)({"params": params}, batch).x
   floats = bank.apply({"params": params}, method=lambda m: m.weights())
   assert floats["w_in"].dtype == jnp.float32 and floats["w_in"].shape == (4, 16, 32)
   want = expert_ffn(floats, batch, "swiglu", "einsum").x
@@ -223,8 +223,8 @@ def test_quantized_model_saves_loads_and_is_refused_for_training(tmp_path):
   save_model_dir(str(tmp_path / "q"), new_config, quantized)
   loaded_config, loaded, _ = load_model_dir(str(tmp_path / "q"))
   assert loaded_config == new_config
-  np.testing.assert_array_equal(build_model(loaded_config).apply(loaded, tokens)[0],
-                                build_model(new_config).apply(quantized, tokens)[0])
+  np.testing.assert_array_equal(jax.jit(build_model(loaded_config).apply)(loaded, tokens)[0],
+                                jax.jit(build_model(new_config).apply)(quantized, tokens)[0])
   with pytest.raises(ValueError, match="model.moe.expert_quantization='int8' is invalid: "
                      "quantized experts cannot be trained"):
     experiment_from_config(tiny_config(model__moe__expert_quantization="int8"))

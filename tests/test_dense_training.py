@@ -31,8 +31,8 @@ def test_training_call_is_the_weighted_sum_over_all_experts(dispatch, router):
   cfg = _config(dispatch, **router)
   layer = MoELayer(cfg)
   x = jax.random.normal(jax.random.key(0), (3, D))
-  variables = layer.init(jax.random.key(1), x)
-  y, _ = layer.apply(variables, x, deterministic=False)
+  variables = jax.jit(layer.init)(jax.random.key(1), x)
+  y, _ = jax.jit(lambda v, x: layer.apply(v, x, deterministic=False))(variables, x)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
   xs = np.asarray(x, np.float64)
   logits = xs @ p["router"]["kernel"]
@@ -55,18 +55,20 @@ def test_inference_is_the_sparse_layer_and_training_reaches_every_expert():
       cfg, router=dataclasses.replace(cfg.router, dense_training=False)))
   layer = MoELayer(cfg)
   x = jax.random.normal(jax.random.key(2), (3, D))
-  variables = layer.init(jax.random.key(3), x)
-  np.testing.assert_array_equal(layer.apply(variables, x)[0], sparse.apply(variables, x)[0])
+  variables = jax.jit(layer.init)(jax.random.key(3), x)
+  np.testing.assert_array_equal(jax.jit(layer.apply)(variables, x)[0],
+                                jax.jit(sparse.apply)(variables, x)[0])
 
   def expert_grads(model, deterministic):
     loss = lambda p: jnp.sum(model.apply({"params": p}, x, deterministic=deterministic)[0])
-    return jax.grad(loss)(variables["params"])["experts"]["w_in"]
+    return jax.jit(jax.grad(loss))(variables["params"])["experts"]["w_in"]
   touched = lambda g: int((jnp.abs(g).reshape(E, -1).max(-1) > 0).sum())
   assert touched(expert_grads(sparse, False)) <= 3  # top-1 of 3 tokens
   assert touched(expert_grads(layer, False)) == E
   # The load-balance loss and balance metrics describe the sparse (inference) choices.
-  _, aux_dense = layer.apply(variables, x, deterministic=False)
-  _, aux_sparse = sparse.apply(variables, x, deterministic=False)
+  training = lambda model: jax.jit(lambda v, x: model.apply(v, x, deterministic=False))
+  _, aux_dense = training(layer)(variables, x)
+  _, aux_sparse = training(sparse)(variables, x)
   for a, b in zip(jax.tree.leaves(aux_dense), jax.tree.leaves(aux_sparse)):
     np.testing.assert_array_equal(a, b)
   assert float(aux_dense.metrics["tokens_per_expert"].sum()) == 3.0
@@ -80,10 +82,11 @@ def test_mutual_information_loss_extremes_and_gradient():
   np.testing.assert_allclose(mutual_information_loss(sure_and_even), -np.log(n), rtol=1e-6)
   with jax.enable_x64(True):
     logits = jax.random.normal(jax.random.key(4), (5, n), jnp.float64)
-    f = lambda l: mutual_information_loss(jax.nn.softmax(l, axis=-1))
+    f = jax.jit(lambda l: mutual_information_loss(jax.nn.softmax(l, axis=-1)))
     direction = jax.random.normal(jax.random.key(5), logits.shape, jnp.float64)
     numeric = (f(logits + 1e-6 * direction) - f(logits - 1e-6 * direction)) / 2e-6
-    np.testing.assert_allclose(jnp.vdot(jax.grad(f)(logits), direction), numeric, rtol=1e-6)
+    analytic = jnp.vdot(jax.jit(jax.grad(f))(logits), direction)
+    np.testing.assert_allclose(analytic, numeric, rtol=1e-6)
 
 
 @pytest.mark.parametrize("make, message", [
@@ -104,7 +107,7 @@ def _lm(**router):
   config = ModelConfig(num_layers=2, d_model=16, num_heads=2, dense_d_ff=32, moe_every=1,
                        moe=moe)
   tokens = jax.random.randint(jax.random.key(6), (4, 12), 0, 256)
-  return config, build_model(config).init(jax.random.key(7), tokens), tokens
+  return config, jax.jit(build_model(config).init)(jax.random.key(7), tokens), tokens
 
 
 def test_inference_routing_sweep_counts_experts_and_matches_the_routers():

@@ -184,12 +184,13 @@ def test_blocked_gmm_at_scale_with_dtypes(dtype, tol):
   rhs = (jax.random.normal(jax.random.key(3), (5, 16, 24)) / 4).astype(dtype)
   gs = jnp.array(sizes, jnp.int32)
   loss = lambda l, r, backend: jnp.sum(gmm(l, r, gs, backend, 32).astype(jnp.float32) ** 2)
+  grads = jax.jit(jax.grad(loss, argnums=(0, 1)), static_argnums=2)
   want = _gmm_loop(lhs.astype(jnp.float32), rhs.astype(jnp.float32), sizes)
-  got = np.asarray(gmm(lhs, rhs, gs, "blocked", 32).astype(jnp.float32))
-  assert got.dtype == np.float32 and gmm(lhs, rhs, gs, "blocked", 32).dtype == jnp.dtype(dtype)
+  blocked = jax.jit(lambda l, r: gmm(l, r, gs, "blocked", 32))(lhs, rhs)
+  got = np.asarray(blocked.astype(jnp.float32))
+  assert got.dtype == np.float32 and blocked.dtype == jnp.dtype(dtype)
   np.testing.assert_allclose(got, want, rtol=tol, atol=tol * np.abs(want).max())
-  for got, ref in zip(jax.grad(loss, argnums=(0, 1))(lhs, rhs, "blocked"),
-                      jax.grad(loss, argnums=(0, 1))(lhs, rhs, "ragged_dot")):
+  for got, ref in zip(grads(lhs, rhs, "blocked"), grads(lhs, rhs, "ragged_dot")):
     got, ref = np.asarray(got, np.float32), np.asarray(ref, np.float32)
     np.testing.assert_allclose(got, ref, rtol=tol, atol=tol * np.abs(ref).max())
 
@@ -238,8 +239,8 @@ def test_gather_rows_gradient_equals_plain_gather():
   weights = jnp.cos(jnp.arange(24.0)).reshape(8, 3)
   plain = lambda x: jnp.sum(jnp.take(x, idx, axis=0, mode="fill", fill_value=0) * weights)
   ours = lambda x: jnp.sum(gather_rows(x, idx, jnp.asarray(readers)) * weights)
-  np.testing.assert_array_equal(ours(x), plain(x))
-  np.testing.assert_allclose(jax.grad(ours)(x), jax.grad(plain)(x), rtol=1e-6)
+  np.testing.assert_array_equal(jax.jit(ours)(x), jax.jit(plain)(x))
+  np.testing.assert_allclose(jax.jit(jax.grad(ours))(x), jax.jit(jax.grad(plain))(x), rtol=1e-6)
 
 
 @pytest.mark.parametrize("wide", [False, True])
@@ -264,8 +265,9 @@ def test_combine_rows_equals_plain_gather_and_sum_with_gradients(wide):
     return jnp.sum(jnp.sum(picked * weight[..., None], axis=1) * probe)
 
   ours = lambda y, weight: jnp.sum(combine_rows(y, slot, weight, assignment) * probe)
-  np.testing.assert_allclose(ours(y, weight), naive(y, weight), rtol=1e-6)
-  for got, want in zip(jax.grad(ours, (0, 1))(y, weight), jax.grad(naive, (0, 1))(y, weight)):
+  np.testing.assert_allclose(jax.jit(ours)(y, weight), jax.jit(naive)(y, weight), rtol=1e-6)
+  grads = lambda f: jax.jit(jax.grad(f, (0, 1)))(y, weight)
+  for got, want in zip(grads(ours), grads(naive)):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
 
 
@@ -276,10 +278,11 @@ def test_gmm_differentiates_under_vmap_both_ways():
   loss = lambda l, r, g, backend: jnp.sum(jnp.sin(gmm(l, r, g, backend, 2)))
   results = {}
   for backend in ("ragged_dot", "tokamax", "blocked", "einsum"):
-    per_group = jax.vmap(jax.grad(loss, argnums=(0, 1)), in_axes=(0, None, 0, None))(
-        lhs, rhs, gs, backend)
-    batched = jax.grad(lambda l, r: jnp.sum(jax.vmap(loss, in_axes=(0, None, 0, None))(
-        l, r, gs, backend)), argnums=(0, 1))(lhs, rhs)
+    per_group = jax.jit(lambda l, r, g: jax.vmap(jax.grad(loss, argnums=(0, 1)),
+                                                 in_axes=(0, None, 0, None))(l, r, g, backend))(
+        lhs, rhs, gs)
+    batched = jax.jit(jax.grad(lambda l, r: jnp.sum(jax.vmap(loss, in_axes=(0, None, 0, None))(
+        l, r, gs, backend)), argnums=(0, 1)))(lhs, rhs)
     results[backend] = (per_group, batched)
   for backend in ("ragged_dot", "tokamax", "blocked"):
     for got, want in zip(jax.tree.leaves(results[backend]), jax.tree.leaves(results["einsum"])):
@@ -322,11 +325,13 @@ def test_fused_blocked_ffn_equals_the_unfused_reference(activation, bias, sizes,
 
   fused = lambda *args: blocked_ffn(act, block, *args, gs)
   args = (x, w_in, w_gate, w_out, b_in, b_gate, b_out)
-  np.testing.assert_allclose(fused(*args), reference(*args), rtol=1e-5, atol=1e-5)
-  assert not np.any(np.asarray(fused(*args))[sum(sizes):])
+  out = jax.jit(fused)(*args)
+  np.testing.assert_allclose(out, jax.jit(reference)(*args), rtol=1e-5, atol=1e-5)
+  assert not np.any(np.asarray(out)[sum(sizes):])
   cos = jnp.cos(jnp.arange(m * d, dtype=jnp.float32)).reshape(m, d)
   argnums = tuple(i for i, a in enumerate(args) if a is not None)
-  loss = lambda fn: jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a)) * cos), argnums=argnums)(*args)
+  loss = lambda fn: jax.jit(jax.grad(lambda *a: jnp.sum(jnp.sin(fn(*a)) * cos),
+                                     argnums=argnums))(*args)
   for got, want in zip(loss(fused), loss(reference)):  # float32 sums in another order
     np.testing.assert_allclose(got, want, rtol=1e-4, atol=1e-4 * float(jnp.abs(want).max()))
 
@@ -352,8 +357,8 @@ def test_every_config_dispatch_is_one_strategy_called_the_same_way():
       bank = ExpertBank(num_experts=4, d_model=8, d_ff=16, activation="swiglu", name="experts")
       return get_strategy(self.dispatch, bank.row_layout())(x, routing, bank)
 
-  params = Layer("einsum").init(jax.random.key(0), x)
-  want = Layer("einsum").apply(params, x)
+  params = jax.jit(Layer("einsum").init)(jax.random.key(0), x)
+  want = jax.jit(Layer("einsum").apply)(params, x)
   for name in STRATEGIES:
-    np.testing.assert_allclose(Layer(name).apply(params, x), want, rtol=1e-5, atol=1e-5,
+    np.testing.assert_allclose(jax.jit(Layer(name).apply)(params, x), want, rtol=1e-5, atol=1e-5,
                                err_msg=name)

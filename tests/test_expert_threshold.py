@@ -37,8 +37,8 @@ def test_layer_equals_the_per_token_loop(dispatch):
   layer = MoELayer(_config(dispatch))
   x = jax.random.normal(jax.random.key(0), (40, D))
   tau = np.linspace(0.1, 0.25, E)
-  variables = _with_thresholds(layer.init(jax.random.key(1), x), tau)
-  y, aux = layer.apply(variables, x)
+  variables = _with_thresholds(jax.jit(layer.init)(jax.random.key(1), x), tau)
+  y, aux = jax.jit(layer.apply)(variables, x)
   p = variables["params"]
   xs = np.asarray(x, np.float64)
   logits = xs @ np.asarray(p["router"]["kernel"], np.float64)
@@ -62,15 +62,17 @@ def test_one_training_call_sets_expert_choices_cutoffs():
   choice's C = top_k * T / E tokens of that batch (no ties in float32)."""
   layer = MoELayer(_config())
   x = jax.random.normal(jax.random.key(2), (4, 30, D))
-  variables = layer.init(jax.random.key(3), x)
-  y0, aux0 = layer.apply(variables, x)
+  variables = jax.jit(layer.init)(jax.random.key(3), x)
+  y0, aux0 = jax.jit(layer.apply)(variables, x)
   np.testing.assert_array_equal(np.asarray(aux0.metrics["tokens_per_expert"]), 120)  # tau = 0
-  _, updated = layer.apply(variables, x, deterministic=False, mutable=["router_state"])
+  _, updated = jax.jit(lambda v, x: layer.apply(v, x, deterministic=False,
+                                                mutable=["router_state"]))(variables, x)
   state = updated["router_state"]["router"]
   assert int(state["threshold_updates"]) == 1
-  _, aux = layer.apply({**variables, **updated}, x)
+  _, aux = jax.jit(layer.apply)({**variables, **updated}, x)
   np.testing.assert_array_equal(np.asarray(aux.metrics["tokens_per_expert"]), 2 * 120 // E)
-  eval_only = layer.apply(variables, x, mutable=["router_state"])[1]  # deterministic: no update
+  # deterministic: no update
+  eval_only = jax.jit(lambda v, x: layer.apply(v, x, mutable=["router_state"]))(variables, x)[1]
   assert int(eval_only["router_state"]["router"]["threshold_updates"]) == 0
 
 
@@ -96,9 +98,10 @@ def _lm():
 def test_lm_is_causal_in_training_and_inference_and_generates():
   model = _lm()
   tokens = jax.random.randint(jax.random.key(4), (2, 12), 0, 256)
-  variables = model.init(jax.random.key(5), tokens)
+  variables = jax.jit(model.init)(jax.random.key(5), tokens)
   # Thresholds from a training call, so that routing is sparse and data-dependent.
-  _, updated = model.apply(variables, tokens, deterministic=False, mutable=["router_state"])
+  _, updated = jax.jit(lambda v, t: model.apply(v, t, deterministic=False,
+                                                mutable=["router_state"]))(variables, tokens)
   variables = {**variables, **updated}
   for deterministic in (True, False):
     assert_causal(lambda t: model.apply(variables, t, deterministic=deterministic,

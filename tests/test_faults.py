@@ -10,6 +10,7 @@ import sys
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -120,6 +121,23 @@ def test_checksum_sees_a_single_changed_word():
     after = tree_checksums(changed)
     assert after[name] != base[name] and all(after[k] == base[k] for k in x if k != name)
   assert tree_checksums({"a": x["a"][::-1].copy()})["a"] != base["a"]  # order matters
+
+
+def test_checksums_on_host_equal_the_device_program():
+  """Arrays in this process's memory are summed with numpy, others by the
+  jitted device program: both give the same words for every dtype a state holds."""
+  from moejax.train.guarantees import _host_checksum, _tree_sums
+  with jax.enable_x64(True):
+    leaves = [np.arange(1000, dtype=np.float32) * 1.7, np.full((3, 4), -3, np.int8),
+              np.linspace(-2, 2, 7).astype(np.dtype("bfloat16")), np.array([True, False, True]),
+              np.arange(12, dtype=np.int32).reshape(3, 4)[:, ::2],   # not contiguous
+              np.float32(2.5), np.zeros((0, 3), np.float32), np.arange(5, dtype=np.uint8),
+              np.linspace(-1, 1, 9), np.arange(-4, 4, dtype=np.int64) * 2 ** 40,
+              jax.random.key(3), jax.random.split(jax.random.key(4), 3)]
+    device = jax.device_get(_tree_sums([jnp.asarray(leaf) for leaf in leaves]))
+    for leaf, want in zip(leaves, device):
+      np.testing.assert_array_equal(_host_checksum(leaf), want, err_msg=str(leaf.dtype))
+      np.testing.assert_array_equal(_host_checksum(jnp.asarray(leaf)), want)
 
 
 def test_second_run_on_a_workdir_is_refused_with_the_holder(tmp_path, data_dir):

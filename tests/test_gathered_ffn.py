@@ -57,11 +57,13 @@ def test_gathered_ffn_equals_grouped_copy_values_and_gradients(act_name, glu, gr
   probe = jax.random.normal(jax.random.key(4), (T, D))
   loss = lambda f: lambda x, w, p: jnp.sum(f(act_name, *(() if f is _reference else (block,)),
                                               x, row_token, w, p, sizes) * probe)
-  np.testing.assert_allclose(_fused(act_name, block, x, row_token, row_weight, params, sizes),
-                             _reference(act_name, x, row_token, row_weight, params, sizes),
+  fused = jax.jit(_fused, static_argnums=(0, 1))
+  reference = jax.jit(_reference, static_argnums=0)
+  np.testing.assert_allclose(fused(act_name, block, x, row_token, row_weight, params, sizes),
+                             reference(act_name, x, row_token, row_weight, params, sizes),
                              rtol=1e-5, atol=1e-5)
-  got = jax.grad(loss(_fused), argnums=(0, 1, 2))(*args)
-  want = jax.grad(loss(_reference), argnums=(0, 1, 2))(*args)
+  got = jax.jit(jax.grad(loss(_fused), argnums=(0, 1, 2)))(*args)
+  want = jax.jit(jax.grad(loss(_reference), argnums=(0, 1, 2)))(*args)
   for g, w, name in zip(jax.tree.leaves(got), jax.tree.leaves(want),
                         ["x", "row_weight"] + sorted(params)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=name)
@@ -85,13 +87,13 @@ def test_layer_with_gathered_experts_equals_the_einsum_reference(case):
   fused = MoELayer(base)
   ref = MoELayer(dataclasses.replace(base, dispatch="einsum", gmm_backend="einsum"))
   x = jax.random.normal(jax.random.key(5), (2, 9, D))
-  variables = fused.init(jax.random.key(6), x)
+  variables = jax.jit(fused.init)(jax.random.key(6), x)
   probe = jax.random.normal(jax.random.key(7), x.shape)
   loss = lambda layer: lambda p, x: jnp.sum(layer.apply({**variables, "params": p}, x)[0] * probe)
-  np.testing.assert_allclose(fused.apply(variables, x)[0], ref.apply(variables, x)[0],
-                             rtol=1e-5, atol=1e-5)
-  got = jax.grad(loss(fused), argnums=(0, 1))(variables["params"], x)
-  want = jax.grad(loss(ref), argnums=(0, 1))(variables["params"], x)
+  np.testing.assert_allclose(jax.jit(fused.apply)(variables, x)[0],
+                             jax.jit(ref.apply)(variables, x)[0], rtol=1e-5, atol=1e-5)
+  got = jax.jit(jax.grad(loss(fused), argnums=(0, 1)))(variables["params"], x)
+  want = jax.jit(jax.grad(loss(ref), argnums=(0, 1)))(variables["params"], x)
   for (path, g), w in zip(jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(g, w, rtol=1e-4, atol=1e-5, err_msg=jax.tree_util.keystr(path))
 
@@ -106,7 +108,7 @@ def test_gathered_layer_builds_no_grouped_copy_of_the_tokens():
 
   def shapes(backend):
     layer = MoELayer(dataclasses.replace(cfg, gmm_backend=backend))
-    variables = layer.init(jax.random.key(0), x)
+    variables = jax.jit(layer.init)(jax.random.key(0), x)
     grad = jax.grad(lambda p, x: jnp.sum(layer.apply({**variables, "params": p}, x)[0] ** 2),
                     argnums=(0, 1))
     found = set()

@@ -146,13 +146,13 @@ def _dense():
 def test_upcycled_model_equals_its_dense_model_at_step_zero(granularity, num_experts,
                                                             router_std):
   dense, variables = _dense()
-  ref, _ = TransformerLM(dense).apply(variables, PROMPT)
+  ref, _ = jax.jit(TransformerLM(dense).apply)(variables, PROMPT)
   moe = MoEConfig(router=RouterConfig(num_experts=num_experts, top_k=2, normalize_top_k=True),
                   d_model=32, d_ff=64 // granularity, activation="swiglu", dispatch="dropless")
   config, upcycled = upcycle(dense, variables, moe, rng=jax.random.PRNGKey(2),
                              granularity=granularity, router_init_std=router_std)
   assert config.moe_layers == (0, 1)
-  out, aux = TransformerLM(config).apply(upcycled, PROMPT)
+  out, aux = jax.jit(TransformerLM(config).apply)(upcycled, PROMPT)
   np.testing.assert_allclose(out, ref, atol=2e-5, rtol=0)
   if router_std:  # the router is live: tokens really spread over the copies
     load = aux["block_0"].metrics["tokens_per_expert"]

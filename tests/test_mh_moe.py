@@ -47,8 +47,8 @@ def test_mh_moe_equals_the_per_token_loop(dispatch):
   cfg = _config(dispatch=dispatch, capacity_factor=4.0 if dispatch == "einsum" else None)
   x = jax.random.normal(jax.random.key(0), (10, 16))
   layer = MultiHeadMoELayer(cfg)
-  variables = layer.init(jax.random.key(1), x)
-  y, aux = layer.apply(variables, x)
+  variables = jax.jit(layer.init)(jax.random.key(1), x)
+  y, aux = jax.jit(layer.apply)(variables, x)
   assert float(aux.metrics["fraction_dropped"]) == 0.0
   assert float(aux.metrics["tokens_per_expert"].sum()) == 10 * 4 * 2  # sub-tokens x top-2
   np.testing.assert_allclose(y, _reference(variables["params"], x, cfg), rtol=1e-4, atol=1e-5)
@@ -58,9 +58,9 @@ def test_one_head_without_projections_is_the_plain_layer():
   cfg = _config(heads=1, projections=False)
   x = jax.random.normal(jax.random.key(0), (3, 7, 16))
   plain = MoELayer(dataclasses.replace(cfg, mh_projections=True))
-  variables = plain.init(jax.random.key(1), x)
-  wrapped = MultiHeadMoELayer(cfg).apply({"params": {"sub_moe": variables["params"]}}, x)
-  np.testing.assert_array_equal(wrapped[0], plain.apply(variables, x)[0])
+  variables = jax.jit(plain.init)(jax.random.key(1), x)
+  wrapped = jax.jit(MultiHeadMoELayer(cfg).apply)({"params": {"sub_moe": variables["params"]}}, x)
+  np.testing.assert_array_equal(wrapped[0], jax.jit(plain.apply)(variables, x)[0])
 
 
 def test_mh_moe_gradients_match_finite_differences():
@@ -68,7 +68,7 @@ def test_mh_moe_gradients_match_finite_differences():
     cfg = dataclasses.replace(_config(), dtype="float64")
     layer = MultiHeadMoELayer(cfg)
     x = jax.random.normal(jax.random.key(0), (2, 3, 16), jnp.float64)
-    variables = layer.init(jax.random.key(1), x)
+    variables = jax.jit(layer.init)(jax.random.key(1), x)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), variables["params"])
     probe = jnp.cos(jnp.arange(96.0)).reshape(2, 3, 16)
     loss = jax.jit(lambda p, x: jnp.sum(layer.apply({"params": p}, x)[0] * probe))
@@ -88,10 +88,10 @@ def test_lm_with_mh_moe_is_causal_and_refused_where_it_cannot_go():
   config = ModelConfig(num_layers=2, d_model=16, num_heads=2, dense_d_ff=32, moe_every=1, moe=moe)
   model = build_model(config)
   tokens = jax.random.randint(jax.random.key(0), (2, 12), 0, 256)
-  variables = model.init(jax.random.key(1), tokens)
+  variables = jax.jit(model.init)(jax.random.key(1), tokens)
   assert set(variables["params"]["block_0"]["moe"]) == {"mh_split", "mh_merge", "sub_moe"}
-  logits = model.apply(variables, tokens)[0]
-  changed = model.apply(variables, tokens.at[:, 7].set((tokens[:, 7] + 1) % 256))[0]
+  logits = jax.jit(model.apply)(variables, tokens)[0]
+  changed = jax.jit(model.apply)(variables, tokens.at[:, 7].set((tokens[:, 7] + 1) % 256))[0]
   np.testing.assert_allclose(logits[:, :7], changed[:, :7], atol=1e-6)
   assert float(jnp.abs(logits[:, 7:] - changed[:, 7:]).max()) > 1e-4
   with pytest.raises(ValueError, match="mh_heads=3 is invalid: must divide d_model=16"):

@@ -91,7 +91,7 @@ def test_dense_baseline_has_same_interface():
   x = jnp.ones((2, 3, 6))
   for layer in (moe, dense):
     v = jax.jit(layer.init)(jax.random.key(0), x)
-    y, aux = layer.apply(v, x, token_ids=None, deterministic=False)
+    y, aux = jax.jit(lambda v, x: layer.apply(v, x, token_ids=None, deterministic=False))(v, x)
     assert y.shape == x.shape
     assert set(aux.losses) == {"load_balance", "z_loss", "importance", "mutual_information",
                                "family"}
@@ -156,7 +156,7 @@ def test_metrics_report_drops_and_entropy():
 def test_wrong_input_width_is_a_clear_error():
   layer = _layer(ROUTER_CASES["top_k_dropless"])
   with pytest.raises(ValueError, match="input last dim 5 != d_model=6"):
-    layer.init(jax.random.key(0), jnp.ones((3, 5)))
+    jax.jit(layer.init)(jax.random.key(0), jnp.ones((3, 5)))
 
 
 def _soft_moe_layer(**options):
@@ -172,12 +172,12 @@ def test_soft_moe_routes_each_example_alone():
   layer = _soft_moe_layer()
   x = jax.random.normal(jax.random.key(0), (4, 5, 8))
   variables = jax.jit(layer.init)(jax.random.key(1), x)
-  y, _ = layer.apply(variables, x)
+  y, _ = jax.jit(layer.apply)(variables, x)
   for i in range(4):
-    alone, _ = layer.apply(variables, x[i:i + 1])
+    alone, _ = jax.jit(layer.apply)(variables, x[i:i + 1])
     np.testing.assert_allclose(y[i], alone[0], atol=1e-6)
   call = _soft_moe_layer(grouping="call")
-  mixed, _ = call.apply(variables, x)
+  mixed, _ = jax.jit(call.apply)(variables, x)
   assert np.abs(mixed[0] - y[0]).max() > 1e-3   # 'call' shares slots across the batch
 
 
@@ -214,7 +214,7 @@ def test_soft_moe_matches_the_paper_equations(normalize):
   params = variables["params"]
   if normalize:
     params = {**params, "router": {**params["router"], "scale": jnp.float32(2.5)}}
-  y, _ = layer.apply({"params": params}, x)
+  y, _ = jax.jit(layer.apply)({"params": params}, x)
   for i in range(2):
     expected = _soft_moe_numpy(x[i], params, 2.5 if normalize else None)
     np.testing.assert_allclose(y[i], expected, atol=1e-5, rtol=1e-5)

@@ -35,12 +35,13 @@ def test_layer_equals_the_per_token_loop_of_the_papers_equations(dispatch):
   layer = MoELayer(cfg)
   x = jax.random.normal(jax.random.key(0), (30, D))
   prev = jax.random.normal(jax.random.key(1), (30, 8))
-  variables = jax.tree.map(np.asarray, layer.init(jax.random.key(2), x, prev_router_logits=prev))
+  variables = jax.tree.map(np.asarray, jax.jit(layer.init)(jax.random.key(2), x,
+                                                           prev_router_logits=prev))
   rng = np.random.default_rng(3)
   params = variables["params"]
   params["router"]["gating_residual"] = rng.normal(size=(8, 8)).astype(np.float32)
   params["zero_computation"]["constant_gates"] = rng.normal(size=(2, D, 2)).astype(np.float32)
-  y, aux = layer.apply(variables, x, prev_router_logits=prev)
+  y, aux = jax.jit(layer.apply)(variables, x, prev_router_logits=prev)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), params)
   xs, ps = np.asarray(x, np.float64), np.asarray(prev, np.float64)
   logits = xs @ p["router"]["kernel"] + ps @ p["router"]["gating_residual"]
@@ -80,8 +81,8 @@ def test_zero_computation_choices_never_reach_the_grouped_matmul():
   from moejax.moe import Router
   cfg = _config()
   x = jax.random.normal(jax.random.key(4), (40, D))
-  variables = MoELayer(cfg).init(jax.random.key(5), x)
-  out = Router(cfg.router).apply({"params": variables["params"]["router"]}, x)
+  variables = jax.jit(MoELayer(cfg).init)(jax.random.key(5), x)
+  out = jax.jit(Router(cfg.router).apply)({"params": variables["params"]["router"]}, x)
   real_choices = int(out.choice_counts[:E].sum())
   assert real_choices < 40 * 3  # some choices went to zero-computation experts
   assert int(out.routing.valid.sum()) == real_choices
@@ -99,7 +100,7 @@ def _lm(**router):
 def test_zero_initialised_gating_residual_starts_as_the_plain_model_and_stays_causal():
   model, plain = _lm(), _lm(gating_residual=False)
   tokens = jax.random.randint(jax.random.key(6), (2, 10), 0, 256)
-  variables = model.init(jax.random.key(7), tokens)
+  variables = jax.jit(model.init)(jax.random.key(7), tokens)
   residuals = [k for k in ("block_0", "block_1", "block_2")
                if "gating_residual" in variables["params"][k]["moe"]["router"]]
   assert residuals == ["block_1", "block_2"]  # every MoE layer after the first
@@ -140,6 +141,6 @@ def test_gating_residual_models_are_refused_by_pruning():
   from moejax.compress import prune_experts
   model = _lm()
   tokens = jnp.zeros((1, 4), jnp.int32)
-  variables = model.init(jax.random.key(9), tokens)
+  variables = jax.jit(model.init)(jax.random.key(9), tokens)
   with pytest.raises(ValueError, match="router.gating_residual=True: layers with MoE\\+\\+'s"):
     prune_experts(model.config, variables, [[0, 1, 2]] * 3)

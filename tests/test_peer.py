@@ -57,8 +57,8 @@ def test_layer_equals_the_per_token_loop_of_the_papers_equations():
   cfg = _config()
   layer = MoELayer(cfg)
   x = jax.random.normal(jax.random.key(0), (2, 5, D))
-  variables = layer.init(jax.random.key(1), x)
-  y, aux = layer.apply(variables, x)
+  variables = jax.jit(layer.init)(jax.random.key(1), x)
+  y, aux = jax.jit(layer.apply)(variables, x)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
   xs = np.asarray(x, np.float64).reshape(-1, D)
   queries = (xs @ p["router"]["kernel"]).reshape(len(xs), 3, 8)
@@ -84,7 +84,7 @@ def test_retrieval_equals_dropless_and_einsum_values_and_gradients(cfg):
   import dataclasses
   x = jax.random.normal(jax.random.key(2), (12, D))
   probe = jax.random.normal(jax.random.key(3), (12, D))
-  variables = MoELayer(cfg).init(jax.random.key(4), x)
+  variables = jax.jit(MoELayer(cfg).init)(jax.random.key(4), x)
 
   def value_and_grads(dispatch):
     layer = MoELayer(dataclasses.replace(cfg, dispatch=dispatch))
@@ -105,8 +105,8 @@ def test_retrieval_dispatch_equals_dropless_for_token_choice_routing():
   for dispatch in ("retrieval", "gather"):
     layer = MoELayer(MoEConfig(router=router, d_model=D, d_ff=8, dispatch=dispatch,
                                activation="geglu", use_bias=True))
-    variables = layer.init(jax.random.key(6), x)
-    outs.append(layer.apply(variables, x))
+    variables = jax.jit(layer.init)(jax.random.key(6), x)
+    outs.append(jax.jit(layer.apply)(variables, x))
   np.testing.assert_allclose(outs[0][0], outs[1][0], atol=1e-5)
   assert float(outs[0][1].metrics["fraction_dropped"]) > 0  # drops are honoured too
 
@@ -138,7 +138,7 @@ def test_lm_with_peer_is_causal_and_generates():
                                     moe_every=1, moe=_config(),
                                     lm=LMConfig(vocab_size=256, tie_embeddings=False)))
   tokens = jax.random.randint(jax.random.key(7), (2, 10), 0, 256)
-  variables = model.init(jax.random.key(8), tokens)
+  variables = jax.jit(model.init)(jax.random.key(8), tokens)
   assert_causal(jax.jit(lambda t: model.apply(variables, t)[0]), tokens, 6)
   assert_generates_like_recomputation(model, variables, np.asarray(tokens[:, :3], np.int32), 4)
 

@@ -69,8 +69,8 @@ def test_layer_output_is_the_relu_weighted_sum_of_experts():
   cfg = _config()
   x = jax.random.normal(jax.random.key(1), (9, D))
   layer = MoELayer(cfg)
-  variables = layer.init(jax.random.key(2), x)
-  y, aux = layer.apply(variables, x)
+  variables = jax.jit(layer.init)(jax.random.key(2), x)
+  y, aux = jax.jit(layer.apply)(variables, x)
   p = variables["params"]
   gates = np.maximum(np.asarray(x @ p["router"]["kernel"]), 0.0)
   w_in, w_out = np.asarray(p["experts"]["w_in"]), np.asarray(p["experts"]["w_out"])
@@ -89,15 +89,16 @@ def test_training_calls_update_the_coefficient_in_router_state():
   cfg = _config()
   x = jax.random.normal(jax.random.key(3), (16, D))
   layer = MoELayer(cfg)
-  variables = layer.init(jax.random.key(4), x)
+  variables = jax.jit(layer.init)(jax.random.key(4), x)
   lam = float(variables["router_state"]["router"]["l1_weight"])
-  _, state = layer.apply(variables, x, deterministic=False, mutable=["router_state"])
+  _, state = jax.jit(lambda v, x: layer.apply(v, x, deterministic=False,
+                                              mutable=["router_state"]))(variables, x)
   valid = np.asarray(x @ variables["params"]["router"]["kernel"]) > 0
   sparsity = 1 - valid.mean()
   factor = 1.2 ** np.sign((1 - K / E) - sparsity)
   assert float(state["router_state"]["router"]["l1_weight"]) == pytest.approx(lam * factor)
   # Inference calls leave it alone.
-  _, same = layer.apply(variables, x, mutable=["router_state"])
+  _, same = jax.jit(lambda v, x: layer.apply(v, x, mutable=["router_state"]))(variables, x)
   assert float(same["router_state"]["router"]["l1_weight"]) == pytest.approx(lam)
 
 
@@ -108,15 +109,16 @@ def test_gradients_match_finite_differences():
                     d_model=D, d_ff=F, activation="gelu", dispatch="dropless", dtype="float64")
     layer = MoELayer(cfg)
     x = jax.random.normal(jax.random.key(5), (7, D), jnp.float64)
-    variables = layer.init(jax.random.key(6), x)
+    variables = jax.jit(layer.init)(jax.random.key(6), x)
     params = jax.tree.map(lambda p: p.astype(jnp.float64), variables["params"])
     weights = jnp.cos(jnp.arange(7.0 * D)).reshape(7, D)
 
+    @jax.jit
     def loss(params):
       y, aux = layer.apply({**variables, "params": params}, x)
       return jnp.sum(y * weights) + 1e6 * aux.losses["family"]
 
-    grads = jax.grad(loss)(params)
+    grads = jax.jit(jax.grad(loss))(params)
     assert float(jnp.abs(grads["router"]["kernel"]).sum()) > 0
     rng = np.random.default_rng(0)
     for _ in range(3):

@@ -131,7 +131,7 @@ def test_workdir_of_the_flat_layout_loads_and_resumes(tmp_path):
   # Its weights run in a model built from the migrated config.
   config, variables, _ = load_any(workdir)
   assert variables["params"]["block_0"]["moe"]["router"]["kernel"].shape == (16, 16)
-  logits = build_model(config).apply(variables, jnp.zeros((1, 8), jnp.int32))
+  logits = jax.jit(build_model(config).apply)(variables, jnp.zeros((1, 8), jnp.int32))
   logits = logits[0] if isinstance(logits, tuple) else logits
   assert np.isfinite(np.asarray(logits)).all()
   # A resume with today's equivalent config is compatible; another num_slots is not.
@@ -150,7 +150,8 @@ def test_layer_with_a_family_state_still_updates_it():
   cfg = MoEConfig(router=RouterConfig(name="expert_threshold", num_experts=4),
                   d_model=8, d_ff=8, dispatch="dropless")
   x = jax.random.normal(jax.random.key(0), (16, 8))
-  variables = MoELayer(cfg).init(jax.random.key(1), x)
+  variables = jax.jit(MoELayer(cfg).init)(jax.random.key(1), x)
   assert float(jnp.abs(variables["router_state"]["router"]["expert_threshold"]).sum()) == 0
-  _, state = MoELayer(cfg).apply(variables, x, deterministic=False, mutable=["router_state"])
+  _, state = jax.jit(lambda v, x: MoELayer(cfg).apply(v, x, deterministic=False,
+                                                      mutable=["router_state"]))(variables, x)
   assert float(state["router_state"]["router"]["expert_threshold"].min()) > 0

@@ -35,8 +35,8 @@ def test_attention_equals_the_per_token_loop_of_the_papers_equations():
   cfg = _config()
   layer = Attention(cfg, causal=True)
   x = jax.random.normal(jax.random.key(0), (2, 6, D))
-  variables = layer.init(jax.random.key(1), x)
-  y = layer.apply(variables, x)
+  variables = jax.jit(layer.init)(jax.random.key(1), x)
+  y = jax.jit(layer.apply)(variables, x)
   p = jax.tree.map(lambda a: np.asarray(a, np.float64), variables["params"])
   xs = np.asarray(x, np.float64)
   dh = D // HEADS
@@ -66,7 +66,7 @@ def test_routed_projection_gradients_equal_a_dense_masked_reference():
   layer = RoutedProjection(HEADS, E, K, d_out=5, gmm_block_size=4)
   router_input = jax.random.normal(jax.random.key(2), (9, D))
   inputs = jax.random.normal(jax.random.key(3), (9, HEADS, 3))
-  params = layer.init(jax.random.key(4), router_input, inputs)["params"]
+  params = jax.jit(layer.init)(jax.random.key(4), router_input, inputs)["params"]
   probe = jax.random.normal(jax.random.key(5), (9, HEADS, 5))
 
   def reference(p, r, x):
@@ -77,7 +77,7 @@ def test_routed_projection_gradients_equal_a_dense_masked_reference():
   fast = lambda p, r, x: jnp.sum(layer.apply({"params": p}, r, x) * probe)
   slow = lambda p, r, x: jnp.sum(reference(p, r, x) * probe)
   got = jax.jit(jax.value_and_grad(fast, argnums=(0, 1, 2)))(params, router_input, inputs)
-  want = jax.value_and_grad(slow, argnums=(0, 1, 2))(params, router_input, inputs)
+  want = jax.jit(jax.value_and_grad(slow, argnums=(0, 1, 2)))(params, router_input, inputs)
   for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(want)):
     np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5)
 
@@ -85,7 +85,7 @@ def test_routed_projection_gradients_equal_a_dense_masked_reference():
 def test_lm_with_switchhead_is_causal_and_generates():
   model = TransformerLM(_config())
   tokens = jax.random.randint(jax.random.key(6), (2, 10), 0, 256)
-  variables = model.init(jax.random.key(7), tokens)
+  variables = jax.jit(model.init)(jax.random.key(7), tokens)
   assert_causal(jax.jit(lambda t: model.apply(variables, t)[0]), tokens, 6)
   assert_generates_like_recomputation(model, variables, np.asarray(tokens[:, :3], np.int32), 4)
 
@@ -104,7 +104,8 @@ def test_impossible_combinations_are_refused_in_one_line(fields, message):
 def test_active_parameters_count_top_k_of_each_heads_experts():
   from moejax.models.params import active_params
   config = _config()
-  params = TransformerLM(config).init(jax.random.key(8), jnp.zeros((1, 4), jnp.int32))["params"]
+  params = jax.jit(TransformerLM(config).init)(jax.random.key(8),
+                                               jnp.zeros((1, 4), jnp.int32))["params"]
   total = sum(x.size for x in jax.tree.leaves(params))
   kernels = sum(params[f"block_{i}"]["attention"][name]["kernel"].size
                 for i in range(2) for name in ("value", "out"))

@@ -8,11 +8,14 @@ bit for bit or are refused.
   on the same workdir refuses in one line naming the holder's pid and host.
 - `atomic_write_text`: write to a temporary file in the same folder, fsync,
   rename over the target (a reader sees the old or the new file, never a torn one).
-- `tree_checksums`: two 32-bit sums per array, computed on device (so they
-  work for sharded and multi-host arrays alike) over the array's raw bits,
+- `tree_checksums`: two 32-bit sums per array over the array's raw bits,
   each word weighted by a distinct odd multiplier of its position. Changing
   any single word changes both sums; the record is saved inside the same
-  orbax checkpoint as the arrays, so it commits with them atomically.
+  orbax checkpoint as the arrays, so it commits with them atomically. Sums
+  wrap mod 2**32, so they are exact in any order: arrays on accelerators or
+  across hosts are summed on device (one compiled program per tree
+  structure), arrays that all live in this process's CPU memory with numpy
+  (the same numbers, without a second of tracing and compiling per run).
 - `prepare_workdir`: one-line errors for a workdir that cannot hold a run
   (is a file, is under a file, is not writable).
 """
@@ -125,7 +128,9 @@ def _checksum(x: jax.Array) -> jax.Array:
   so the result does not depend on reduction order or sharding)."""
   words = _as_words(x)
   position = jnp.arange(words.size, dtype=jnp.uint32) * jnp.uint32(2) + jnp.uint32(1)
-  return jnp.stack([jnp.sum(words * (position * jnp.uint32(m))) for m in _MULTIPLIERS])
+  # dtype: with jax_enable_x64, jnp.sum would widen to uint64 and the sums would differ.
+  return jnp.stack([jnp.sum(words * (position * jnp.uint32(m)), dtype=jnp.uint32)
+                    for m in _MULTIPLIERS])
 
 
 # One compilation per tree structure; the sums come back replicated, so every
@@ -133,12 +138,36 @@ def _checksum(x: jax.Array) -> jax.Array:
 _tree_sums = jax.jit(lambda leaves: [_checksum(x) for x in leaves])
 
 
+def _host_checksum(x) -> np.ndarray:
+  """_checksum's two sums computed with numpy (uint32 arithmetic wraps alike)."""
+  if jax.dtypes.issubdtype(x.dtype, jax.dtypes.prng_key):
+    x = jax.random.key_data(x)
+  words = np.ascontiguousarray(np.asarray(x)).reshape(-1)
+  if words.dtype.itemsize < 4:
+    words = words.view(f"uint{8 * words.dtype.itemsize}").astype(np.uint32)
+  else:   # 8-byte values: two words each, low word first, as lax.bitcast_convert_type
+    words = words.view(np.uint32)
+  position = np.arange(words.size, dtype=np.uint32) * np.uint32(2) + np.uint32(1)
+  return np.array([np.sum(words * (position * np.uint32(m)), dtype=np.uint32)
+                   for m in _MULTIPLIERS], np.uint32)
+
+
+def _in_host_memory(leaf) -> bool:
+  """True for numpy arrays and for jax arrays whose every shard is on this process's CPU."""
+  if not isinstance(leaf, jax.Array):
+    return True
+  return leaf.is_fully_addressable and all(d.platform == "cpu" for d in leaf.devices())
+
+
 def tree_checksums(tree) -> Dict[str, str]:
   """{'params/block_0/...': 'dtype shape sums'} for every array leaf."""
   with_paths = [(jax.tree_util.keystr(path, simple=True, separator="/"), leaf)
                 for path, leaf in jax.tree_util.tree_leaves_with_path(tree)
                 if hasattr(leaf, "dtype")]
-  sums = jax.device_get(_tree_sums([jnp.asarray(leaf) for _, leaf in with_paths]))
+  if all(_in_host_memory(leaf) for _, leaf in with_paths):
+    sums = [_host_checksum(leaf) for _, leaf in with_paths]
+  else:
+    sums = jax.device_get(_tree_sums([jnp.asarray(leaf) for _, leaf in with_paths]))
   return {path: f"{np.dtype(leaf.dtype).name} {tuple(leaf.shape)} "
                 f"{int(s[0]):08x}{int(s[1]):08x}"
           for (path, leaf), s in zip(with_paths, sums)}

@@ -154,7 +154,8 @@ class _Run:
     self.workdir = workdir
     model = build_model(exp.model)
     optimizer = make_optimizer(self.cfg)
-    self.schedule = learning_rate_schedule(self.cfg)
+    # Jitted: evaluated eagerly, each of the schedule's ops would compile on its own.
+    self.schedule = jax.jit(learning_rate_schedule(self.cfg))
     self.ckpt = Checkpointer(workdir, self.cfg.keep_checkpoints, self.cfg.async_checkpointing)
 
     # Params and optimizer state are created already placed by the sharding
