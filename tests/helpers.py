@@ -56,3 +56,18 @@ def moe_forward(params, x, token_ids, router_cfg, dispatch, backend="ragged_dot"
   out = route(router_cfg, logits, token_ids=token_ids)
   expert_fn = lambda b: expert_ffn(params["experts"], b, activation, backend, block_size)
   return get_strategy(dispatch, RowLayout(align))(x, out.routing, expert_fn)
+
+
+def compiled(fn):
+  """fn(config, *arrays, **inputs) as one compiled program per config: the
+  config and non-array inputs are static, arrays (and None) traced. Called
+  eagerly, a router compiles each of its ops on its own."""
+  @functools.partial(jax.jit, static_argnums=(0, 3))
+  def run(config, args, arrays, static):
+    return fn(config, *args, **arrays, **dict(static))
+
+  def call(config, *args, **inputs):
+    arrays = {k: v for k, v in inputs.items() if v is None or hasattr(v, "shape")}
+    static = tuple(sorted((k, v) for k, v in inputs.items() if k not in arrays))
+    return run(config, args, arrays, static)
+  return call

@@ -10,9 +10,13 @@ from jax.sharding import PartitionSpec as P
 from moejax.config import RouterConfig
 from moejax.parallel import (MeshConfig, check_experiment_on_mesh, logical_axes, logical_to_spec,
                              mesh_config_from_mapping)
-from moejax.routing import route, route_in_groups
+from moejax.routing import route as eager_route
+from moejax.routing import route_in_groups as eager_route_in_groups
 from moejax.train import experiment_from_config
+from tests.helpers import compiled
 from tiny_configs import tiny_config
+
+route, route_in_groups = compiled(eager_route), compiled(eager_route_in_groups)
 
 
 def test_fill_axis_takes_the_remaining_devices():

@@ -6,12 +6,16 @@ import numpy as np
 import pytest
 
 from moejax import RouterConfig
-from moejax.routing import assign_positions, route
+from moejax.routing import assign_positions
+from moejax.routing import route as eager_route
 from moejax.routing.balanced import sinkhorn_log_plan
 from moejax.routing.hashing import hash_expert
 from moejax.routing.balanced import SinkhornOptions
 from moejax.routing.soft_moe import SoftMoEOptions
 from moejax.routing.threshold import ThresholdOptions
+from tests.helpers import compiled
+
+route = compiled(eager_route)
 
 
 def _logits(t=32, e=8, seed=0, scale=1.0):

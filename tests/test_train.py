@@ -2,6 +2,7 @@
 the same losses as an uninterrupted one, and every failure is one clear line
 that leaves no bad checkpoint behind."""
 
+import functools
 import os
 import signal
 
@@ -33,15 +34,14 @@ def test_checkpoint_restores_params_optimizer_and_data_state(tmp_path, data_dir)
   exp = experiment_from_config(tiny_config(data_dir=data_dir,
                                            model__moe__router__use_expert_bias=True))
   optimizer = make_optimizer(exp.train)
-  state = init_state(build_model(exp.model), optimizer, jax.random.key(0),
-                     np.zeros((2, 8), np.int32))
-  state["opt_state"] = jax.tree.map(lambda x: x + 0.5 if x.dtype == np.float32 else x,
-                                    state["opt_state"])
+  init = jax.jit(functools.partial(init_state, build_model(exp.model), optimizer))
+  state = init(jax.random.key(0), np.zeros((2, 8), np.int32))
+  state["opt_state"] = jax.jit(lambda tree: jax.tree.map(
+      lambda x: x + 0.5 if x.dtype == np.float32 else x, tree))(state["opt_state"])
   ckpt = Checkpointer(str(tmp_path), keep=2)
   ckpt.save(7, state, {"next_index": 7}, exp.raw)
   ckpt.wait()
-  fresh = init_state(build_model(exp.model), optimizer, jax.random.key(1),
-                     np.zeros((2, 8), np.int32))
+  fresh = init(jax.random.key(1), np.zeros((2, 8), np.int32))
   step, restored, data_state = ckpt.restore_latest(fresh, exp.raw, log=print)
   assert step == 7
   ckpt.close()

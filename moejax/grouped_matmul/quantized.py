@@ -14,7 +14,6 @@ from typing import Tuple
 
 import jax
 import jax.numpy as jnp
-import qwix
 from flax import struct
 
 # Logical integer type of each MoEConfig.expert_quantization (values are
@@ -24,6 +23,7 @@ QUANTIZED_TYPES = {"int8": jnp.int8, "int4": jnp.int4}
 
 def dequantize(q: jax.Array, scale: jax.Array, qtype: str, dtype) -> jax.Array:
   """[E, K, N] float weights of integer values q and their scales (qwix)."""
+  import qwix  # here, not at the top: only quantized models need it (0.3 s per process)
   logical = QUANTIZED_TYPES[qtype]
   array = qwix.QArray(qvalue=q.astype(logical), scale=scale.astype(jnp.float32),
                       zero_point=None, qtype=logical)

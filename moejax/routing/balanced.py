@@ -37,11 +37,12 @@ def sinkhorn_log_plan(logits: jax.Array, iterations: int) -> jax.Array:
   """[T, E] log of a transport plan with row sums 1 and column sums T / E."""
   num_tokens, num_experts = logits.shape
   log_col_mass = jnp.log(num_tokens / num_experts)
-  log_plan = logits
-  for _ in range(iterations):
+
+  def normalize(_, log_plan):
     log_plan = log_plan - jax.nn.logsumexp(log_plan, axis=0, keepdims=True) + log_col_mass
-    log_plan = log_plan - jax.nn.logsumexp(log_plan, axis=1, keepdims=True)
-  return log_plan
+    return log_plan - jax.nn.logsumexp(log_plan, axis=1, keepdims=True)
+  # A loop, not unrolled Python: compile time stays flat in the iteration count.
+  return jax.lax.fori_loop(0, iterations, normalize, logits)
 
 
 def sinkhorn_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
