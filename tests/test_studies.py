@@ -337,6 +337,43 @@ def test_a_finished_row_is_found_again_after_the_workdir_moves(tmp_path):
   assert study_jobs.finished_row(other) is None
 
 
+def test_a_run_another_study_trained_with_the_same_config_is_reused(tmp_path, monkeypatch):
+  """num_experts' experts_8 is granularity's coarse_8x256_top2: at the same
+  learning rate, balance weight and seed it takes that row, renamed, without
+  training; another seed, a diverged candidate or an init_from run trains."""
+  from moejax.studies.shared_runs import SharedRuns
+  tuned = ("train.learning_rate=0.006", "train.load_balance_weight=0.01")
+
+  def job(study, row, folder, *extra):
+    return study_jobs.Job(row=row, own=tuple(STUDIES[study].rows[row]), extra=(*tuned, *extra),
+                          out=str(tmp_path / study / row / folder))
+  for seed, loss in ((0, 1.25), (1, None)):   # seed 1's run diverged: not a result to share
+    done = job("granularity", "coarse_8x256_top2", f"seed_{seed}", f"seed={seed}")
+    study_jobs._write_row(done, {"config": "coarse_8x256_top2", "eval_loss": loss})
+  trained = []
+  monkeypatch.setattr(study_jobs, "train_row",
+                      lambda name, config, workdir, verbose: trained.append(name) or
+                      {"config": name, "eval_loss": 2.0})
+  base = STUDIES["num_experts"].base
+  jobs = [job("num_experts", "experts_8", f"seed_{s}", f"seed={s}") for s in range(3)]
+  rows = study_jobs.run_jobs("num_experts", base, jobs, verbose=False,
+                             shared=SharedRuns(str(tmp_path)))
+  assert rows[0] == {"config": "experts_8", "eval_loss": 1.25}
+  assert [r["eval_loss"] for r in rows[1:]] == [2.0, 2.0] and trained == ["experts_8"] * 2
+  with open(tmp_path / "num_experts" / "experts_8" / "seed_0" / study_jobs.ROW_FILE) as f:
+    saved = json.load(f)
+  assert saved["reused_from"] == "../../../granularity/coarse_8x256_top2/seed_0/study_row.json"
+  assert study_jobs.finished_row(jobs[0]) == rows[0]   # and it resumes as its own row
+  other = job("num_experts", "experts_16", "seed_0", "seed=0")   # another config
+  assert study_jobs.run_jobs("num_experts", base, [other], verbose=False,
+                             shared=SharedRuns(str(tmp_path)))[0]["eval_loss"] == 2.0
+  from moejax.studies.shared_runs import config_digest
+  from moejax.train.presets import lm_tiny
+  config = lm_tiny()
+  config.train.init_from = str(tmp_path)
+  assert config_digest(config) is None
+
+
 def test_a_run_stopped_early_records_no_row_and_resumes(tmp_path, data_dir):
   """A study run stopped before its last step (SIGTERM at a session's end,
   train.stop_at_step) must not leave a study_row.json: the next study would

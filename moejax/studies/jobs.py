@@ -6,7 +6,8 @@ folders), then the extra assignments (--set, tuned values, the split of a
 tuning run, the seed). It trains in its own folder; when it finishes, its
 table row is written beside it (study_row.json, with the assignments it was
 made from), so that running the study again reuses it instead of reloading
-and re-evaluating the model. A row is reused only for the same assignments;
+and re-evaluating the model; a job whose whole config a study beside it
+already trained takes that run's row (shared_runs.py). A row is reused only for the same assignments;
 folders in them (another row's run as train.init_from) are recorded relative
 to the job's folder, so a committed study resumes from a clone anywhere.
 
@@ -30,8 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from moejax.models.params import active_params
 from moejax.studies.comparison import _param_shapes, apply_override, train_row
-
-ROW_FILE = "study_row.json"
+from moejax.studies.shared_runs import ROW_FILE, SharedRuns, config_of
 
 # The cost model of --plan: a 2-core CPU like CI's trains lm_tiny (0.82M
 # active parameters, 2048 tokens a step) at ~3.2 steps/s, i.e. ~3e10 FLOP/s
@@ -103,22 +103,40 @@ def finished_row(job: Job) -> Optional[Dict]:
   return saved["row"] if saved.get("assignments") == recorded_assignments(job) else None
 
 
+def _write_row(job: Job, row: Dict, **extra) -> None:
+  from moejax.train.guarantees import atomic_write_text
+  os.makedirs(job.out, exist_ok=True)
+  atomic_write_text(os.path.join(job.out, ROW_FILE),
+                    json.dumps({"assignments": recorded_assignments(job), "row": row, **extra},
+                               indent=1))
+
+
+def shared_row(base: Callable, job: Job, shared: Optional[SharedRuns],
+               record: bool) -> Optional[Dict]:
+  """The row of a finished run elsewhere under shared.root with this job's
+  very config (renamed to the job's row); record: write it as the job's own."""
+  found = shared.find(config_of(base, job.assignments)) if shared else None
+  if found is None:
+    return None
+  path, row = found
+  row = {**row, "config": job.row}
+  if record:
+    _write_row(job, row, reused_from=os.path.relpath(path, os.path.abspath(job.out)))
+  return row
+
+
 def _train(base: Callable, job: Job, verbose: bool) -> Dict:
   """Trains the job (resuming) and records its row. A sweep candidate that
   stops on a non-finite loss (a too-large learning rate) gives a row with
   eval_loss None and its error; any other run's TrainingError propagates."""
   from moejax.train import TrainingError
-  from moejax.train.guarantees import atomic_write_text
   try:
     row = train_row(job.row, job_config(base, job), job.out, verbose=verbose)
   except TrainingError as err:
     if not job.may_diverge:
       raise
     row = {"eval_loss": None, "error": str(err)}
-  os.makedirs(job.out, exist_ok=True)
-  atomic_write_text(os.path.join(job.out, ROW_FILE),
-                    json.dumps({"assignments": recorded_assignments(job), "row": row},
-                               indent=1))
+  _write_row(job, row)
   return row
 
 
@@ -132,12 +150,19 @@ def _train_in_worker(study: str, job: Job) -> Dict:
 
 
 def run_jobs(study: str, base: Callable, jobs: Sequence[Job], workers: int = 1,
-             verbose: bool = True) -> List[Dict]:
+             verbose: bool = True, shared: Optional[SharedRuns] = None) -> List[Dict]:
   """The rows of `jobs` (in order), training the unfinished ones, `workers`
-  at a time in worker processes (1: in this process)."""
+  at a time in worker processes (1: in this process). A job whose config
+  another study under shared.root already trained takes that run's row."""
   rows: List[Optional[Dict]] = [finished_row(job) for job in jobs]
-  todo = [i for i, row in enumerate(rows) if row is None]
   say = print if verbose else (lambda *a, **k: None)
+  for i, job in enumerate(jobs):
+    if rows[i] is None:
+      rows[i] = shared_row(base, job, shared, record=True)
+      if rows[i] is not None:
+        say(f"{study}: {job.row} -> {job.out}: the same config was trained in another "
+            "study; its row is reused", flush=True)
+  todo = [i for i, row in enumerate(rows) if row is None]
   if not todo:
     return rows
   if workers <= 1:

@@ -41,7 +41,8 @@ import numpy as np
 
 from moejax.studies.catalogue import STUDIES, Claim, Study
 from moejax.studies.comparison import apply_override
-from moejax.studies.jobs import Job, estimated_seconds, finished_row, run_jobs
+from moejax.studies.jobs import Job, estimated_seconds, finished_row, run_jobs, shared_row
+from moejax.studies.shared_runs import SharedRuns
 from moejax.studies.report import write_results, write_scales
 from moejax.studies.stats import choose, edge_extension, mean_std, paired_difference
 
@@ -137,11 +138,14 @@ class _Runner:
     self.row_dir: Dict[str, str] = {}     # row -> folder of its seed_<s> runs
     self.plan: List[Tuple[str, int, int, float]] = []   # (phase, runs, to train, seconds)
     self.planned = set()                  # folders of the runs planned so far
+    # Finished runs of the studies beside this one's workdir, reused by config.
+    self.shared = SharedRuns(os.path.dirname(os.path.abspath(workdir)))
 
   def jobs_rows(self, phase: str, jobs: Sequence[Job]) -> List[Optional[Dict]]:
     if not self.planning:
-      return run_jobs(self.name, self.study.base, jobs, self.workers, self.verbose)
-    rows = [finished_row(job) for job in jobs]
+      return run_jobs(self.name, self.study.base, jobs, self.workers, self.verbose, self.shared)
+    rows = [finished_row(job) or shared_row(self.study.base, job, self.shared, record=False)
+            for job in jobs]
     todo = [job for job, row in zip(jobs, rows) if row is None and job.out not in self.planned]
     self.planned.update(job.out for job in todo)
     seconds = sum(estimated_seconds(self.study.base, job) for job in todo)
