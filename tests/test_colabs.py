@@ -33,12 +33,14 @@ def test_notebook_is_stripped_and_runs(path, tmp_path, data_dir, monkeypatch):
     if cell.cell_type == "code":
       assert cell.outputs == [] and cell.execution_count is None, f"{path.name} has outputs"
   # The kernel inherits this environment: few steps and routers, the session's TFDS dir,
-  # the run's compile-time XLA flags and no fake-device flags (notebook 4 sets its own).
+  # the run's compile-time XLA flags and no fake-device flags (notebook 4 sets its own),
+  # and a temporary folder that pytest removes.
   monkeypatch.setenv("MOEJAX_NOTEBOOK_STEPS", "6")
   monkeypatch.setenv("MOEJAX_NOTEBOOK_ROUTERS", "1")
   monkeypatch.setenv("TFDS_DATA_DIR", data_dir)
   monkeypatch.setenv("MPLBACKEND", "Agg")
   monkeypatch.setenv("XLA_FLAGS", FAST_COMPILE_FLAGS)
+  monkeypatch.setenv("TMPDIR", str(tmp_path))   # the notebooks' tempfile.mkdtemp workdirs
   NotebookClient(nb, timeout=600, kernel_name="python3",
                  resources={"metadata": {"path": str(tmp_path)}}).execute()
   errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
