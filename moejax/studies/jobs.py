@@ -7,8 +7,8 @@ tuning run, the seed). It trains in its own folder; when it finishes, its
 table row is written beside it (study_row.json, with the assignments it was
 made from), so that running the study again reuses it instead of reloading
 and re-evaluating the model; a job whose whole config a study beside it
-already trained takes that run's row (shared_runs.py). A row is reused only for the same assignments;
-folders in them (another row's run as train.init_from) are recorded relative
+already trained takes that run's row (shared_runs.py). A row is reused only
+for the same assignments; folders in them (another row's run as train.init_from) are recorded relative
 to the job's folder, so a committed study resumes from a clone anywhere.
 
 With workers > 1, independent jobs train in that many processes (spawned;
@@ -30,7 +30,7 @@ import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from moejax.models.params import active_params
-from moejax.studies.comparison import _param_shapes, apply_override, train_row
+from moejax.studies.comparison import _param_shapes, train_row
 from moejax.studies.shared_runs import ROW_FILE, SharedRuns, config_of
 
 # The cost model of --plan: a 2-core CPU like CI's trains lm_tiny (0.82M
@@ -59,9 +59,7 @@ class Job:
 def job_config(base: Callable, job: Job):
   """The job's ConfigDict; a row that starts from another run's weights gets
   that run's model plus its own model.* overrides. Raises ValueError."""
-  config = base()
-  for assignment in job.assignments:
-    apply_override(config, assignment)
+  config = config_of(base, job.assignments)
   if config.train.init_from:
     config = _from_source(config, job.own)
   return config
@@ -190,9 +188,7 @@ def estimated_seconds(base: Callable, job: Job) -> float:
   """--plan's estimate of one job on a 2-core CPU (see CPU_FLOPS): right to
   about ±30% for the LM studies (MoE rows run slower per FLOP than dense)."""
   from moejax.train.config import experiment_from_config
-  config = base()
-  for assignment in job.assignments:
-    apply_override(config, assignment)
+  config = config_of(base, job.assignments)
   config.train.init_from = None   # its source may not exist yet: the row's own model
   exp = experiment_from_config(config)
   active = active_params(exp.model, _param_shapes(exp))
