@@ -176,7 +176,8 @@ class MoELayer(nn.Module):
       y = y + ZeroComputationExperts(r.num_copy_experts, r.num_constant_experts, dtype,
                                      name="zero_computation")(compute_tokens,
                                                               out.zero_computation_weight)
-    aux = MoEAux(losses=aux_losses(out), metrics=routing_metrics(out),
+    aux = MoEAux(losses=aux_losses(out, cfg.router.balance_weights),
+                 metrics=routing_metrics(out),
                  router_logits=out.logits if cfg.router.gating_residual else None)
     return y.reshape(x.shape).astype(x.dtype), aux
 

@@ -30,8 +30,11 @@ def _config(dispatch="dropless", **router):
 @pytest.mark.parametrize("dispatch", ["dropless", "einsum"])
 def test_layer_equals_the_per_token_loop_of_the_papers_equations(dispatch):
   """logits = x W + prev W_g; top-3 of softmax over 4 FFN + 1 zero + 1 copy
-  + 2 constant experts; y = sum of w * [FFN_e(x) | 0 | x | a1 x + a2 v_j]."""
-  cfg = _config(dispatch)
+  + 2 constant experts; y = sum of w * [FFN_e(x) | 0 | x | a1 x + a2 v_j];
+  heterogeneous load balance N * sum_i eta_i f_i P_i, eta = tau on the
+  zero-computation experts (tau = 0.75, the paper's default)."""
+  tau = 0.75
+  cfg = _config(dispatch, zero_computation_balance_weight=tau)
   layer = MoELayer(cfg)
   x = jax.random.normal(jax.random.key(0), (30, D))
   prev = jax.random.normal(jax.random.key(1), (30, 8))
@@ -51,9 +54,11 @@ def test_layer_equals_the_per_token_loop_of_the_papers_equations(dispatch):
   ex, zc = p["experts"], p["zero_computation"]
   expected = np.zeros_like(xs)
   kinds = {"ffn": 0, "zero": 0, "copy": 0, "constant": 0}
+  counts = np.zeros(8)
   for t in range(len(xs)):
     for e in np.argsort(-probs[t], kind="stable")[:3]:
       w = probs[t, e]
+      counts[e] += 1
       if e < E:
         expected[t] += w * (gelu(xs[t] @ ex["w_in"][e]) @ ex["w_out"][e])
         kinds["ffn"] += 1
@@ -73,6 +78,9 @@ def test_layer_equals_the_per_token_loop_of_the_papers_equations(dispatch):
   assert all(kinds.values()), kinds  # every kind of expert was exercised
   np.testing.assert_allclose(aux.metrics["fraction_null"], 1 - kinds["ffn"] / 90, rtol=1e-6)
   np.testing.assert_array_equal(aux.router_logits.shape, (30, 8))
+  eta = np.array([1.0] * E + [tau] * 4)
+  balance = 8 * np.sum(eta * counts / counts.sum() * probs.mean(0))
+  np.testing.assert_allclose(aux.losses["load_balance"], balance, rtol=1e-5)
 
 
 def test_zero_computation_choices_never_reach_the_grouped_matmul():
@@ -129,6 +137,11 @@ def test_zero_initialised_gating_residual_starts_as_the_plain_model_and_stays_ca
     (lambda: dataclasses.replace(_config(), router=dataclasses.replace(
         _config().router, dense_training=True)),
      "router.dense_training=True is invalid: trains only the routed experts densely"),
+    (lambda: RouterConfig(num_experts=4, zero_computation_balance_weight=0.75),
+     "router.zero_computation_balance_weight=0.75 is invalid: weights the zero-computation"),
+    (lambda: RouterConfig(num_experts=4, num_null_experts=1,
+                          zero_computation_balance_weight=0.0),
+     "router.zero_computation_balance_weight=0.0 is invalid: must be a finite number > 0"),
     (lambda: RouterConfig(name="soft_moe", capacity_factor=None, gating_residual=True),
      "router.gating_residual=True is invalid: only used by router.name in \\['top_k'"),
 ])

@@ -31,7 +31,7 @@ TOKEN_CHOICE_FIELDS = (
     "score_fn", "routed_scaling_factor", "num_expert_groups",
     "top_k_groups", "group_score", "use_expert_bias", "expert_bias_update_rate", "noisy_top_k",
     "second_expert_sampling", "num_null_experts", "num_copy_experts", "num_constant_experts",
-    "gating_residual", "dense_training")
+    "gating_residual", "dense_training", "zero_computation_balance_weight")
 
 # Flat RouterConfig fields of earlier layouts -> (family section, option).
 MOVED_FIELDS = {
@@ -115,6 +115,12 @@ class RouterConfig:
     num_constant_experts: MoE++ constant experts: expert j adds weight *
       (a1 x + a2 v_j) with a trained vector v_j and [a1, a2] = softmax(x W_j);
       no FFN, never dispatched.
+    zero_computation_balance_weight: MoE++'s tau: the load-balance loss
+      weights the term of each zero-computation (null, copy, constant)
+      expert by tau and each routed expert's by 1 (its heterogeneous load
+      balance loss, sum_i eta_i f_i P_i). tau < 1 penalises crowding on the
+      cheap experts less, so more choices go to them (MoE++'s default 0.75);
+      1 = the plain loss over all outputs.
     gating_residual: MoE++ gating residual: a layer's router logits add the
       previous MoE layer's logits times a trained [outputs, outputs] matrix
       (initialised to zero, so the layer starts as without it).
@@ -149,6 +155,7 @@ class RouterConfig:
   num_constant_experts: int = 0
   gating_residual: bool = False
   dense_training: bool = False
+  zero_computation_balance_weight: float = 1.0
 
   def __post_init__(self):
     family = router_family(self.name)
@@ -163,6 +170,12 @@ class RouterConfig:
              f"{self.name!r}); leave it at {default!r}")
     for field in ("num_null_experts", "num_copy_experts", "num_constant_experts"):
       check_int(f"router.{field}", getattr(self, field), 0)
+    check_float("router.zero_computation_balance_weight",
+                self.zero_computation_balance_weight, 0.0, False)
+    if self.zero_computation_balance_weight != 1.0 and not self.num_zero_computation_experts:
+      fail("router.zero_computation_balance_weight", self.zero_computation_balance_weight,
+           "weights the zero-computation experts' balance terms; leave it at 1.0 without "
+           "num_null_experts, num_copy_experts or num_constant_experts")
     if self.top_k > self.num_experts + self.num_zero_computation_experts:
       fail("router.top_k", self.top_k,
            f"must be <= num_experts + zero-computation (null, copy, constant) experts = "
@@ -243,6 +256,16 @@ class RouterConfig:
   def num_zero_computation_experts(self) -> int:
     """Router outputs past the routed experts: null, then copy, then constant."""
     return self.num_null_experts + self.num_copy_experts + self.num_constant_experts
+
+  @property
+  def balance_weights(self) -> Optional[tuple]:
+    """Per router output weight of the load-balance loss (1 per routed
+    expert, zero_computation_balance_weight per zero-computation expert), or
+    None where every weight is 1."""
+    tau = self.zero_computation_balance_weight
+    if tau == 1.0 or not self.num_zero_computation_experts:
+      return None
+    return (1.0,) * self.num_experts + (tau,) * self.num_zero_computation_experts
 
   def capacity(self, num_tokens: int) -> Optional[int]:
     """Slots per expert for `num_tokens` tokens; None when dropless."""

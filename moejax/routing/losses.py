@@ -5,14 +5,17 @@ All take the router's float32 quantities; none depend on how dispatch runs.
 
 from __future__ import annotations
 
+from typing import Optional, Sequence
+
 import jax
 import jax.numpy as jnp
 
 from moejax.routing.types import RouterOutput, Routing, at_least_f32
 
 
-def load_balance_loss(probs: jax.Array, choice_counts: jax.Array) -> jax.Array:
-  """Switch/GShard load balance: N * sum_i f_i * P_i.
+def load_balance_loss(probs: jax.Array, choice_counts: jax.Array,
+                      output_weights: Optional[Sequence[float]] = None) -> jax.Array:
+  """Switch/GShard load balance: N * sum_i eta_i * f_i * P_i.
 
   f_i is the fraction of choices that went to output i (before capacity
   dropping), P_i the mean router probability of output i. Equals 1 under
@@ -29,9 +32,15 @@ def load_balance_loss(probs: jax.Array, choice_counts: jax.Array) -> jax.Array:
   Args:
     probs: [T, N] per-token probabilities over the N router outputs.
     choice_counts: [N] how many choices each output received.
+    output_weights: [N] eta_i, or None for all 1. MoE++'s heterogeneous
+      load balance gives its zero-computation experts eta = tau
+      (RouterConfig.balance_weights).
   """
   fraction = choice_counts / jnp.maximum(choice_counts.sum(), 1.0)
-  return probs.shape[-1] * jnp.sum(fraction * probs.mean(axis=0))
+  terms = fraction * probs.mean(axis=0)
+  if output_weights is not None:
+    terms = terms * jnp.asarray(output_weights, terms.dtype)
+  return probs.shape[-1] * jnp.sum(terms)
 
 
 def router_z_loss(logits: jax.Array) -> jax.Array:
@@ -79,10 +88,12 @@ def zero_losses() -> dict:
   return {name: jnp.zeros((), jnp.float32) for name in LOSS_NAMES}
 
 
-def aux_losses(out: RouterOutput) -> dict:
+def aux_losses(out: RouterOutput, balance_weights: Optional[Sequence[float]] = None) -> dict:
   """All aux losses of a RouterOutput, unweighted (scalars; 0 where a loss
   does not apply: no logits for hash, no balance loss for dense routing,
-  only the z-loss (if logits) without probabilities: product keys)."""
+  only the z-loss (if logits) without probabilities: product keys).
+  balance_weights: the load-balance loss's per-output eta
+  (RouterConfig.balance_weights)."""
   zero = jnp.zeros((), jnp.float32)
   family = zero if out.family_loss is None else at_least_f32(out.family_loss)
   sparse = isinstance(out.routing, Routing)
@@ -91,7 +102,8 @@ def aux_losses(out: RouterOutput) -> dict:
     return {"load_balance": zero, "z_loss": z_loss, "importance": zero,
             "mutual_information": zero, "family": family}
   return {
-      "load_balance": load_balance_loss(out.probs, out.choice_counts) if sparse else zero,
+      "load_balance": (load_balance_loss(out.probs, out.choice_counts, balance_weights)
+                       if sparse else zero),
       "z_loss": z_loss,
       "importance": importance_loss(out.probs),
       "mutual_information": mutual_information_loss(out.probs),

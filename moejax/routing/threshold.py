@@ -56,6 +56,7 @@ def _route(logits, config: RouterConfig, inputs: Mapping[str, jax.Array]) -> Rou
 FAMILY = RouterFamily(
     name="threshold", route=_route, options=ThresholdOptions,
     reads=("routed_scaling_factor", "num_null_experts", "num_copy_experts",
-           "num_constant_experts", "gating_residual", "dense_training"),
+           "num_constant_experts", "gating_residual", "dense_training",
+           "zero_computation_balance_weight"),
     summary="XMoE dynamic-k: experts until their cumulative probability reaches "
             "router.threshold.probability, at most top_k")

@@ -57,6 +57,11 @@ def lm_study():
 
 _DENSE = ("model.moe_every=0",)
 _DROPLESS = ("model.moe.dispatch=dropless", "model.moe.router.capacity_factor=None")
+# MoE++'s 8 + 4 experts (its 0.6B/(8+4)E: 1 zero, 1 copy, 2 constant) and gating residual.
+_MOE_PLUS_PLUS = _DROPLESS + ("model.moe.router.num_null_experts=1",
+                              "model.moe.router.num_copy_experts=1",
+                              "model.moe.router.num_constant_experts=2",
+                              "model.moe.router.gating_residual=True")
 
 
 def _capacity(factor: float) -> Tuple[str, ...]:
@@ -235,14 +240,16 @@ STUDIES: Dict[str, Study] = {
     "moe_plus_plus": Study(
         "top-2 over 8 experts x 256 vs MoE++: the same 8 FFN experts plus 1 zero, 1 copy and 2 "
         "constant experts, top-2 over all 12, gating residual (fewer FFN rows per token), "
-        "dropless, 2 blocks", lm_study,
+        "heterogeneous load balance with tau 0.75 (the paper's default) or 1 (the plain "
+        "loss), dropless, 2 blocks", lm_study,
         {"top2": _DROPLESS,
-         "moe_plus_plus": _DROPLESS + ("model.moe.router.num_null_experts=1",
-                                       "model.moe.router.num_copy_experts=1",
-                                       "model.moe.router.num_constant_experts=2",
-                                       "model.moe.router.gating_residual=True")},
+         "moe_plus_plus": _MOE_PLUS_PLUS + ("model.moe.router.zero_computation_balance_weight"
+                                            "=0.75",),
+         "moe_plus_plus_tau_1": _MOE_PLUS_PLUS},
         (Claim("MoE++ beats the plain MoE while running fewer FFN experts per token (Jin et al. "
-               "2024)", "eval_loss", "moe_plus_plus", "top2"),), tune=("lr", "balance")),
+               "2024)", "eval_loss", "moe_plus_plus", "top2"),
+         Claim("... also with tau 1, which sends fewer choices to the zero-computation experts",
+               "eval_loss", "moe_plus_plus_tau_1", "top2")), tune=("lr", "balance")),
     "switchhead": Study(
         "attention: 4 dense heads of 32 vs 2 dense heads of 32 vs SwitchHead: 2 heads of 32, "
         "each with 4 value and 4 output experts, top-2 (value / output FLOPs of the 4 dense "
