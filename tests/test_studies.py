@@ -388,3 +388,18 @@ def test_a_run_stopped_early_records_no_row_and_resumes(tmp_path, data_dir):
   results = run_study("moe_vs_dense", 1, str(tmp_path), overrides, verbose=False, tune=(),
                       rows=("dense",))
   assert results["rows"]["dense"]["steps"] == 4 and (run_dir / "study_row.json").exists()
+
+
+def test_plan_estimates_rows_that_continue_another_rows_adapters():
+  """MoLoRA's adapter rows train only their LoRA experts, which the source's
+  upcycle adds; --plan estimates them before that source exists (it once
+  failed on them: 'train.trainable ... set model.moe.lora_rank')."""
+  study = STUDIES["molora"]
+  for row in ("lora_r8", "molora_8x_r8", "full_finetune"):
+    own = tuple(a.replace("{", "").replace("}", "").replace(f"{row}:", "")
+                for a in study.rows[row])   # a folder name where the source would be
+    seconds = study_jobs.estimated_seconds(study.base, study_jobs.Job(row, own, (), "/x"))
+    dense = study_jobs.estimated_seconds(study.base, study_jobs.Job(
+        "dense_pretrained", study.rows["dense_pretrained"], (), "/x"))
+    # 500 steps of a model with the dense source's active parameters
+    assert seconds == pytest.approx(dense, rel=0.05), row

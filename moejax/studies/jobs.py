@@ -189,7 +189,11 @@ def estimated_seconds(base: Callable, job: Job) -> float:
   about ±30% for the LM studies (MoE rows run slower per FLOP than dense)."""
   from moejax.train.config import experiment_from_config
   config = config_of(base, job.assignments)
-  config.train.init_from = None   # its source may not exist yet: the row's own model
+  if config.train.get("init_from"):
+    # Its source may not exist yet: estimate the row's own model. Adapters
+    # come with the source's upcycle, so a frozen-base mode is left out too.
+    config.train.init_from = None
+    config.train.trainable = "all"
   exp = experiment_from_config(config)
   active = active_params(exp.model, _param_shapes(exp))
   if exp.model.kind == "lm":
