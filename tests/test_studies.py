@@ -120,6 +120,7 @@ def _fake_train_row(name, config, workdir, verbose=True):
   return {"params": 10, "active_params": 5, "steps": 2, "eval_loss": loss,
           "train_loss": loss + 0.5, "balance": 1.5 + seed if moe else None,
           "fraction_dropped": 0.25 if moe else None,
+          "experts_per_token": 2.0 - 0.1 * seed if moe else None,
           "balance_curve": [[1, 3.0 + seed], [2, 2.0 + seed]] if moe else []}
 
 
@@ -149,6 +150,8 @@ def test_study_tunes_each_row_then_aggregates_seeds(tmp_path, monkeypatch):
   # MoE rows: balance over training averaged over the seeds; the dense row has none.
   assert moe["balance_curve"] == {"steps": [1, 2], "mean": [3.5, 2.5]}
   assert "balance_curve" not in dense and "balance" not in dense
+  np.testing.assert_allclose(moe["experts_per_token"]["values"], [2.0, 1.9])
+  assert "experts_per_token" not in dense
   # 'moe_8x_top2' (2.1) is worse than 'dense' (1.5) on both seeds by exactly 0.6:
   # std 0, the interval is the point +0.6, above 0.
   claim = results["claims"][0]
@@ -156,6 +159,7 @@ def test_study_tunes_each_row_then_aggregates_seeds(tmp_path, monkeypatch):
   np.testing.assert_allclose([claim["paired"]["low"], claim["paired"]["high"]], [0.6, 0.6])
   text = (work / "results.md").read_text()
   assert text.count("**Verdict: does not hold**") == 2 and "1.5050 ± 0.0071" in text
+  assert "| dropped | experts/token |" in text and "| 25.0% ± 0.0% | 1.95 ± 0.07 |" in text
   assert ("| dense | lr | 0.0015: 1.5203, 0.003: 1.5090, 0.006: 1.5000 | 0.006 (at the sweep's "
           "edge) |" in text)
   assert json.loads((work / "results.json").read_text())["seeds"] == 2
@@ -218,6 +222,10 @@ def test_study_runs_at_a_tiny_budget(tmp_path, data_dir, name):
   if name == "moe_vs_dense":
     assert all(len(s["sweeps"]["train.learning_rate"]["held_out_loss"]) == 3
                for s in results["rows"].values())
+    # top-2 routing: each token runs through at most 2 FFN experts (fewer
+    # only for a dropped choice); the dense row records none
+    assert 0 < results["rows"]["moe_8x_top2"]["experts_per_token"]["mean"] <= 2
+    assert "experts_per_token" not in results["rows"]["dense"]
   if name == "upcycling":
     # The upcycle equals its dense source at step 0, and both continuations read
     # the same batches: their first task losses agree, a fresh MoE's does not.

@@ -109,6 +109,11 @@ def train_row(name: str, config, workdir: str, verbose: bool = True) -> Dict:
       "balance": float(np.mean(last["balance"])) if "balance" in last else None,
       "fraction_dropped": (float(np.mean(last["fraction_dropped"]))
                            if "fraction_dropped" in last else None),
+      # FFN experts a token ran through (mean over MoE layers): variable for
+      # threshold, ReMoE and expert-threshold routing, and below top_k when
+      # zero-computation experts take some choices
+      "experts_per_token": (float(np.mean(last["experts_per_token"]))
+                            if "experts_per_token" in last else None),
       # max/mean expert load (mean over MoE layers) at every logged step
       "balance_curve": [[r["step"], float(np.mean(r["balance"]))] for r in train_rows
                         if "balance" in r],

@@ -31,6 +31,9 @@ def markdown(results: Dict) -> str:
   """The rows (mean ± std over seeds, tuned values), the sweeps, and one
   claim -> measured -> paired difference -> verdict line each."""
   n = results["seeds"]
+  # FFN experts per token (last train step, mean over layers and seeds): only
+  # when some row recorded it
+  per_token = any("experts_per_token" in s for s in results["rows"].values())
   tuned = (f"each row tuned ({', '.join(results['tuned'])})" if results.get("tuned")
            else "untuned: every row at the base config's learning rate and balance weight")
   lines = [f"{results['description']}; {n} seed(s), scale {results.get('scale', 'base')}, "
@@ -39,13 +42,15 @@ def markdown(results: Dict) -> str:
            "seeds (same initialisation and data order) with its 95% Student-t interval; "
            "*holds* when the interval lies below 0, *does not hold* when above.", "",
            "| row | params | active | steps | tuned | eval loss | train loss | balance | "
-           "dropped |", "|---" * 9 + "|"]
+           "dropped |" + (" experts/token |" if per_token else ""),
+           "|---" * (10 if per_token else 9) + "|"]
   fmt = lambda s, key, f: f"{s[key]['mean']:{f}} ± {s[key]['std']:{f}}" if key in s else "–"
   for row, s in results["rows"].items():
     lines.append(f"| {row} | {s['params'] / 1e6:.2f}M | {s['active_params'] / 1e6:.2f}M | "
                  f"{s['steps']} | {_tuned_text(s)} | {fmt(s, 'eval_loss', '.4f')} | "
                  f"{fmt(s, 'train_loss', '.4f')} | {fmt(s, 'balance', '.2f')} | "
-                 f"{fmt(s, 'fraction_dropped', '.1%')} |")
+                 f"{fmt(s, 'fraction_dropped', '.1%')} |"
+                 + (f" {fmt(s, 'experts_per_token', '.2f')} |" if per_token else ""))
   sweeps = [(row, key, sweep) for row, s in results["rows"].items()
             for key, sweep in (s.get("sweeps") or {}).items()]
   if sweeps:

@@ -347,8 +347,9 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
     rows = runs[row]
     summary = {"params": rows[0]["params"], "active_params": rows[0]["active_params"],
                "steps": rows[0]["steps"], **tuning[row]}
-    for metric in ("eval_loss", "train_loss", "balance", "fraction_dropped"):
-      values = [r[metric] for r in rows]
+    for metric in ("eval_loss", "train_loss", "balance", "fraction_dropped",
+                   "experts_per_token"):
+      values = [r.get(metric) for r in rows]   # rows recorded before a metric existed lack it
       if all(v is not None for v in values):
         summary[metric] = dict(zip(("mean", "std"), mean_std(values)), values=values)
     curves = [r["balance_curve"] for r in rows]
