@@ -15,16 +15,15 @@ With workers > 1, independent jobs train in that many processes (spawned;
 each writes its progress to <job folder>/train.log). Two processes on a
 2-core CPU finish two lm_tiny runs in 0.64x the time of one after the other
 (94 s vs 148 s for 150 steps, measured 2026-12-07): the small models leave
-part of each core idle.
+part of each core idle. One SIGTERM or Ctrl-C stops every worker's run at a
+checkpoint (worker_pool.py).
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import contextlib
 import dataclasses
 import json
-import multiprocessing
 import os
 import time
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
@@ -32,6 +31,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 from moejax.models.params import active_params
 from moejax.studies.comparison import _param_shapes, train_row
 from moejax.studies.shared_runs import ROW_FILE, SharedRuns, config_of
+from moejax.studies.worker_pool import run_in_workers
 
 # The cost model of --plan: a 2-core CPU like CI's trains lm_tiny (0.82M
 # active parameters, 2048 tokens a step) at ~3.2 steps/s, i.e. ~3e10 FLOP/s
@@ -169,18 +169,20 @@ def run_jobs(study: str, base: Callable, jobs: Sequence[Job], workers: int = 1,
       rows[i] = _train(base, jobs[i], verbose)
     return rows
   start = time.time()
-  context = multiprocessing.get_context("spawn")
-  with concurrent.futures.ProcessPoolExecutor(workers, mp_context=context) as pool:
-    futures = {pool.submit(_train_in_worker, study, jobs[i]): i for i in todo}
-    say(f"{study}: {len(todo)} runs on {workers} workers (progress in each run's train.log)",
+  say(f"{study}: {len(todo)} runs on {workers} workers (progress in each run's train.log)",
+      flush=True)
+  finished = []
+
+  def record(n: int, row: Dict) -> None:
+    i = todo[n]
+    rows[i] = row
+    finished.append(i)
+    loss = row.get("eval_loss")
+    say(f"  [{len(finished)}/{len(todo)}] {jobs[i].row} -> {jobs[i].out}: eval loss "
+        f"{'diverged' if loss is None else f'{loss:.4f}'} ({time.time() - start:.0f} s)",
         flush=True)
-    for n, future in enumerate(concurrent.futures.as_completed(futures)):
-      i = futures[future]
-      rows[i] = future.result()
-      loss = rows[i].get("eval_loss")
-      say(f"  [{n + 1}/{len(todo)}] {jobs[i].row} -> {jobs[i].out}: eval loss "
-          f"{'diverged' if loss is None else f'{loss:.4f}'} ({time.time() - start:.0f} s)",
-          flush=True)
+
+  run_in_workers(_train_in_worker, [(study, jobs[i]) for i in todo], workers, record)
   return rows
 
 

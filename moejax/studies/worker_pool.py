@@ -1,0 +1,99 @@
+"""Runs a study's trainings in worker processes, stoppable with one signal.
+
+SIGTERM or SIGINT (Ctrl-C) to the study's own process stops the whole study
+cleanly: the jobs not started yet are cancelled, and every running training
+gets SIGTERM, on which the trainer saves a checkpoint at its current step and
+the job records no row (a rerun of the same command resumes it). The
+workers themselves ignore SIGINT (a terminal's Ctrl-C reaches the whole
+process group and would kill them mid-step) and ignore SIGTERM between jobs
+(a killed idle worker breaks the pool, and the parent then waited forever).
+Because a job that was already handed to a worker may start after the
+signal, the parent sends SIGTERM again every second until every running job
+has stopped.
+
+concurrent.futures supplies the pool; it has no notion of stopping the jobs
+it runs, which is all this file adds.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+import os
+import signal
+import threading
+from typing import Any, Callable, Dict, Sequence
+
+from moejax.studies.comparison import RunStopped
+
+RESEND_SECONDS = 1.0
+_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _worker_ignores_signals() -> None:
+  """A worker's baseline: the trainer installs its own SIGTERM handler while
+  a job trains and restores this one after."""
+  for signum in _SIGNALS:
+    signal.signal(signum, signal.SIG_IGN)
+
+
+class _StopRequest:
+  """Records SIGTERM / SIGINT to this process while a pool runs (only where
+  handlers can be installed: the main thread)."""
+
+  def __init__(self):
+    self.name = None
+    self._previous: Dict[int, Any] = {}
+
+  def __enter__(self):
+    if threading.current_thread() is threading.main_thread():
+      self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
+    return self
+
+  def _handle(self, signum, frame):
+    del frame
+    self.name = signal.Signals(signum).name
+
+  def __exit__(self, *exc):
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+def run_in_workers(fn: Callable, args: Sequence[tuple], workers: int,
+                   on_result: Callable[[int, Any], None]) -> None:
+  """Calls fn(*args[i]) for every i in `workers` spawned processes, and
+  on_result(i, result) as each finishes. Raises RunStopped when the study was
+  signalled to stop, and the first job's error otherwise (the jobs not
+  started yet are then cancelled)."""
+  context = multiprocessing.get_context("spawn")
+  stopped = 0
+  with _StopRequest() as stop, concurrent.futures.ProcessPoolExecutor(
+      workers, mp_context=context, initializer=_worker_ignores_signals) as pool:
+    futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
+    pending = set(futures)
+    try:
+      while pending:
+        done, pending = concurrent.futures.wait(
+            pending, timeout=RESEND_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED)
+        if stop.name:
+          for future in pending:
+            future.cancel()
+          for child in multiprocessing.active_children():
+            os.kill(child.pid, signal.SIGTERM)   # idle workers ignore it
+        for future in done:
+          if future.cancelled():
+            continue
+          try:
+            result = future.result()
+          except RunStopped:
+            if not stop.name:
+              raise
+            stopped += 1
+            continue
+          on_result(futures[future], result)
+    except BaseException:
+      pool.shutdown(wait=True, cancel_futures=True)
+      raise
+  if stop.name:
+    raise RunStopped(f"the study stopped on {stop.name}: {stopped} running run(s) saved a "
+                     "checkpoint and recorded no row; rerun the same command to resume")
