@@ -91,16 +91,23 @@ def check_cache_fits(model: TransformerLM, batch: int, max_len: int) -> None:
                      "lower --max_new_tokens or --num_samples")
 
 
-def _pick(logits: jax.Array, key: jax.Array, temperature: float, top_k: int) -> jax.Array:
+def _pick(logits: jax.Array, key: jax.Array, temperature: jax.Array,
+          top_k: jax.Array) -> jax.Array:
   """Next tokens [B] from logits [B, V]: argmax at temperature 0, else a
-  sample from softmax(logits / temperature), optionally over the top_k only."""
-  if temperature == 0:
-    return jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  logits = logits / temperature
-  if top_k:
-    kth = jax.lax.top_k(logits, top_k)[0][:, -1:]
-    logits = jnp.where(logits < kth, -jnp.inf, logits)
-  return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+  sample from softmax(logits / temperature), over the top_k largest only when
+  top_k > 0. temperature and top_k are traced scalars, so that greedy
+  decoding and every sampling setting share one compiled decode loop."""
+
+  def sample(logits):
+    scaled = logits / temperature
+    vocab = logits.shape[-1]
+    # the top_k-th largest logit of each row (ascending sort: index V - top_k)
+    kth = jnp.sort(scaled, axis=-1)[:, jnp.clip(vocab - top_k, 0, vocab - 1)][:, None]
+    scaled = jnp.where((top_k > 0) & (scaled < kth), -jnp.inf, scaled)
+    return jax.random.categorical(key, scaled, axis=-1).astype(jnp.int32)
+
+  greedy = lambda logits: jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  return jax.lax.cond(temperature > 0, sample, greedy, logits)
 
 
 def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> Tuple[jax.Array, jax.Array]:
@@ -113,7 +120,7 @@ def left_pad(prompts: Sequence[Sequence[int]], pad_id: int = 0) -> Tuple[jax.Arr
   return jnp.asarray(rows, jnp.int32), jnp.asarray([len(p) for p in prompts], jnp.int32)
 
 
-@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens", "temperature", "top_k"))
+@functools.partial(jax.jit, static_argnames=("model", "max_new_tokens"))
 def _generate(model, variables, prompt, pad_offsets, rng, max_new_tokens, temperature, top_k):
   batch, prompt_len = prompt.shape
   cache = init_cache(model, batch, prompt_len + max_new_tokens)
@@ -175,4 +182,4 @@ def generate(model: TransformerLM, variables: dict, prompt: jax.Array, *,
   variables = {k: v for k, v in variables.items() if k in ("params", "router_state")}
   rng = jax.random.PRNGKey(0) if rng is None else rng
   return _generate(model, variables, prompt.astype(jnp.int32), pad_offsets, rng,
-                   max_new_tokens, float(temperature), int(top_k))
+                   max_new_tokens, jnp.float32(temperature), jnp.int32(top_k))
