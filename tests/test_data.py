@@ -148,3 +148,17 @@ def test_shift_augmentation_moves_training_images_and_resumes(data_dir):
   np.testing.assert_array_equal(next(shifted.make_train_iterator())["inputs"], b["inputs"])
   with pytest.raises(DataError, match="data.augment_shift=1 is invalid for model.kind='lm'"):
     make_datasets(DataConfig(name="pydoc_bytes", data_dir=data_dir, augment_shift=1), LM)
+
+
+def test_constructing_an_unprepared_builder_leaves_no_temp_folder(tmp_path, monkeypatch):
+  """TFDS looks an unprepared dataset up in its public bucket, through an
+  empty temp folder it never removes; the embedded datasets skip the lookup."""
+  import tempfile
+  from moejax.data import builders
+  temp = tmp_path / "temp"
+  temp.mkdir()
+  monkeypatch.setattr(tempfile, "tempdir", str(temp))
+  for builder_class in builders.EMBEDDED.values():
+    builder = builder_class(data_dir=str(tmp_path / "tfds"), file_format="array_record")
+    assert not builder.is_prepared() and builder.info.splits == {}
+  assert list(temp.iterdir()) == []

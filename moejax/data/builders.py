@@ -51,6 +51,15 @@ def _records(data: bytes) -> np.ndarray:
   return array[: len(array) // RECORD_BYTES * RECORD_BYTES].reshape(-1, RECORD_BYTES)
 
 
+class _EmbeddedInfo(tfds.core.DatasetInfo):
+  """DatasetInfo of a dataset built here, never published to the tfds-data
+  bucket: TFDS would look it up there on every construction of an unprepared
+  builder, and each lookup leaves an empty /tmp/tmp*tfds folder behind."""
+
+  def initialize_from_bucket(self) -> None:
+    pass
+
+
 class _ByteRecords:
   """What the byte-corpus builders share: the feature and the examples (a
   mixin, so TFDS does not register it as a dataset)."""
@@ -61,7 +70,7 @@ class _ByteRecords:
   RELEASE_NOTES = {"1.0.0": "First release."}
 
   def _byte_info(self, description: str, **info) -> tfds.core.DatasetInfo:
-    return tfds.core.DatasetInfo(
+    return _EmbeddedInfo(
         builder=self, description=description,
         features=tfds.features.FeaturesDict({
             "bytes": tfds.features.Tensor(shape=(RECORD_BYTES,), dtype=np.uint8)}), **info)
@@ -161,7 +170,7 @@ class SklearnDigits(tfds.core.GeneratorBasedBuilder):
   RELEASE_NOTES = {"1.0.0": "First release."}
 
   def _info(self):
-    return tfds.core.DatasetInfo(
+    return _EmbeddedInfo(
         builder=self,
         description="UCI optical digits (as bundled with scikit-learn); pixel values 0..16.",
         features=tfds.features.FeaturesDict({
