@@ -12,13 +12,14 @@ from moejax.compress import expert_statistics, keep_most_used, prune_experts
 from moejax.compress.merging import group_experts, logit_similarity, merge_experts, router_logits
 from moejax.compress.quantize import quantize_experts, weight_bytes
 from moejax.grouped_matmul.quantized import dequantize
-from moejax.config import MoEConfig, RouterConfig
+from moejax.compress.remap import remap_experts
+from moejax.config import ROUTER_FAMILIES, MoEConfig, RouterConfig
 from moejax.models import ModelConfig, build_model
 
 
 def _model(use_expert_bias=False, name="top_k", **router):
-  router = RouterConfig(name=name, num_experts=6, top_k=2, use_expert_bias=use_expert_bias,
-                        **router)
+  router = RouterConfig(**{"name": name, "num_experts": 6, "top_k": 2,
+                           "use_expert_bias": use_expert_bias, **router})
   config = ModelConfig(num_layers=2, d_model=32, num_heads=2, dense_d_ff=64, moe_every=1,
                        moe=MoEConfig(router=router, d_model=32, d_ff=16, dispatch="dropless",
                                      activation="swiglu"))
@@ -313,3 +314,22 @@ def test_study_compresses_every_way_and_plots(tmp_path):
   assert size["prune to 75% + int8"] < size["int8"]
   plot_study(rows, str(tmp_path / "plot.png"))
   assert (tmp_path / "plot.png").stat().st_size > 1000
+
+
+_FAMILY_FIELDS = {"expert_choice": {"capacity_factor": 2.0}, "sinkhorn": {"top_k": 1}}
+
+
+@pytest.mark.parametrize("name", sorted(n for n, f in ROUTER_FAMILIES.items() if f.remappable))
+def test_every_remappable_router_is_unchanged_by_reordering_its_experts(name):
+  """RouterFamily.remappable promises that a router's only per-expert state
+  is what remap_experts moves: reversing the expert order then changes no
+  output (a family with other per-expert state would route differently)."""
+  config, variables, tokens = _model(name=name, **_FAMILY_FIELDS.get(name, {}))
+  reverse = np.eye(6)[::-1][None].repeat(len(config.moe_layers), 0)
+  new_config, new_variables = remap_experts(config, variables, reverse)
+  assert new_config == config
+  w_in = variables["params"]["block_0"]["moe"]["experts"]["w_in"]
+  assert not np.array_equal(new_variables["params"]["block_0"]["moe"]["experts"]["w_in"], w_in)
+  before, _ = jax.jit(build_model(config).apply)(variables, tokens)
+  after, _ = jax.jit(build_model(new_config).apply)(new_variables, tokens)
+  np.testing.assert_allclose(after, before, atol=1e-5, rtol=1e-5)

@@ -17,13 +17,14 @@ from typing import Tuple
 
 import numpy as np
 
+from moejax.config import ROUTER_FAMILIES
 from moejax.models.config import ModelConfig
 
-# Routers whose decision is a learned score per expert: an expert's column
-# can be dropped or mixed. Hash routing maps token ids to expert indices and
-# Soft MoE mixes slots, so changing the experts there would change every
-# decision.
-REMAPPABLE_ROUTERS = ("top_k", "threshold", "sparsemixer", "expert_choice", "sinkhorn")
+# Routers whose decision is a learned score per expert (RouterFamily.remappable):
+# an expert's column can be dropped or mixed. Hash routing maps token ids to
+# expert indices and Soft MoE mixes slots, so changing the experts there would
+# change every decision.
+REMAPPABLE_ROUTERS = tuple(name for name, family in ROUTER_FAMILIES.items() if family.remappable)
 
 
 def moe_blocks(config: ModelConfig):
@@ -42,7 +43,7 @@ def check_remappable(config: ModelConfig) -> int:
   if router.gating_residual:
     raise ValueError("router.gating_residual=True: layers with MoE++'s gating residual cannot "
                      "be pruned or merged yet (its [outputs, outputs] matrix is not remapped)")
-  if router.name not in REMAPPABLE_ROUTERS:
+  if not router.family.remappable:
     raise ValueError(f"router.name={router.name!r} cannot be pruned or merged: valid routers "
                      "are " + ", ".join(REMAPPABLE_ROUTERS))
   return router.num_experts

@@ -63,6 +63,6 @@ def _check(config: RouterConfig) -> None:
 
 
 FAMILY = RouterFamily(
-    name="sinkhorn", options=SinkhornOptions, reads=("routed_scaling_factor",), check=_check,
-    causal=False, route=lambda logits, config, inputs: sinkhorn_route(logits, config),
+    name="sinkhorn", remappable=True, options=SinkhornOptions, reads=("routed_scaling_factor",),
+    check=_check, causal=False, route=lambda logits, config, inputs: sinkhorn_route(logits, config),
     summary="BASE layers: a balanced assignment (Sinkhorn plan) picks each token's expert")

@@ -56,7 +56,7 @@ def _check(config: RouterConfig) -> None:
 
 
 FAMILY = RouterFamily(
-    name="expert_choice", causal=False, check=_check, capacity=_capacity,
+    name="expert_choice", remappable=True, causal=False, check=_check, capacity=_capacity,
     experts_per_token=lambda config: config.capacity_factor,
     route=lambda logits, config, inputs: expert_choice_route(logits, config),
     summary="each expert takes its top-C tokens of the call (balanced by construction)")

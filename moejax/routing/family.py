@@ -101,6 +101,10 @@ class RouterFamily:
   may_drop: can use capacity_factor (False: refuses one; dropless only).
   experts_per_token: experts' parameters a token uses on average (for
     active-parameter counts).
+  remappable: the decision is a learned score per expert (a router kernel
+    column, an expert bias) and nothing else per expert, so experts can be
+    dropped or mixed (moejax.compress): not hash routing (token id ->
+    index), Soft MoE (slots), product keys, or routers with per-expert state.
   num_outputs: width of the router projection.
   capacity: (config, tokens) -> slots per expert, or None (dropless).
   check: raises the one-line error for a bad combination of fields.
@@ -124,6 +128,7 @@ class RouterFamily:
   needs_token_ids: bool = False
   may_drop: bool = True
   experts_per_token: Callable[[Any], float] = _top_k
+  remappable: bool = False
   num_outputs: Callable[[Any], int] = _experts_and_zero_computation
   capacity: Callable[[Any, int], Optional[int]] = token_choice_capacity
   check: Callable[[Any], None] = lambda config: None

@@ -68,7 +68,8 @@ def sparsemixer_route(logits: jax.Array, config: RouterConfig) -> RouterOutput:
 
 
 FAMILY = RouterFamily(
-    name="sparsemixer", options=SparseMixerOptions, reads=("routed_scaling_factor",),
+    name="sparsemixer", remappable=True, options=SparseMixerOptions,
+    reads=("routed_scaling_factor",),
     route=lambda logits, config, inputs: sparsemixer_route(logits, config),
     summary="Phi-3.5-MoE: experts picked one by one, each weighted by a softmax over the "
             "near-tied logits")

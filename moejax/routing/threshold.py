@@ -54,7 +54,7 @@ def _route(logits, config: RouterConfig, inputs: Mapping[str, jax.Array]) -> Rou
 
 
 FAMILY = RouterFamily(
-    name="threshold", route=_route, options=ThresholdOptions,
+    name="threshold", remappable=True, route=_route, options=ThresholdOptions,
     reads=("routed_scaling_factor", "num_null_experts", "num_copy_experts",
            "num_constant_experts", "gating_residual", "dense_training",
            "zero_computation_balance_weight"),

@@ -132,7 +132,7 @@ def _route(logits, config: RouterConfig, inputs: Mapping[str, jax.Array]) -> Rou
 
 
 FAMILY = RouterFamily(
-    name="top_k", route=_route, prepare=_prepare, reads=TOKEN_CHOICE_FIELDS,
+    name="top_k", remappable=True, route=_route, prepare=_prepare, reads=TOKEN_CHOICE_FIELDS,
     inputs=("rng", "noise_std", "expert_bias"), per_token_inputs=("noise_std",),
     summary="token choice: Switch, GShard, Mixtral, DeepSeek-V3 (softmax or sigmoid scores, "
             "groups, selection bias, noise, zero-computation experts)")
