@@ -81,3 +81,26 @@ def test_sigterm_to_the_workers_never_hangs_the_study(tmp_path):
     run_in_workers(_job_until_sigterm, [(short, 0.0), (long, 300.0)], 2,
                    lambda i, r: finished.append(i))
   assert time.time() - begin < 100 and finished == [0]
+
+
+def _job_failing_once(out: str, other_started: str) -> str:
+  """Fails (a bad config, a NaN) once the other job is running."""
+  deadline = time.time() + 120
+  while not os.path.exists(other_started) and time.time() < deadline:
+    time.sleep(0.05)
+  raise ValueError(f"{out}: bad row")
+
+
+def _either_job(kind: str, *args):
+  return (_job_failing_once if kind == "fail" else _job_until_sigterm)(*args)
+
+
+def test_a_failing_job_stops_the_running_ones_at_a_checkpoint(tmp_path):
+  """The first job's error ends the study at once: the other running job is
+  stopped (it would otherwise train on for minutes) and the error is raised."""
+  long = str(tmp_path / "long")
+  begin = time.time()
+  with pytest.raises(ValueError, match="bad row"):
+    run_in_workers(_either_job, [("fail", str(tmp_path / "bad"), os.path.join(long, "started")),
+                                 ("long", long, 300.0)], 2, lambda i, r: None)
+  assert time.time() - begin < 100 and os.path.exists(os.path.join(long, "checkpoint"))

@@ -59,41 +59,48 @@ class _StopRequest:
       signal.signal(signum, handler)
 
 
+def _stop_running(pending: set) -> set:
+  """Cancels the jobs not started and sends SIGTERM to the workers every
+  RESEND_SECONDS until every started job has ended; returns those jobs'
+  futures (a job can finish just before its signal)."""
+  for future in pending:
+    future.cancel()
+  ended = set()
+  while pending:
+    for child in multiprocessing.active_children():
+      os.kill(child.pid, signal.SIGTERM)   # idle workers ignore it
+    done, pending = concurrent.futures.wait(pending, timeout=RESEND_SECONDS)
+    ended |= {future for future in done if not future.cancelled()}
+  return ended
+
+
 def run_in_workers(fn: Callable, args: Sequence[tuple], workers: int,
                    on_result: Callable[[int, Any], None]) -> None:
   """Calls fn(*args[i]) for every i in `workers` spawned processes, and
   on_result(i, result) as each finishes. Raises RunStopped when the study was
-  signalled to stop, and the first job's error otherwise (the jobs not
-  started yet are then cancelled)."""
+  signalled to stop, and otherwise the first job's error (the other running
+  jobs are then stopped at a checkpoint too, the rest cancelled)."""
   context = multiprocessing.get_context("spawn")
-  stopped = 0
   with _StopRequest() as stop, concurrent.futures.ProcessPoolExecutor(
       workers, mp_context=context, initializer=_worker_ignores_signals) as pool:
     futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
     pending = set(futures)
     try:
-      while pending:
+      while pending and not stop.name:
         done, pending = concurrent.futures.wait(
             pending, timeout=RESEND_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED)
-        if stop.name:
-          for future in pending:
-            future.cancel()
-          for child in multiprocessing.active_children():
-            os.kill(child.pid, signal.SIGTERM)   # idle workers ignore it
         for future in done:
-          if future.cancelled():
-            continue
-          try:
-            result = future.result()
-          except RunStopped:
-            if not stop.name:
-              raise
-            stopped += 1
-            continue
-          on_result(futures[future], result)
+          on_result(futures[future], future.result())
     except BaseException:
-      pool.shutdown(wait=True, cancel_futures=True)
+      _stop_running(pending)
       raise
-  if stop.name:
-    raise RunStopped(f"the study stopped on {stop.name}: {stopped} running run(s) saved a "
-                     "checkpoint and recorded no row; rerun the same command to resume")
+    if not stop.name:
+      return
+    stopped = 0
+    for future in _stop_running(pending):
+      try:
+        on_result(futures[future], future.result())   # it finished before the signal
+      except RunStopped:
+        stopped += 1
+  raise RunStopped(f"the study stopped on {stop.name}: {stopped} running run(s) saved a "
+                   "checkpoint and recorded no row; rerun the same command to resume")
