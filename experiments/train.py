@@ -5,7 +5,7 @@
 
 Writes to the workdir: checkpoints/ (orbax, with the data-iterator state),
 metrics.jsonl, tensorboard/, config.json, loss.png, expert_load.png.
-SIGTERM saves a checkpoint and exits 0; run the same command to resume.
+SIGTERM or a first Ctrl-C saves a checkpoint and exits 0; run the same command to resume.
 
 Fine-tuning: --config.train.init_from=<HF folder | moejax model folder | workdir>
 starts from those weights with a fresh optimizer; the source defines the model, and

@@ -139,6 +139,26 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, data_dir):
   assert os.listdir(workdir / "checkpoints") == [str(step)]
 
 
+def test_a_first_ctrl_c_stops_at_the_next_step_and_a_second_aborts():
+  """Ctrl-C is handled as SIGTERM is (the run stops after its step with a
+  checkpoint, above); the first puts the previous handler back, so a second
+  Ctrl-C raises KeyboardInterrupt at once."""
+  import time
+  from moejax.train.loop import _StopFlag
+  previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+  try:
+    with _StopFlag() as stop:
+      os.kill(os.getpid(), signal.SIGINT)
+      time.sleep(0.01)
+      assert stop.reason == "SIGINT"
+      with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+  finally:
+    signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize("args,code,expected", [
     (["--config.model.bogus=1"], 2, "unknown config field 'bogus'"),
     (["--config.model.moe.router.top_k=99"], 2, "config.model.moe.router.top_k=99 is invalid"),

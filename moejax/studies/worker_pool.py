@@ -3,10 +3,11 @@
 SIGTERM or SIGINT (Ctrl-C) to the study's own process stops the whole study
 cleanly: the jobs not started yet are cancelled, and every running training
 gets SIGTERM, on which the trainer saves a checkpoint at its current step and
-the job records no row (a rerun of the same command resumes it). The
-workers themselves ignore SIGINT (a terminal's Ctrl-C reaches the whole
-process group and would kill them mid-step) and ignore SIGTERM between jobs
-(a killed idle worker breaks the pool, and the parent then waited forever).
+the job records no row (a rerun of the same command resumes it). Between
+jobs the workers ignore SIGINT (a terminal's Ctrl-C reaches the whole process
+group) and SIGTERM (a killed idle worker breaks the pool, and the parent then
+waited forever); while a job trains, the trainer turns either signal into a
+stop after the current step.
 Because a job that was already handed to a worker may start after the
 signal, the parent sends SIGTERM again every second until every running job
 has stopped.

@@ -61,24 +61,30 @@ def _format_duration(seconds: float) -> str:
 
 
 class _StopFlag:
-  """Set by SIGTERM (main thread only); polled between steps."""
+  """Set by SIGTERM or a first Ctrl-C (SIGINT), main thread only; polled
+  between steps, so the run saves a checkpoint and ends cleanly. A first
+  Ctrl-C puts the previous SIGINT handler back: a second one aborts at once."""
+
+  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.reason: Optional[str] = None
-    self._previous = None
+    self._previous = {}
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = signal.signal(signal.SIGTERM, self._handle)
+      self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
     return self
 
   def _handle(self, signum, frame):
-    del signum, frame
-    self.reason = "SIGTERM"
+    del frame
+    self.reason = signal.Signals(signum).name
+    if signum == signal.SIGINT:
+      signal.signal(signal.SIGINT, self._previous[signal.SIGINT])
 
   def __exit__(self, *exc):
-    if self._previous is not None:
-      signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
 
 
 def _example_inputs(exp: ExperimentConfig) -> jax.Array:
