@@ -144,10 +144,10 @@ def test_a_first_ctrl_c_stops_at_the_next_step_and_a_second_aborts():
   checkpoint, above); the first puts the previous handler back, so a second
   Ctrl-C raises KeyboardInterrupt at once."""
   import time
-  from moejax.train.loop import _StopFlag
+  from moejax.train.loop import StopFlag
   previous = signal.signal(signal.SIGINT, signal.default_int_handler)
   try:
-    with _StopFlag() as stop:
+    with StopFlag() as stop:
       os.kill(os.getpid(), signal.SIGINT)
       time.sleep(0.01)
       assert stop.reason == "SIGINT"

@@ -13,7 +13,8 @@ signal, the parent sends SIGTERM again every second until every running job
 has stopped.
 
 concurrent.futures supplies the pool; it has no notion of stopping the jobs
-it runs, which is all this file adds.
+it runs, which is all this file adds. The parent records the signal with
+the trainer's own StopFlag (a second Ctrl-C there aborts at once).
 """
 
 from __future__ import annotations
@@ -22,42 +23,19 @@ import concurrent.futures
 import multiprocessing
 import os
 import signal
-import threading
-from typing import Any, Callable, Dict, Sequence
+from typing import Any, Callable, Sequence
 
 from moejax.studies.comparison import RunStopped
+from moejax.train.loop import StopFlag
 
 RESEND_SECONDS = 1.0
-_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
 def _worker_ignores_signals() -> None:
-  """A worker's baseline: the trainer installs its own SIGTERM handler while
-  a job trains and restores this one after."""
-  for signum in _SIGNALS:
+  """A worker's baseline: the trainer installs its StopFlag handlers while a
+  job trains and restores these after."""
+  for signum in StopFlag.SIGNALS:
     signal.signal(signum, signal.SIG_IGN)
-
-
-class _StopRequest:
-  """Records SIGTERM / SIGINT to this process while a pool runs (only where
-  handlers can be installed: the main thread)."""
-
-  def __init__(self):
-    self.name = None
-    self._previous: Dict[int, Any] = {}
-
-  def __enter__(self):
-    if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in _SIGNALS}
-    return self
-
-  def _handle(self, signum, frame):
-    del frame
-    self.name = signal.Signals(signum).name
-
-  def __exit__(self, *exc):
-    for signum, handler in self._previous.items():
-      signal.signal(signum, handler)
 
 
 def _stop_running(pending: set) -> set:
@@ -82,12 +60,12 @@ def run_in_workers(fn: Callable, args: Sequence[tuple], workers: int,
   signalled to stop, and otherwise the first job's error (the other running
   jobs are then stopped at a checkpoint too, the rest cancelled)."""
   context = multiprocessing.get_context("spawn")
-  with _StopRequest() as stop, concurrent.futures.ProcessPoolExecutor(
+  with StopFlag() as stop, concurrent.futures.ProcessPoolExecutor(
       workers, mp_context=context, initializer=_worker_ignores_signals) as pool:
     futures = {pool.submit(fn, *a): i for i, a in enumerate(args)}
     pending = set(futures)
     try:
-      while pending and not stop.name:
+      while pending and not stop.reason:
         done, pending = concurrent.futures.wait(
             pending, timeout=RESEND_SECONDS, return_when=concurrent.futures.FIRST_COMPLETED)
         for future in done:
@@ -95,7 +73,7 @@ def run_in_workers(fn: Callable, args: Sequence[tuple], workers: int,
     except BaseException:
       _stop_running(pending)
       raise
-    if not stop.name:
+    if not stop.reason:
       return
     stopped = 0
     for future in _stop_running(pending):
@@ -103,5 +81,5 @@ def run_in_workers(fn: Callable, args: Sequence[tuple], workers: int,
         on_result(futures[future], future.result())   # it finished before the signal
       except RunStopped:
         stopped += 1
-  raise RunStopped(f"the study stopped on {stop.name}: {stopped} running run(s) saved a "
+  raise RunStopped(f"the study stopped on {stop.reason}: {stopped} running run(s) saved a "
                    "checkpoint and recorded no row; rerun the same command to resume")

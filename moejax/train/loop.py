@@ -60,12 +60,12 @@ def _format_duration(seconds: float) -> str:
   return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
 
 
-class _StopFlag:
+class StopFlag:
   """Set by SIGTERM or a first Ctrl-C (SIGINT), main thread only; polled
   between steps, so the run saves a checkpoint and ends cleanly. A first
   Ctrl-C puts the previous SIGINT handler back: a second one aborts at once."""
 
-  _SIGNALS = (signal.SIGTERM, signal.SIGINT)
+  SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
   def __init__(self):
     self.reason: Optional[str] = None
@@ -73,7 +73,7 @@ class _StopFlag:
 
   def __enter__(self):
     if threading.current_thread() is threading.main_thread():
-      self._previous = {s: signal.signal(s, self._handle) for s in self._SIGNALS}
+      self._previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
     return self
 
   def _handle(self, signum, frame):
@@ -399,7 +399,7 @@ def _train(exp: ExperimentConfig, workdir: str, datasets, log: Callable[[str], N
   progress, evaluation = _Progress(run), _Evaluation(run)
   hooks = (progress, profile, evaluation, _Checkpointing(run))  # in this order, every step
   stopped, step = None, run.start_step
-  with _StopFlag() as stop:
+  with StopFlag() as stop:
     try:
       while step < cfg.num_steps:
         profile.before(step + 1)
