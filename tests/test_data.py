@@ -162,3 +162,38 @@ def test_constructing_an_unprepared_builder_leaves_no_temp_folder(tmp_path, monk
     builder = builder_class(data_dir=str(tmp_path / "tfds"), file_format="array_record")
     assert not builder.is_prepared() and builder.info.splits == {}
   assert list(temp.iterdir()) == []
+
+
+_PREPARE_AT_ONCE = """
+import os, sys, time
+from moejax.data import DataConfig, make_datasets
+from moejax.models import ModelConfig
+data_dir, go, ready = sys.argv[1:4]
+open(ready, "w").close()
+while not os.path.exists(go):
+  time.sleep(0.01)
+data = make_datasets(DataConfig(name="sklearn_digits", eval_split="test", data_dir=data_dir,
+                                batch_size=8, eval_batches=1), ModelConfig(kind="vit", moe_every=0))
+print(len(data.eval_batches()))
+"""
+
+
+def test_processes_that_prepare_one_dataset_at_once_both_get_it(tmp_path):
+  # A study's workers on a fresh machine all prepare the embedded data at the
+  # same moment: without a lock, TFDS's rename of the second one's folder fails.
+  import subprocess
+  import sys
+  import time
+  go = tmp_path / "go"
+  ready = [tmp_path / f"ready_{i}" for i in range(3)]
+  procs = [subprocess.Popen([sys.executable, "-c", _PREPARE_AT_ONCE, str(tmp_path / "tfds"),
+                             str(go), str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True) for r in ready]
+  deadline = time.time() + 120
+  while not all(r.exists() for r in ready) and time.time() < deadline:
+    time.sleep(0.05)  # every process has imported moejax
+  go.touch()
+  for proc in procs:
+    out, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err.strip().splitlines()[-1]
+    assert out.split()[-1] == "1"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import logging
 import os
 from typing import Callable, List, Optional
@@ -60,6 +61,24 @@ def _quiet_absl():
     logger.setLevel(level)
 
 
+@contextlib.contextmanager
+def _prepare_lock(data_dir: str, name: str):
+  """Holds an OS lock (fcntl.flock) on <data_dir>/.<name>.lock: processes
+  that start on a fresh machine at once (a study's workers, a test run beside
+  them) prepare an embedded dataset one after the other. Without it the
+  second one's TFDS rename of its finished folder fails (FileExistsError)."""
+  try:
+    os.makedirs(data_dir, exist_ok=True)
+    fd = os.open(os.path.join(data_dir, f".{name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+  except OSError as err:
+    raise DataError(f"data.data_dir={data_dir} is not writable: {err.strerror}") from None
+  try:
+    fcntl.flock(fd, fcntl.LOCK_EX)
+    yield
+  finally:
+    os.close(fd)  # closing the descriptor drops the lock
+
+
 def _builder(config: DataConfig):
   import tensorflow_datasets as tfds
   tfds.disable_progress_bar()
@@ -67,7 +86,7 @@ def _builder(config: DataConfig):
   base = config.name.split("/")[0].split(":")[0]
   if base in EMBEDDED:
     # TFDS warns about the version folder it is about to fill (no dataset_info.json yet).
-    with _quiet_absl():
+    with _quiet_absl(), _prepare_lock(data_dir, base):
       builder = EMBEDDED[base](data_dir=data_dir, file_format="array_record")
       if not builder.is_prepared():
         print(f"preparing embedded dataset {base!r} in {data_dir} (once)", flush=True)
