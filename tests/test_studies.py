@@ -235,6 +235,28 @@ def test_study_runs_at_a_tiny_budget(tmp_path, data_dir, name):
     np.testing.assert_allclose(first["upcycled"], first["dense_continued"], rtol=1e-5)
     assert abs(first["scratch"] - first["upcycled"]) > 1e-3
     assert "| step | dense_continued | upcycled | scratch |" in text
+    _resumes_in_a_fresh_clone(tmp_path, data_dir, results)
+
+
+def _resumes_in_a_fresh_clone(workdir, data_dir, results):
+  """A clone has each run's study_row.json only (no checkpoints, no
+  upcycles). A row that starts from another must train again there: its
+  source retrains first (it once failed: '.../seed_0 has no config.json'),
+  to the same row, deterministically, and so does the row."""
+  for path in sorted(workdir.rglob("*"), reverse=True):
+    if path.is_file() and path.name != study_jobs.ROW_FILE:
+      path.unlink()
+    elif path.is_dir() and not any(path.iterdir()):
+      path.rmdir()
+  assert not list(workdir.rglob("checkpoints"))
+  (workdir / "upcycled" / "seed_0" / study_jobs.ROW_FILE).unlink()
+  again = run_study("upcycling", 1, str(workdir), _tiny("upcycling", data_dir), verbose=False,
+                    tune=())
+  assert (workdir / "dense_pretrained" / "seed_0" / "checkpoints").is_dir()
+  assert not (workdir / "scratch" / "seed_0" / "checkpoints").exists()   # reused, not retrained
+  for row in results["rows"]:
+    assert again["rows"][row]["eval_loss"]["values"] == pytest.approx(
+        results["rows"][row]["eval_loss"]["values"], rel=1e-6), row
 
 
 def test_set_overrides_parse_like_config_flags():

@@ -50,6 +50,10 @@ class Job:
   # A sweep candidate: a run that diverges is a result (never chosen), not
   # an error that stops the study.
   may_diverge: bool = False
+  # Later rows start from this run's weights: it is finished only with its
+  # checkpoint, which is not committed (a fresh clone trains it again; the
+  # training being deterministic, to the same row).
+  needs_weights: bool = False
 
   @property
   def assignments(self) -> List[str]:
@@ -91,10 +95,17 @@ def recorded_assignments(job: Job) -> List[str]:
   return [portable(a) for a in job.assignments]
 
 
+def has_weights(folder: str) -> bool:
+  """Whether a run's folder holds its checkpoint (not only its study_row.json)."""
+  checkpoints = os.path.join(folder, "checkpoints")
+  return os.path.isdir(checkpoints) and bool(os.listdir(checkpoints))
+
+
 def finished_row(job: Job) -> Optional[Dict]:
-  """The job's table row if it finished with these very assignments."""
+  """The job's table row if it finished with these very assignments (and,
+  where later rows start from it, still has its checkpoint)."""
   path = os.path.join(job.out, ROW_FILE)
-  if not os.path.exists(path):
+  if not os.path.exists(path) or (job.needs_weights and not has_weights(job.out)):
     return None
   with open(path) as f:
     saved = json.load(f)
@@ -113,6 +124,8 @@ def shared_row(base: Callable, job: Job, shared: Optional[SharedRuns],
                record: bool) -> Optional[Dict]:
   """The row of a finished run elsewhere under shared.root with this job's
   very config (renamed to the job's row); record: write it as the job's own."""
+  if job.needs_weights:
+    return None   # another study's row comes without weights in this job's folder
   found = shared.find(config_of(base, job.assignments)) if shared else None
   if found is None:
     return None

@@ -26,7 +26,9 @@ stands for that row's workdir (same seed) and `{kind:row}` for a sparse
 upcycle of it made as Study.upcycles[kind] says (moejax.convert.upcycle),
 e.g. `train.init_from={upcycled:dense_pretrained}`. Such a row's model is
 the source's (moejax.train.init_from) plus its own `model.*` overrides; it
-trains (and is tuned) after its source.
+trains (and is tuned) after its source. Only study_row.json files are
+committed: where such a row has to train and its source's run has no
+checkpoint (a fresh clone), the source trains again first, to the same row.
 """
 
 from __future__ import annotations
@@ -41,7 +43,8 @@ import numpy as np
 
 from moejax.studies.catalogue import STUDIES, Claim, Study
 from moejax.studies.comparison import apply_override
-from moejax.studies.jobs import Job, estimated_seconds, finished_row, run_jobs, shared_row
+from moejax.studies.jobs import (Job, estimated_seconds, finished_row, has_weights, run_jobs,
+                                 shared_row)
 from moejax.studies.shared_runs import SharedRuns
 from moejax.studies.report import write_results, write_scales
 from moejax.studies.stats import choose, edge_extension, mean_std, paired_difference
@@ -140,21 +143,61 @@ class _Runner:
     self.planned = set()                  # folders of the runs planned so far
     # Finished runs of the studies beside this one's workdir, reused by config.
     self.shared = SharedRuns(os.path.dirname(os.path.abspath(workdir)))
+    # Rows that later rows start from; their seed runs by folder; the upcycles
+    # of them that later rows name: folder -> (source folder, seed, kind).
+    self.source_rows = {m.group(2) for row in self.rows for a in self.study.rows[row]
+                        for m in _SOURCE.finditer(a)}
+    self.source_jobs: Dict[str, Job] = {}
+    self.upcycles: Dict[str, Tuple[str, int, str]] = {}
 
   def jobs_rows(self, phase: str, jobs: Sequence[Job]) -> List[Optional[Dict]]:
-    if not self.planning:
-      return run_jobs(self.name, self.study.base, jobs, self.workers, self.verbose, self.shared)
     rows = [finished_row(job) or shared_row(self.study.base, job, self.shared, record=False)
             for job in jobs]
-    todo = [job for job, row in zip(jobs, rows) if row is None and job.out not in self.planned]
+    todo = [job for job, row in zip(jobs, rows) if row is None]
+    self.prepare_sources(todo)
+    if not self.planning:
+      return run_jobs(self.name, self.study.base, jobs, self.workers, self.verbose, self.shared)
+    self.plan_jobs(phase, len(jobs), todo)
+    return rows
+
+  def plan_jobs(self, phase: str, runs: int, todo: Sequence[Job]) -> None:
+    todo = [job for job in todo if job.out not in self.planned]
     self.planned.update(job.out for job in todo)
     seconds = sum(estimated_seconds(self.study.base, job) for job in todo)
-    self.plan.append((phase, len(jobs), len(todo), seconds))
-    return rows
+    self.plan.append((phase, runs, len(todo), seconds))
+
+  def prepare_sources(self, todo: Sequence[Job]) -> None:
+    """Before `todo` trains: the runs they start from that have no checkpoint
+    here (a fresh clone has only their study_row.json) train again, then the
+    upcycles they name are made from them."""
+    folders, upcycles = set(), set()
+    for job in todo:
+      for assignment in job.own:
+        value = assignment.partition("=")[2]
+        if value in self.upcycles:
+          upcycles.add(value)
+          value = self.upcycles[value][0]
+        if value in self.source_jobs:
+          folders.add(value)
+    again = [dataclasses.replace(self.source_jobs[f], needs_weights=True)
+             for f in sorted(folders) if not has_weights(f)]
+    if self.planning:
+      if again:
+        self.plan_jobs("sources", len(again), again)
+      return
+    if again:
+      if self.verbose:
+        print(f"{self.name}: {len(again)} run(s) that later rows start from have no checkpoint "
+              "here (only their study_row.json): training them again", flush=True)
+      run_jobs(self.name, self.study.base, again, self.workers, self.verbose, self.shared)
+    for out in sorted(upcycles):
+      if not os.path.isdir(out):
+        source, seed, kind = self.upcycles[out]
+        _upcycle(source, out, seed, **self.study.upcycles[kind])
 
   def own(self, row: str, seed: int) -> Tuple[str, ...]:
     dirs = {r: os.path.join(d, f"seed_{seed}") for r, d in self.row_dir.items()}
-    return tuple(_sources(a, dirs, self.study, self.workdir, seed, create=not self.planning)
+    return tuple(_sources(a, dirs, self.study, self.workdir, seed, self.upcycles)
                  for a in self.study.rows[row])
 
   def probe(self, row: str):
@@ -265,6 +308,8 @@ class _Runner:
           extra = (*self.overrides, *(f"{k}={v!r}" for k, v in settings.items()), f"seed={seed}")
           jobs.append(Job(row, self.own(row, seed), extra,
                           os.path.join(self.row_dir[row], f"seed_{seed}")))
+          if row in self.source_rows:
+            self.source_jobs[jobs[-1].out] = jobs[-1]
       rows = self.jobs_rows("seeds", jobs)
       for job, row in zip(jobs, rows):
         runs.setdefault(job.row, []).append(row)
@@ -407,9 +452,11 @@ _SOURCE = re.compile(r"\{(?:(\w+):)?(\w+)\}")
 
 
 def _sources(assignment: str, row_dirs: Dict[str, str], study: Study, workdir: str,
-             seed: int, create: bool = True) -> str:
-  """`assignment` with {row} / {kind:row} replaced by folders (an upcycle is
-  made on first use, once per seed and source folder, unless not `create`)."""
+             seed: int, upcycles: Dict[str, Tuple[str, int, str]]) -> str:
+  """`assignment` with {row} / {kind:row} replaced by folders; an upcycle's
+  folder is recorded in `upcycles` (-> (source folder, seed, kind)) and made
+  when a run that starts from it trains (_Runner.prepare_sources), once per
+  seed and source folder."""
   def folder(match):
     kind, row = match.groups()
     if row not in row_dirs:
@@ -422,8 +469,7 @@ def _sources(assignment: str, row_dirs: Dict[str, str], study: Study, workdir: s
     source = row_dirs[row]
     tag = os.path.relpath(os.path.dirname(source), workdir).replace(os.sep, "_")
     out = os.path.join(workdir, f"{tag}_{kind}", f"seed_{seed}")
-    if create and not os.path.isdir(out):
-      _upcycle(source, out, seed, **study.upcycles[kind])
+    upcycles[out] = (source, seed, kind)
     return out
   return _SOURCE.sub(folder, assignment)
 
