@@ -4,6 +4,8 @@ on rows with known numbers, and studies end to end at a tiny budget (outputs
 and verdict lines written; the numbers mean nothing there)."""
 
 import json
+import pathlib
+import shutil
 
 import numpy as np
 import pytest
@@ -257,6 +259,48 @@ def _resumes_in_a_fresh_clone(workdir, data_dir, results):
   for row in results["rows"]:
     assert again["rows"][row]["eval_loss"]["values"] == pytest.approx(
         results["rows"][row]["eval_loss"]["values"], rel=1e-6), row
+
+
+def test_a_clone_without_checkpoints_trains_a_source_again_before_a_row_from_it(
+    tmp_path, monkeypatch, capsys):
+  """In a clone (study_row.json files only) a row that starts from another
+  row's weights and has to train gets its source trained again first, and
+  only that: finished rows stay. A source that comes out with another loss
+  (another machine's floating point) is reported, not mixed in silently."""
+  from moejax.studies import runner as study_runner
+  trained = []
+
+  def fake_train_row(name, config, workdir, verbose=True):
+    trained.append(name)
+    (pathlib.Path(workdir) / "checkpoints" / "2").mkdir(parents=True)
+    return {**_fake_train_row(name, config, workdir, verbose), "loss_curve": [[2, 1.0]]}
+  monkeypatch.setattr(study_jobs, "train_row", fake_train_row)
+  monkeypatch.setattr(study_jobs, "_from_source", lambda config, own: config)
+  monkeypatch.setattr(study_runner, "_upcycle",
+                      lambda source, out, seed, **kw: (pathlib.Path(out) / "model").mkdir(
+                          parents=True))
+  run_study("upcycling", 1, str(tmp_path), tune=())
+  assert sorted(trained) == sorted(STUDIES["upcycling"].rows)
+  for folder in tmp_path.rglob("checkpoints"):   # what a clone has
+    shutil.rmtree(folder)
+  shutil.rmtree(tmp_path / "dense_pretrained_upcycled")
+  row_file = tmp_path / "dense_pretrained" / "seed_0" / study_jobs.ROW_FILE
+  saved = json.loads(row_file.read_text())
+  saved["row"]["eval_loss"] += 0.01
+  row_file.write_text(json.dumps(saved))
+  def planned():
+    return [(phase, runs, todo) for phase, runs, todo, _ in
+            plan_study("upcycling", 1, str(tmp_path), tune=())]
+  assert planned() == [("seeds", 3, 0), ("seeds", 2, 0)]   # nothing to train: no source
+  (tmp_path / "upcycled" / "seed_0" / study_jobs.ROW_FILE).unlink()
+  assert planned() == [("seeds", 3, 0), ("sources", 1, 1), ("seeds", 2, 1)]
+  trained.clear()
+  run_study("upcycling", 1, str(tmp_path), tune=())
+  assert trained == ["dense_pretrained", "upcycled"]
+  assert (tmp_path / "dense_pretrained_upcycled" / "seed_0" / "model").is_dir()
+  out = capsys.readouterr().out
+  assert "1 run(s) that later rows start from have no checkpoint here" in out
+  assert "dense_pretrained/seed_0 trained again to eval loss" in out
 
 
 def test_set_overrides_parse_like_config_flags():

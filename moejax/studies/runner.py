@@ -189,7 +189,15 @@ class _Runner:
       if self.verbose:
         print(f"{self.name}: {len(again)} run(s) that later rows start from have no checkpoint "
               "here (only their study_row.json): training them again", flush=True)
-      run_jobs(self.name, self.study.base, again, self.workers, self.verbose, self.shared)
+      before = [finished_row(dataclasses.replace(job, needs_weights=False)) for job in again]
+      after = run_jobs(self.name, self.study.base, again, self.workers, self.verbose, self.shared)
+      for job, old, new in zip(again, before, after):
+        if old and not np.isclose(old["eval_loss"], new["eval_loss"], rtol=1e-5, atol=0):
+          # Another machine's floating point: rows that finished from the
+          # earlier weights are kept; say so rather than mix them silently.
+          print(f"{self.name}: note: {job.out} trained again to eval loss "
+                f"{new['eval_loss']:.6f}, not {old['eval_loss']:.6f} as before; the rows that "
+                "started from its earlier weights are kept", flush=True)
     for out in sorted(upcycles):
       if not os.path.isdir(out):
         source, seed, kind = self.upcycles[out]
