@@ -34,9 +34,10 @@ _TUNE = flags.DEFINE_string(
     f"{', '.join(TUNABLE)}; 'study' = the study's own (every study tunes lr; those whose rows "
     "differ in expert count also balance); 'none' = train every row at its default values.")
 _EXTEND = flags.DEFINE_integer(
-    "extend_edges", 0, "Where a row's best learning rate is the largest (smallest) of its "
-    "sweep, also try twice (half) it, up to this many times, until the choice lies inside the "
-    "swept range. 0: only the sweep's three values (0.5x, 1x, 2x).", lower_bound=0)
+    "extend_edges", 0, "Where a row's best learning rate (balance weight) is the largest "
+    "(smallest) of its sweep, also try twice (half) it (ten times, a tenth), up to this many "
+    "times, until the choice lies inside the swept range. 0: only the sweep's values.",
+    lower_bound=0)
 _SCALE = flags.DEFINE_enum("scale", "base", list(SCALES), "'large': the study's second scale "
                            "(4x the training steps) in <workdir>/large, each row at the values "
                            "tuned at the base scale (<workdir>/results.json) where it has them.")

@@ -15,8 +15,8 @@ from moejax.train import experiment_from_config
 from moejax.studies.comparison import apply_override
 from moejax.studies.runner import STUDIES, Study, plan_study, rejudge, run_study
 from moejax.studies.report import summary_markdown, write_scales
-from moejax.studies.stats import (FAILS, HOLDS, INCONCLUSIVE, choose, paired_difference,
-                                      trend)
+from moejax.studies.stats import (FAILS, HOLDS, INCONCLUSIVE, choose, edge_extension,
+                                      paired_difference, trend)
 
 TINY = ["model.num_layers=1", "model.d_model=32", "model.num_heads=2", "data.seq_len=32",
         "data.batch_size=8", "data.eval_batches=1"]
@@ -51,6 +51,11 @@ def test_sweep_choice_and_trend_on_known_numbers():
   assert choose([0.5, 1.0, 2.0], [float("nan"), 1.3, 1.3]) == 1.0   # ties: the earlier
   with pytest.raises(ValueError, match="diverged"):
     choose([1.0, 2.0], [None, float("nan")])
+  # Past an edge: the learning rate by a factor 2, the balance weight by a decade.
+  assert edge_extension("train.learning_rate", [1e-3, 2e-3, 4e-3], 4e-3) == 8e-3
+  assert edge_extension("train.learning_rate", [1e-3, 2e-3, 4e-3], 2e-3) is None
+  assert edge_extension("train.load_balance_weight", [1e-3, 1e-2], 1e-2) == 0.1
+  assert edge_extension("train.load_balance_weight", [1e-3, 1e-2], 1e-3) == 1e-4
   assert trend(-0.01, -0.03) == "grew" and trend(-0.03, -0.01) == "shrank"
   assert trend(0.02, -0.01) == "flipped" and trend(0.01, 0.02) == "grew"
 

@@ -382,8 +382,8 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
   to the scale's folder (study_workdir); returns the results. tune: sweeps
   to run (None: the study's own; () none); rows: train only these (and the
   rows they start from), judging only the claims between them; extend_edges:
-  how many candidates a learning-rate sweep may add beyond the edge its best
-  value lies on (0: the three of TUNABLE only)."""
+  how many candidates a sweep may add beyond the edge its best value lies on
+  (0: those of TUNABLE only)."""
   study = STUDIES[name]
   out_dir = study_workdir(workdir, scale)
   tune = _tune(name, tune)

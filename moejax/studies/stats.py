@@ -82,8 +82,11 @@ def choose(candidates: Sequence[float], losses: Sequence[Optional[float]]) -> fl
 
 
 # Sweeps that go on past an edge (extend_edges): the next candidate beyond the
-# largest (smallest) one when that one was chosen.
-EXTENDABLE = {"train.learning_rate": (lambda value: value * 2.0, lambda value: value * 0.5)}
+# largest (smallest) one when that one was chosen. The balance weight's sweep
+# has two values a decade apart; it goes on by a decade.
+EXTENDABLE = {"train.learning_rate": (lambda value: value * 2.0, lambda value: value * 0.5),
+              "train.load_balance_weight": (lambda value: float(f"{value * 10:.6g}"),
+                                            lambda value: float(f"{value / 10:.6g}"))}
 
 
 def edge_extension(key: str, candidates: Sequence[float], chosen: float) -> Optional[float]:
