@@ -185,7 +185,7 @@ def test_processes_that_prepare_one_dataset_at_once_both_get_it(tmp_path):
   import sys
   import time
   go = tmp_path / "go"
-  ready = [tmp_path / f"ready_{i}" for i in range(3)]
+  ready = [tmp_path / f"ready_{i}" for i in range(2)]
   procs = [subprocess.Popen([sys.executable, "-c", _PREPARE_AT_ONCE, str(tmp_path / "tfds"),
                              str(go), str(r)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True) for r in ready]
