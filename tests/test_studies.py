@@ -453,6 +453,29 @@ def test_a_run_another_study_trained_with_the_same_config_is_reused(tmp_path, mo
   assert config_digest(config) is None
 
 
+def test_a_large_run_another_study_trained_is_reused(tmp_path, monkeypatch):
+  """At --scale=large the runs live in <study>/large: the studies beside it
+  are those beside <study>, not beside large/ (once nothing was shared there,
+  and balancing's aux_1e-1 retrained granularity's large coarse row)."""
+  calls = []
+  monkeypatch.setattr(study_jobs, "train_row",
+                      lambda *a, **k: calls.append(a[0]) or _fake_train_row(*a, **k))
+  coarse = run_study("granularity", 1, str(tmp_path / "granularity"), verbose=False, tune=(),
+                     scale="large", rows=["coarse_8x256_top2"])["rows"]["coarse_8x256_top2"]
+  assert calls == ["coarse_8x256_top2"]
+  plan = plan_study("num_experts", 1, str(tmp_path / "num_experts"), tune=(), scale="large",
+                    rows=["experts_8"])
+  assert [(phase, runs, todo) for phase, runs, todo, _ in plan] == [("seeds", 1, 0)]
+  results = run_study("num_experts", 1, str(tmp_path / "num_experts"), verbose=False, tune=(),
+                      scale="large", rows=["experts_8"])
+  assert calls == ["coarse_8x256_top2"]
+  with open(tmp_path / "num_experts" / "large" / "experts_8" / "seed_0" /
+            study_jobs.ROW_FILE) as f:
+    assert json.load(f)["reused_from"].endswith(
+        "granularity/large/coarse_8x256_top2/seed_0/study_row.json")
+  assert results["rows"]["experts_8"]["eval_loss"] == coarse["eval_loss"]
+
+
 def test_a_run_stopped_early_records_no_row_and_resumes(tmp_path, data_dir):
   """A study run stopped before its last step (SIGTERM at a session's end,
   train.stop_at_step) must not leave a study_row.json: the next study would

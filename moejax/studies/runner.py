@@ -128,7 +128,8 @@ class _Runner:
   def __init__(self, name: str, workdir: str, overrides: Sequence[str], tune: Sequence[str],
                workers: int, verbose: bool, planning: bool,
                inherited: Optional[Dict[str, Dict]] = None,
-               rows: Optional[Sequence[str]] = None, extend_edges: int = 0):
+               rows: Optional[Sequence[str]] = None, extend_edges: int = 0,
+               studies_root: Optional[str] = None):
     self.name, self.study, self.workdir = name, STUDIES[name], workdir
     if not isinstance(extend_edges, int) or extend_edges < 0:
       raise ValueError(f"--extend_edges={extend_edges!r} is invalid: use an integer >= 0")
@@ -141,8 +142,10 @@ class _Runner:
     self.row_dir: Dict[str, str] = {}     # row -> folder of its seed_<s> runs
     self.plan: List[Tuple[str, int, int, float]] = []   # (phase, runs, to train, seconds)
     self.planned = set()                  # folders of the runs planned so far
-    # Finished runs of the studies beside this one's workdir, reused by config.
-    self.shared = SharedRuns(os.path.dirname(os.path.abspath(workdir)))
+    # Finished runs of the studies beside this one (at every scale: a large
+    # run's config has the large overrides), reused by config. studies_root:
+    # the folder of the studies' workdirs; workdir's parent by default.
+    self.shared = SharedRuns(studies_root or os.path.dirname(os.path.abspath(workdir)))
     # Rows that later rows start from; their seed runs by folder; the upcycles
     # of them that later rows name: folder -> (source folder, seed, kind).
     self.source_rows = {m.group(2) for row in self.rows for a in self.study.rows[row]
@@ -349,9 +352,15 @@ def plan_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = (
   tune = _tune(name, tune)
   runner = _Runner(name, study_workdir(workdir, scale), _scaled(name, scale, overrides),
                    tune, 1, False, planning=True, inherited=_inherited(workdir, scale, tune),
-                   rows=rows, extend_edges=extend_edges)
+                   rows=rows, extend_edges=extend_edges, studies_root=_studies_root(workdir))
   runner.run(seeds)
   return runner.plan
+
+
+def _studies_root(workdir: str) -> str:
+  """The folder that holds this study's workdir and its sibling studies'
+  (not the scale's folder: <workdir>/large's parent is the study itself)."""
+  return os.path.dirname(os.path.abspath(workdir))
 
 
 def _tune(name: str, tune: Optional[Sequence[str]]) -> Tuple[str, ...]:
@@ -389,7 +398,7 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
   tune = _tune(name, tune)
   runner = _Runner(name, out_dir, _scaled(name, scale, overrides), tune, workers, verbose,
                    planning=False, inherited=_inherited(workdir, scale, tune), rows=rows,
-                   extend_edges=extend_edges)
+                   extend_edges=extend_edges, studies_root=_studies_root(workdir))
   runs, tuning = runner.run(seeds)
   results = {"study": name, "description": study.description, "seeds": seeds,
              "scale": scale, "overrides": runner.overrides, "tuned": list(runner.tune),
