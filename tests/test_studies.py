@@ -505,3 +505,18 @@ def test_plan_estimates_rows_that_continue_another_rows_adapters():
         "dense_pretrained", study.rows["dense_pretrained"], (), "/x"))
     # 500 steps of a model with the dense source's active parameters
     assert seconds == pytest.approx(dense, rel=0.05), row
+
+
+def test_plan_estimates_ds_moe_at_its_training_flops_and_peer_at_its_retrieval_speed():
+  """DS-MoE trains every expert: --plan estimates it as the top-2 row with
+  all 8 experts active (it once took its sparse inference's FLOPs and
+  planned about half the time its runs took). PEER's estimate carries its
+  measured retrieval slowdown (it once planned about a tenth of its time)."""
+  def estimate(study, row, *more):
+    own = (*STUDIES[study].rows[row], *more)
+    return study_jobs.estimated_seconds(STUDIES[study].base, study_jobs.Job(row, own, (), "/x"))
+  all_experts = estimate("ds_moe", "top2", "model.moe.router.top_k=8")
+  assert estimate("ds_moe", "ds_moe_top2") == pytest.approx(all_experts, rel=1e-6)
+  assert estimate("ds_moe", "ds_moe_top2") > 1.5 * estimate("ds_moe", "top2")
+  assert estimate("peer", "peer_2304x1") > study_jobs.RETRIEVAL_SLOWDOWN / 2 * estimate(
+      "peer", "top2_8x64")

@@ -43,6 +43,11 @@ START_SECONDS = 25.0
 # vit_routers and moe_vs_dense / balancing on 2 workers, 2026-12-07; Soft
 # MoE's dense dispatch 4.7x): small matmuls use the cores less well.
 VIT_SLOWDOWN = 1.6
+# PEER's product-key retrieval (top-k over the sub-keys, row gathers from the
+# pool and the backward's scatter-adds into it) took 24x the time of its
+# FLOPs at that rate where the top-2 8x64 rows trained beside it took 2.0x
+# (the peer study's committed runs, 2 workers, 2026-12-07).
+RETRIEVAL_SLOWDOWN = 12.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,8 +211,8 @@ def run_jobs(study: str, base: Callable, jobs: Sequence[Job], workers: int = 1,
 
 def estimated_seconds(base: Callable, job: Job) -> float:
   """--plan's estimate of one job on a 2-core CPU (see CPU_FLOPS): right to
-  about ±30% for the LM studies (MoE rows run slower per FLOP than dense)
-  and the ViT rows other than Soft MoE."""
+  about ±30% for the LM studies (MoE rows run slower per FLOP than dense),
+  PEER and DS-MoE included, and the ViT rows other than Soft MoE."""
   from moejax.train.config import experiment_from_config
   config = config_of(base, job.assignments)
   if config.train.get("init_from"):
@@ -216,9 +221,14 @@ def estimated_seconds(base: Callable, job: Job) -> float:
     config.train.init_from = None
     config.train.trainable = "all"
   exp = experiment_from_config(config)
-  active = active_params(exp.model, _param_shapes(exp))
+  router = exp.model.moe.router if exp.model.moe_layers else None
+  # DS-MoE trains every routed expert: its training FLOPs are not its
+  # (sparse) inference's.
+  active = active_params(exp.model, _param_shapes(exp),
+                         router.num_experts if router and router.dense_training else None)
   if exp.model.kind == "lm":
-    items, slowdown = exp.data.seq_len, 1.0
+    items = exp.data.seq_len
+    slowdown = RETRIEVAL_SLOWDOWN if router and router.name == "product_key" else 1.0
   else:
     items = (exp.model.vit.image_size // exp.model.vit.patch_size) ** 2 + 1
     slowdown = VIT_SLOWDOWN
