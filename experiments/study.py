@@ -44,7 +44,8 @@ _SCALE = flags.DEFINE_enum("scale", "base", list(SCALES), "'large': the study's 
 _WORKERS = flags.DEFINE_integer("workers", 1, "Runs trained at once, each in its own process "
                                 "(2 on a 2-core CPU finishes ~1.5x sooner).", lower_bound=1)
 _ROWS = flags.DEFINE_list("rows", None, "Train only these rows (and the rows they start "
-                          "from); only the claims between them are judged. Default: every row.")
+                          "from). Other rows whose runs are all finished are reported too; "
+                          "the claims between the reported rows are judged. Default: every row.")
 _REJUDGE = flags.DEFINE_bool("rejudge", False, "Judge the claims of <workdir>'s results.json "
                              "(of --scale) again from its per-seed values, without training.")
 _PLAN = flags.DEFINE_bool("plan", False, "Print the runs the study would train (finished ones "

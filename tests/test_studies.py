@@ -520,3 +520,25 @@ def test_plan_estimates_ds_moe_at_its_training_flops_and_peer_at_its_retrieval_s
   assert estimate("ds_moe", "ds_moe_top2") > 1.5 * estimate("ds_moe", "top2")
   assert estimate("peer", "peer_2304x1") > study_jobs.RETRIEVAL_SLOWDOWN / 2 * estimate(
       "peer", "top2_8x64")
+
+
+def test_a_run_of_some_rows_keeps_the_finished_rows_and_their_claims(tmp_path, monkeypatch):
+  """--rows trains only those rows, but results.json also reports the rows
+  whose runs are all finished: running one more row once dropped the other
+  rows' claims from the results (and from the README's table)."""
+  calls = []
+  monkeypatch.setattr(study_jobs, "train_row",
+                      lambda *a, **k: calls.append(a[0]) or _fake_train_row(*a, **k))
+  first = run_study("moe_vs_dense", 2, str(tmp_path), verbose=False, tune=(),
+                    rows=["dense", "moe_8x_top2"])
+  assert len(calls) == 4 and len(first["claims"]) == 1
+  both = run_study("moe_vs_dense", 2, str(tmp_path), verbose=False, tune=(),
+                   rows=["moe_8x_top2_capacity_1.25"])
+  assert calls[4:] == ["moe_8x_top2_capacity_1.25"] * 2
+  assert list(both["rows"]) == list(STUDIES["moe_vs_dense"].rows)
+  assert [c["better"] for c in both["claims"]] == ["moe_8x_top2", "moe_8x_top2_capacity_1.25"]
+  assert both["claims"][0] == first["claims"][0] and "rows_reported" not in both
+  # A third seed: the rows not asked for are unfinished now, so not reported.
+  third = run_study("moe_vs_dense", 3, str(tmp_path), verbose=False, tune=(), rows=["dense"])
+  assert list(third["rows"]) == ["dense"] and third["rows_reported"] == ["dense"]
+  assert third["claims"] == [] and len(calls) == 7

@@ -357,6 +357,25 @@ def plan_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = (
   return runner.plan
 
 
+def _finished_rows(name: str, seeds: int, workdir: str, overrides: Sequence[str],
+                   tune: Sequence[str], scale: str, selected: Sequence[str],
+                   extend_edges: int) -> List[str]:
+  """The rows outside `selected` whose every run (sweeps and seeds, with the
+  rows they start from) is finished: a --rows run reports them too, so that
+  its results.json keeps the claims on them rather than dropping them."""
+  study = STUDIES[name]
+  finished = []
+  for row in study.rows:
+    if row in selected:
+      continue
+    sources = {m.group(2) for a in study.rows[row] for m in _SOURCE.finditer(a)}
+    plan = plan_study(name, seeds, workdir, overrides, tune, scale,
+                      [r for r in study.rows if r == row or r in sources], extend_edges)
+    if all(todo == 0 for _, _, todo, _ in plan):
+      finished.append(row)
+  return finished
+
+
 def _studies_root(workdir: str) -> str:
   """The folder that holds this study's workdir and its sibling studies'
   (not the scale's folder: <workdir>/large's parent is the study itself)."""
@@ -390,12 +409,20 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
   each row, see _Runner) and writes results.json, results.md and results.png
   to the scale's folder (study_workdir); returns the results. tune: sweeps
   to run (None: the study's own; () none); rows: train only these (and the
-  rows they start from), judging only the claims between them; extend_edges:
+  rows they start from); the other rows whose runs are all finished are
+  reported too, and the claims between the reported rows judged; extend_edges:
   how many candidates a sweep may add beyond the edge its best value lies on
   (0: those of TUNABLE only)."""
   study = STUDIES[name]
   out_dir = study_workdir(workdir, scale)
   tune = _tune(name, tune)
+  if rows:
+    _selected_rows(study, rows)   # the one-line error for a bad --rows, before planning
+    finished = _finished_rows(name, seeds, workdir, overrides, tune, scale, rows, extend_edges)
+    if finished and verbose:
+      print(f"{name}: also reported, their runs being finished here: {', '.join(finished)}",
+            flush=True)
+    rows = [*rows, *finished]
   runner = _Runner(name, out_dir, _scaled(name, scale, overrides), tune, workers, verbose,
                    planning=False, inherited=_inherited(workdir, scale, tune), rows=rows,
                    extend_edges=extend_edges, studies_root=_studies_root(workdir))
@@ -404,7 +431,7 @@ def run_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = ()
              "scale": scale, "overrides": runner.overrides, "tuned": list(runner.tune),
              "tune_holdout_percent": study.tune_holdout, "rows": {}, "claims": []}
   if len(runner.rows) < len(study.rows):
-    results["rows_trained"] = runner.rows   # a subset: claims on other rows are left out
+    results["rows_reported"] = runner.rows   # a subset: claims on other rows are left out
   for row in runner.rows:   # the study's order, whatever order they trained in
     rows = runs[row]
     summary = {"params": rows[0]["params"], "active_params": rows[0]["active_params"],
