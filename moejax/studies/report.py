@@ -163,10 +163,10 @@ def write_scales(workdir: str) -> Optional[str]:
 
 def summary_markdown(results_dir: str) -> str:
   """One table over every study under results_dir (<study>/results.json and
-  <study>/large/results.json): each claim per scale with its paired Δ,
-  interval, n, the tuning, the verdict, and the trend between scales."""
-  lines = ["| study | claim (better < worse) | scale | tuned | paired Δ [95% interval] (n, t) | "
-           "verdict | gap at the large scale |", "|---" * 7 + "|"]
+  <study>/large/results.json): a row per claim, with its paired Δ, interval,
+  n and verdict at each scale, the tuning, and the trend between scales."""
+  lines = ["| study | claim (better < worse) | tuned | base: paired Δ [95% interval] (n, t) | "
+           "verdict | large (4× compute): paired Δ | verdict | gap |", "|---" * 8 + "|"]
   for name in sorted(os.listdir(results_dir)):
     base = _load(os.path.join(results_dir, name, "results.json"))
     if base is None or not base.get("claims") or "paired" not in base["claims"][0]:
@@ -174,15 +174,16 @@ def summary_markdown(results_dir: str) -> str:
     large = _load(os.path.join(results_dir, name, "large", "results.json"))
     large_claims = {(c["better"], c["worse"], c["metric"]): c
                     for c in (large or {}).get("claims", [])}
+    tuned = ", ".join(base.get("tuned") or []) or "no"
     for c in base["claims"]:
       metric = "" if c["metric"] == "eval_loss" else f" ({c['metric']})"
+      row = (f"| `{name}` | {c['better']} < {c['worse']}{metric} | {tuned} | "
+             f"{paired_text(c['paired'])} | **{c['verdict']}** |")
       other = large_claims.get((c["better"], c["worse"], c["metric"]))
-      scales = [("base", base, c)] + ([("large", large, other)] if other else [])
-      for scale, results, claim in scales:
-        tuned = ", ".join(results.get("tuned") or []) or "no"
-        change = trend(c["paired"]["delta"], claim["paired"]["delta"]) if scale == "large" \
-            else ""
-        lines.append(f"| `{name}` | {c['better']} < {c['worse']}{metric} | {scale}, "
-                     f"{results['seeds']} seeds | {tuned} | {paired_text(claim['paired'])} | "
-                     f"**{claim['verdict']}** | {change} |")
+      if other:
+        row += (f" {paired_text(other['paired'])} | **{other['verdict']}** "
+                f"| {trend(c['paired']['delta'], other['paired']['delta'])} |")
+      else:
+        row += " not run | | |"
+      lines.append(row)
   return "\n".join(lines)
