@@ -137,6 +137,7 @@ class _Runner:
     self.rows = _selected_rows(self.study, rows)
     self.overrides, self.tune, self.workers = list(overrides), list(tune), workers
     self.verbose, self.planning = verbose, planning
+    self.estimate = True   # planning: estimate the CPU time of the runs left
     # row -> {'settings', 'sweeps'} chosen at another scale: used, not swept again
     self.inherited = inherited or {}
     self.row_dir: Dict[str, str] = {}     # row -> folder of its seed_<s> runs
@@ -166,7 +167,8 @@ class _Runner:
   def plan_jobs(self, phase: str, runs: int, todo: Sequence[Job]) -> None:
     todo = [job for job in todo if job.out not in self.planned]
     self.planned.update(job.out for job in todo)
-    seconds = sum(estimated_seconds(self.study.base, job) for job in todo)
+    seconds = (sum(estimated_seconds(self.study.base, job) for job in todo)
+               if self.estimate else 0.0)
     self.plan.append((phase, runs, len(todo), seconds))
 
   def prepare_sources(self, todo: Sequence[Job]) -> None:
@@ -345,14 +347,17 @@ def _inherited(workdir: str, scale: str, tune: Sequence[str]) -> Dict[str, Dict]
 
 def plan_study(name: str, seeds: int, workdir: str, overrides: Sequence[str] = (),
                tune: Optional[Sequence[str]] = None, scale: str = "base",
-               rows: Optional[Sequence[str]] = None, extend_edges: int = 0) -> List[Tuple]:
+               rows: Optional[Sequence[str]] = None, extend_edges: int = 0,
+               estimate: bool = True) -> List[Tuple]:
   """What run_study would train: (phase, runs, runs left to train, estimated
-  seconds of those on a 2-core CPU, one at a time). Before a sweep has run,
-  the seeds are planned at the row's own values."""
+  seconds of those on a 2-core CPU, one at a time; 0 without `estimate`,
+  which traces every model left to train). Before a sweep has run, the seeds
+  are planned at the row's own values."""
   tune = _tune(name, tune)
   runner = _Runner(name, study_workdir(workdir, scale), _scaled(name, scale, overrides),
                    tune, 1, False, planning=True, inherited=_inherited(workdir, scale, tune),
                    rows=rows, extend_edges=extend_edges, studies_root=_studies_root(workdir))
+  runner.estimate = estimate
   runner.run(seeds)
   return runner.plan
 
@@ -370,7 +375,8 @@ def _finished_rows(name: str, seeds: int, workdir: str, overrides: Sequence[str]
       continue
     sources = {m.group(2) for a in study.rows[row] for m in _SOURCE.finditer(a)}
     plan = plan_study(name, seeds, workdir, overrides, tune, scale,
-                      [r for r in study.rows if r == row or r in sources], extend_edges)
+                      [r for r in study.rows if r == row or r in sources], extend_edges,
+                      estimate=False)
     if all(todo == 0 for _, _, todo, _ in plan):
       finished.append(row)
   return finished
