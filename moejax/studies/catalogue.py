@@ -119,7 +119,8 @@ STUDIES: Dict[str, Study] = {
         (Claim("fine-grained + shared experts beat coarse experts (DeepSeekMoE)", "eval_loss",
                "fine_shared_31x64_top7", "coarse_8x256_top2"),), tune=("lr", "balance")),
     "balancing": Study(
-        "load-balance aux loss (1e-1, 1e-2, 1e-3) vs aux-loss-free bias vs none, dropless, 2 blocks",
+        "load-balance aux loss (1e-1, 1e-2, 1e-3) vs aux-loss-free bias vs none, dropless, "
+        "2 blocks",
         lm_study,
         {"aux_1e-1": _DROPLESS + ("train.load_balance_weight=0.1",),
          "aux_1e-2": _DROPLESS, "aux_1e-3": _DROPLESS + ("train.load_balance_weight=0.001",),
