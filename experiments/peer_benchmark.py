@@ -12,6 +12,12 @@ small d_model, one process measures:
   brute force    scores of all N keys per token and head, then top-k
   layer          the PEER layer (router 'product_key', single-neuron experts,
                  dispatch 'retrieval'), forward and forward + backward
+  experts        the experts alone (moejax/dispatch/retrieval.py), forward +
+                 backward, by each method: 'gather' (the chosen experts'
+                 weights moved to each token) and 'dense' (every expert
+                 scored, then the chosen kept; run where its [T, N] hidden
+                 units fit --brute_force_max_gb). The layer takes 'dense' at
+                 N <= heads * top_k * DENSE_MAX_EXPERTS_PER_CHOICE.
 
 Memory is XLA's compiled temporary buffer size (memory_analysis), so the
 brute-force row is sized without running it; it is timed only when that
@@ -31,7 +37,8 @@ from absl import flags
 
 from moejax import MoEConfig, MoELayer, RouterConfig
 from moejax.cli import fail, run, write_rows
-from moejax.routing.product_keys import ProductKeyOptions, product_key_top_k
+from moejax.dispatch.retrieval import retrieval_ffn
+from moejax.routing.product_keys import ProductKeyOptions, product_key_route, product_key_top_k
 from timing import round_robin_ms
 
 _EXPERTS = flags.DEFINE_list("experts", ["16384", "65536", "262144", "1048576"],
@@ -91,9 +98,20 @@ def _row(num_experts: int) -> dict:
           "layer_fwd_bwd": (backward, (params, x))}
   if row["brute_force_temp_mb"] <= _BRUTE_MAX_GB.value * 1024:
     jobs["brute_force"] = (brute, (queries, sub_keys))
+  # The experts alone, on the routing of these queries (k = heads * top_k per token).
+  expert_routing = product_key_route(queries.reshape(_TOKENS.value, -1), sub_keys,
+                                     config.router).routing
+  methods = ["gather"]
+  if _TOKENS.value * num_experts * 4 <= _BRUTE_MAX_GB.value * 2**30:
+    methods.append("dense")
+  for method in methods:
+    ffn = lambda p, x, r, method=method: jnp.sum(retrieval_ffn(x, r, p, "gelu", method) ** 2)
+    jobs[f"experts_{method}_fwd_bwd"] = (jax.jit(jax.grad(ffn, argnums=(0, 1))),
+                                         (params["experts"], x, expert_routing))
   ms = round_robin_ms(jobs, _REPEATS.value, _WARMUP.value)
   row.update({f"{name}_ms": value for name, value in ms.items()})
   row.setdefault("brute_force_ms", None)
+  row.setdefault("experts_dense_fwd_bwd_ms", None)
   if "brute_force" in jobs:  # the two retrievals agree (scores; ties aside)
     agree = jnp.allclose(routing(queries, sub_keys)[0], brute(queries, sub_keys)[0], atol=1e-4)
     row["brute_force_agrees"] = bool(agree)
@@ -103,14 +121,17 @@ def _row(num_experts: int) -> dict:
 def _table(rows) -> str:
   lines = ["| experts N | sqrt N | expert params MB | routing ms | routing temp MB | "
            "brute-force ms | brute-force temp MB | layer fwd ms | layer fwd+bwd ms | "
-           "layer fwd+bwd temp MB |", "|---" * 10 + "|"]
+           "layer fwd+bwd temp MB | experts fwd+bwd ms: gather | dense |", "|---" * 12 + "|"]
   for r in rows:
     brute_ms = f"{r['brute_force_ms']:.1f}" if r["brute_force_ms"] is not None else "not run"
+    dense_ms = (f"{r['experts_dense_fwd_bwd_ms']:.1f}" if r["experts_dense_fwd_bwd_ms"]
+                is not None else "not run")
     lines.append(
         f"| {r['experts']:,} | {r['sub_keys_per_half']} | {r['expert_param_mb']:.0f} | "
         f"{r['routing_ms']:.2f} | {r['routing_temp_mb']:.1f} | {brute_ms} | "
         f"{r['brute_force_temp_mb']:,.0f} | {r['layer_fwd_ms']:.1f} | "
-        f"{r['layer_fwd_bwd_ms']:.1f} | {r['layer_fwd_bwd_temp_mb']:.0f} |")
+        f"{r['layer_fwd_bwd_ms']:.1f} | {r['layer_fwd_bwd_temp_mb']:.0f} | "
+        f"{r['experts_gather_fwd_bwd_ms']:.1f} | {dense_ms} |")
   return "\n".join(lines)
 
 

@@ -9,12 +9,14 @@ import numpy as np
 import pytest
 
 from moejax.config import MoEConfig, RouterConfig
+from moejax.dispatch.retrieval import DENSE_MAX_EXPERTS_PER_CHOICE, retrieval_ffn
 from moejax.models import ModelConfig, TransformerLM
 from moejax.models.config import LMConfig
 from moejax.moe import MoELayer
 from moejax.routing.product_keys import product_key_top_k
 from moejax.routing.config import router_config_from_mapping
 from moejax.routing.product_keys import ProductKeyOptions
+from moejax.routing.types import Routing
 from lm_checks import assert_causal, assert_generates_like_recomputation
 
 D = 16
@@ -96,6 +98,57 @@ def test_retrieval_equals_dropless_and_einsum_values_and_gradients(cfg):
     for a, b in zip(jax.tree.leaves(ref), jax.tree.leaves(got)):
       np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
   assert float(jnp.abs(ref[1][0]["router"]["sub_keys"]).max()) > 0  # keys get gradients
+
+
+@pytest.mark.parametrize("activation, use_bias", [("gelu", False), ("swiglu", True)])
+def test_gathering_the_chosen_experts_equals_scoring_every_expert(activation, use_bias):
+  """retrieval_ffn's two methods, values and gradients, on a Routing where one
+  token picks an expert twice (two heads) and some choices are invalid."""
+  num_tokens, k, experts, d_ff = 9, 6, 11, 3
+  keys = jax.random.split(jax.random.key(9), 9)
+  index = jax.random.randint(keys[0], (num_tokens, k), 0, experts).at[0, 1].set(0).at[0, 0].set(0)
+  valid = jax.random.uniform(keys[1], (num_tokens, k)) > 0.2
+  routing = Routing(expert_index=index, weight=jax.random.uniform(keys[2], (num_tokens, k)),
+                    position=jnp.zeros_like(index), valid=valid, num_experts=experts,
+                    capacity=None)
+  shapes = {"w_in": (experts, D, d_ff), "w_out": (experts, d_ff, D)}
+  if activation == "swiglu":
+    shapes["w_gate"] = (experts, D, d_ff)
+  if use_bias:
+    shapes.update(b_in=(experts, d_ff), b_gate=(experts, d_ff), b_out=(experts, D))
+  params = {name: jax.random.normal(key, shape)
+            for key, (name, shape) in zip(keys[3:], shapes.items())}
+  x = jax.random.normal(keys[8], (num_tokens, D))
+  probe = jnp.sin(jnp.arange(num_tokens * D, dtype=jnp.float32).reshape(num_tokens, D))
+
+  def value_and_grads(method):
+    loss = lambda p, x: jnp.sum(retrieval_ffn(x, routing, p, activation, method) * probe)
+    return jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))(params, x)
+  gathered, dense = value_and_grads("gather"), value_and_grads("dense")
+  for a, b in zip(jax.tree.leaves(gathered), jax.tree.leaves(dense)):
+    np.testing.assert_allclose(a, b, atol=2e-5, rtol=1e-5)
+  # the weight gradient of an expert no valid choice reaches is zero in both
+  unused = sorted(set(range(experts)) - set(np.asarray(index)[np.asarray(valid)].tolist()))
+  for e in unused:
+    assert float(jnp.abs(dense[1][0]["w_in"][e]).max()) == 0.0
+
+
+def test_auto_scores_every_expert_only_for_a_small_pool():
+  """'auto' takes the dense method at E <= k * DENSE_MAX_EXPERTS_PER_CHOICE
+  (a [T, E, f] value appears) and the gathers above it (none does)."""
+  num_tokens, k, limit = 4, 2, DENSE_MAX_EXPERTS_PER_CHOICE
+
+  def largest_value(experts):
+    routing = Routing(expert_index=jnp.zeros((num_tokens, k), jnp.int32),
+                      weight=jnp.ones((num_tokens, k)), position=jnp.zeros((num_tokens, k),
+                      jnp.int32), valid=jnp.ones((num_tokens, k), bool),
+                      num_experts=experts, capacity=None)
+    params = {"w_in": jnp.ones((experts, 3, 1)), "w_out": jnp.ones((experts, 1, 3))}
+    jaxpr = jax.make_jaxpr(lambda x: retrieval_ffn(x, routing, params, "gelu"))(
+        jnp.ones((num_tokens, 3)))
+    return max(int(np.prod(v.aval.shape)) for e in jaxpr.jaxpr.eqns for v in e.outvars)
+  assert largest_value(k * limit) == num_tokens * k * limit              # [T, E, 1]
+  assert largest_value(k * limit + 1) == num_tokens * k * 3              # [T, k, d, 1]
 
 
 def test_retrieval_dispatch_equals_dropless_for_token_choice_routing():
