@@ -72,7 +72,11 @@ def product_key_top_k(queries: jax.Array, sub_keys: jax.Array,
   n = sub_keys.shape[2]
   halves = queries.reshape(num_tokens, heads, 2, key_dim // 2)
   half_scores = jnp.einsum("thcd,hcnd->thcn", halves, sub_keys)          # [T, H, 2, n]
-  top_scores, top_index = jax.lax.top_k(half_scores, k)                  # [T, H, 2, k]
+  # The barrier keeps XLA from folding the candidate gathers below into the
+  # top-k, which turns it into a full sort of each half: the whole retrieval
+  # took 2.7x as long on CPU (155 against 57 ms at 2048 tokens, 8 heads, n 48).
+  top_scores, top_index = jax.lax.optimization_barrier(
+      jax.lax.top_k(half_scores, k))                                     # [T, H, 2, k]
   first_rank, second_rank = candidate_ranks(k)                           # [P] each
   candidates = top_scores[:, :, 0, first_rank] + top_scores[:, :, 1, second_rank]  # [T, H, P]
   scores, pick = jax.lax.top_k(candidates, k)
