@@ -11,10 +11,10 @@ PEER's pool of up to millions of single-neuron experts (d_ff = 1), where each
 token visits ~100 of them and an expert is rarely shared by tokens. Memory is
 O(T * k * d_model * d_ff), so for large experts the token-moving strategies
 win. The gradient of the gathers is a scatter-add into the [E, ...] weights.
-A pool of at most DENSE_MAX_EXPERTS_PER_CHOICE experts per choice is cheaper
-to score whole: one [T, d] x [d, E f] matmul, the chosen units kept (see
-retrieval_ffn's `method`). Gives the same numbers as every other strategy on
-the same Routing.
+A small pool (at most DENSE_MAX_EXPERTS_PER_CHOICE experts per choice) is
+cheaper to score whole: one [T, d] x [d, E f] matmul, the chosen units kept,
+so that method does build [T, E f] values (see retrieval_ffn's `method`).
+Both give the same numbers as every other strategy on the same Routing.
 """
 
 from __future__ import annotations
