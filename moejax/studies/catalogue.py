@@ -174,7 +174,9 @@ STUDIES: Dict[str, Study] = {
                            "model.moe.router.capacity_factor=2.0"),
          "expert_threshold": _DROPLESS + ("model.moe.router.name=expert_threshold",)},
         (Claim("expert choice's gain over top-2 token choice (Zhou et al. 2022) survives making "
-               "it causal: expert_threshold < top2", "eval_loss", "expert_threshold", "top2"),)),
+               "it causal: expert_threshold < top2", "eval_loss", "expert_threshold", "top2"),),
+        # every row trains with the balance loss: each at its best weight, top-2 included
+        tune=("lr", "balance")),
     "upcycling": Study(
         "sparse upcycling: a dense 2-block model pretrained 500 steps, then 500 steps more "
         "as itself or upcycled to 8 experts x d_ff 512 (copies of its FFN), top-2, dropless; "
@@ -226,7 +228,8 @@ STUDIES: Dict[str, Study] = {
                "(DS-MoE, Pan et al. 2024): ds_moe_top2 < top2", "eval_loss", "ds_moe_top2",
                "top2"),
          Claim("the mutual-information loss helps DS-MoE's sparse inference: with < without",
-               "eval_loss", "ds_moe_top2", "ds_moe_top2_no_mi"))),
+               "eval_loss", "ds_moe_top2", "ds_moe_top2_no_mi")),
+        tune=("lr", "balance")),   # each row at its best balance weight, top-2 included
     "peer": Study(
         "PEER: 48^2 = 2304 single-neuron experts, 8 heads x top-16 by product keys (128 expert "
         "neurons per token) vs top-2 of 8 experts x 64 (equal active expert parameters) and "
@@ -268,7 +271,8 @@ STUDIES: Dict[str, Study] = {
         (Claim("SwitchHead with half the heads beats the same heads without experts "
                "(Csordás et al. 2023)", "eval_loss", "switchhead_2_heads", "dense_2_heads"),
          Claim("... and matches the dense model with twice the heads: switchhead < dense 4 "
-               "heads", "eval_loss", "switchhead_2_heads", "dense_4_heads"))),
+               "heads", "eval_loss", "switchhead_2_heads", "dense_4_heads")),
+        tune=("lr", "balance")),   # every row's MoE FFN at its best balance weight
     "remoe": Study(
         "top-2 token choice vs ReMoE's ReLU routing over the same 8 experts x 256 (2 experts "
         "per token on average, held there by its adaptive L1 penalty; no load-balance loss, "
